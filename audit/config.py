@@ -1,0 +1,203 @@
+"""The audit configuration: a YAML file validated with pydantic, overridable from the CLI.
+
+Unknown keys and bad values are errors that name the key. Relative paths inside a config file
+(``model`` when it is a directory there, ``data.path``) are read relative to the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from audit.errors import ConfigError
+from audit.probe import Kind
+
+__all__ = ["AuditConfig", "CardConfig", "DataConfig", "GateSpec", "ProbeConfig", "load_config"]
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class DataConfig(BaseModel):
+    """Where the audit's dataset is and what its columns mean."""
+
+    model_config = _STRICT
+
+    path: Path
+    text_column: str = "text"
+    label_column: str | None = None
+    sensitive_features: list[str] = Field(default_factory=list)
+
+
+class GateSpec(BaseModel):
+    """A threshold on one metric: the audit fails when the value is above ``max`` or below ``min``."""
+
+    model_config = _STRICT
+
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> GateSpec:
+        if self.max is None and self.min is None:
+            raise ValueError("a gate needs 'max' or 'min'")
+        return self
+
+
+class ProbeConfig(BaseModel):
+    """Per-probe settings: whether it runs, its constructor parameters, its gates."""
+
+    model_config = _STRICT
+
+    enabled: bool = True
+    params: dict[str, Any] = Field(default_factory=dict)
+    gates: dict[str, GateSpec] = Field(default_factory=dict)
+
+
+class CardConfig(BaseModel):
+    """Model-card text that only a person can supply (Mitchell et al. 2019 sections)."""
+
+    model_config = _STRICT
+
+    model_name: str | None = None
+    model_details: str | None = None
+    developers: str | None = None
+    license: str | None = None
+    language: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    intended_use: str | None = None
+    out_of_scope_use: str | None = None
+    factors: str | None = None
+    training_data: str | None = None
+    evaluation_data: str | None = None
+    ethical_considerations: str | None = None
+    caveats_and_recommendations: str | None = None
+
+
+class AuditConfig(BaseModel):
+    """Everything an audit run needs.
+
+    Examples
+    --------
+    >>> from audit.config import AuditConfig
+    >>> cfg = AuditConfig.model_validate({"seed": 7, "probes": {"seat": {"params": {"n_samples": 1000}}}})
+    >>> cfg.seed, cfg.probes["seat"].params
+    (7, {'n_samples': 1000})
+    """
+
+    model_config = _STRICT
+
+    model: str | None = None
+    kind: Kind | None = None
+    revision: str | None = None
+    device: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    batch_size: PositiveInt = 32
+    max_length: PositiveInt | None = None
+    seed: int = 0
+    output_dir: Path = Path("audit-report")
+    cache: bool = True
+    cache_dir: Path | None = None
+    show_pii: bool = False
+    data: DataConfig | None = None
+    select: list[str] | None = None
+    disable: list[str] = Field(default_factory=list)
+    probes: dict[str, ProbeConfig] = Field(default_factory=dict)
+    card: CardConfig = Field(default_factory=CardConfig)
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = error["loc"][:-1]
+        allowed = _allowed_keys(model, parent)
+        hint = f" Allowed keys here: {allowed}." if allowed else ""
+        return f"unknown key {loc!r}.{hint} Remove it or fix its spelling."
+    received = error.get("input")
+    shown = repr(received) if not isinstance(received, dict) else "a mapping"
+    return f"key {loc!r}: {error['msg']} (received {shown[:80]})."
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            return []
+        field = current.model_fields.get(str(part)) if hasattr(current, "model_fields") else None
+        if field is None:
+            # inside a dict[str, Model]: the key is a name, the value the model
+            current = getattr(current, "_dict_value_model", None)
+            continue
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        nested = [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if nested:
+            current = nested[0]
+        elif str(part) == "probes":
+            current = _ProbesMap
+        else:
+            return []
+    return sorted(current.model_fields) if hasattr(current, "model_fields") else []
+
+
+class _ProbesMap:
+    """Marker: the next key is a probe name whose value is a :class:`ProbeConfig`."""
+
+    _dict_value_model = ProbeConfig
+
+
+def validate_config(raw: Any, *, source: str = "config") -> AuditConfig:
+    """Validate a mapping as an :class:`AuditConfig`, raising a one-line :class:`ConfigError`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of keys to values, got "
+            f"{type(raw).__name__}. See the config reference in the README."
+        )
+    try:
+        return AuditConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" ({exc.error_count() - 1} more problem(s) after this one)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {_describe(first, AuditConfig)}{more}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> AuditConfig:
+    """Read and validate a YAML config file.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from audit.config import load_config
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "audit.yaml"
+    >>> _ = p.write_text("seed: 5\\nprobes:\\n  seat:\\n    gates:\\n      max_abs_effect_size: {max: 0.8}\\n")
+    >>> load_config(p).probes["seat"].gates["max_abs_effect_size"].max
+    0.8
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise ConfigError(f"Config file {str(source)!r} does not exist. Check the --config path.")
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file {str(source)!r} is not UTF-8 text. Save it as UTF-8.") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"Config file {str(source)!r} is not valid YAML{where}: {problem}. Fix the syntax."
+        ) from None
+    config = validate_config(raw, source=f"Config file {str(source)!r}")
+    base = source.parent
+    updates: dict[str, Any] = {}
+    if config.data is not None and not config.data.path.is_absolute():
+        updates["data"] = config.data.model_copy(update={"path": base / config.data.path})
+    if config.model and not Path(config.model).is_absolute() and (base / config.model).is_dir():
+        updates["model"] = str(base / config.model)
+    return config.model_copy(update=updates) if updates else config

@@ -1,0 +1,60 @@
+"""What a probe may need beyond the target: data, seed, scratch space, earlier results."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from audit.data import AuditDataset
+    from audit.probe import ProbeResult
+
+__all__ = ["AuditContext"]
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """The audit-wide inputs handed to :meth:`audit.probe.Probe.run`.
+
+    Parameters
+    ----------
+    seed : int, default=0
+        The audit's seed. Each probe gets its own generator derived from the seed and its name,
+        so a probe's numbers do not depend on which other probes ran before it.
+    data : AuditDataset or None
+        The user's dataset with its text, label and sensitive-feature columns, if one was given.
+    scratch_dir : Path or None
+        A directory the probe may write temporary files to.
+    results : mapping of str to ProbeResult
+        Results of the probes that already ran, by name (see ``Probe.after``).
+    show_pii : bool, default=False
+        Whether the user asked for raw personal data to appear in reports.
+
+    Examples
+    --------
+    >>> from audit.context import AuditContext
+    >>> ctx = AuditContext(seed=3)
+    >>> a = ctx.for_probe("seat").rng.integers(1000)
+    >>> b = ctx.for_probe("seat").rng.integers(1000)
+    >>> bool(a == b)
+    True
+    """
+
+    seed: int = 0
+    data: AuditDataset | None = None
+    scratch_dir: Path | None = None
+    results: Mapping[str, ProbeResult] = field(default_factory=dict)
+    show_pii: bool = False
+    probe_name: str = ""
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0), compare=False)
+
+    def for_probe(self, name: str, results: Mapping[str, ProbeResult] | None = None) -> AuditContext:
+        """A copy for probe ``name`` with a fresh generator seeded from (seed, name)."""
+        rng = np.random.default_rng([self.seed, zlib.crc32(name.encode("utf-8"))])
+        return replace(self, probe_name=name, rng=rng,
+                       results=dict(results if results is not None else self.results))

@@ -1,0 +1,168 @@
+"""The versioned results schema: a manifest that makes every number traceable, then the results."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from audit._io import write_json_atomic
+from audit.errors import DataError
+from audit.probe import ProbeResult
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AuditResults",
+    "DataManifest",
+    "GateOutcome",
+    "Manifest",
+    "json_schema",
+    "library_versions",
+]
+
+#: Major.minor. A reader accepts any file with the same major version.
+SCHEMA_VERSION = "1.0"
+TRACKED_LIBRARIES = (
+    "rai-audit", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub",
+    "numpy", "scipy", "pandas", "scikit-learn", "fairlearn", "opacus", "flwr", "captum",
+    "presidio-analyzer", "presidio-anonymizer", "spacy", "evaluate", "matplotlib", "pydantic",
+)
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries an audit's numbers depend on."""
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class DataManifest(BaseModel):
+    model_config = _FROZEN
+
+    path: str
+    fingerprint: str
+    rows: int
+    text_column: str
+    label_column: str | None = None
+    sensitive_features: list[str] = Field(default_factory=list)
+
+
+class Manifest(BaseModel):
+    """Where every number came from: model, data, versions, seed, timings."""
+
+    model_config = _FROZEN
+
+    rai_audit_version: str
+    model_id: str
+    model_path: str
+    revision: str | None = None
+    fingerprint: str
+    kind: str
+    n_parameters: int
+    device: str
+    max_length: int
+    seed: int
+    started_at: str
+    finished_at: str
+    duration_s: float
+    library_versions: dict[str, str]
+    platform: str = Field(default_factory=lambda: f"{platform.system()} {platform.machine()}")
+    command: list[str] = Field(default_factory=lambda: list(sys.argv))
+    data: DataManifest | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    records: dict[str, Any] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+    truncated_texts: int = 0
+
+
+class GateOutcome(BaseModel):
+    """One threshold checked against one metric."""
+
+    model_config = _FROZEN
+
+    probe: str
+    metric: str
+    bound: str
+    threshold: float
+    value: float | None
+    passed: bool
+    message: str
+
+
+class AuditResults(BaseModel):
+    """Everything one audit produced; what reports read.
+
+    Examples
+    --------
+    >>> from audit.results import AuditResults, SCHEMA_VERSION
+    >>> AuditResults.model_json_schema()["properties"]["schema_version"]["default"] == SCHEMA_VERSION
+    True
+    """
+
+    model_config = _FROZEN
+
+    schema_version: str = SCHEMA_VERSION
+    manifest: Manifest
+    results: list[ProbeResult]
+    gates: list[GateOutcome] = Field(default_factory=list)
+    card: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every gate passed and no probe failed or errored, 1 otherwise."""
+        bad = any(r.status in ("failed", "errored") for r in self.results)
+        return 1 if bad or not all(g.passed for g in self.gates) else 0
+
+    def result(self, probe: str) -> ProbeResult:
+        for r in self.results:
+            if r.probe == probe:
+                return r
+        raise KeyError(probe)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the results as JSON, atomically."""
+        return write_json_atomic(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AuditResults:
+        """Read a results file, refusing another major schema version with a clear message."""
+        source = Path(path)
+        if not source.is_file():
+            raise DataError(f"Results file {str(source)!r} does not exist. Give the results.json an audit wrote.")
+        try:
+            raw = json.loads(source.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"Results file {str(source)!r} is not valid JSON ({exc}).") from None
+        version = str(raw.get("schema_version", "")) if isinstance(raw, dict) else ""
+        if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise DataError(
+                f"Results file {str(source)!r} has schema version {version or '(none)'!r}; this "
+                f"rai-audit reads {SCHEMA_VERSION.split('.')[0]}.x. Re-run the audit with this version."
+            )
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise DataError(
+                f"Results file {str(source)!r} does not follow the schema at {loc!r}: {first['msg']}."
+            ) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``results.json`` (``rai-audit schema`` prints it)."""
+    schema = AuditResults.model_json_schema()
+    schema["$id"] = f"urn:rai-audit:results:{SCHEMA_VERSION}"
+    schema["title"] = f"rai-audit results {SCHEMA_VERSION}"
+    return schema

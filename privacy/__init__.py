@@ -1,0 +1,1 @@
+"""Privacy tools of rai-audit: PII detection and redaction, DP-SGD, federated learning, leakage."""
