@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,9 @@ class Auditor:
             )
         result = result.model_copy(update={"duration_s": round(time.perf_counter() - start, 3)})
         if cache_file is not None and result.status != "errored":
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(cache_file, result.model_dump(mode="json"))
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(cache_file, result.model_dump(mode="json"))
+            except OSError as exc:  # a cache that cannot be written only costs a re-run
+                warnings.warn(f"could not cache {name!r} in {str(cache_file.parent)!r}: {exc}", stacklevel=2)
         return result

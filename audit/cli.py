@@ -1,0 +1,291 @@
+"""The ``rai-audit`` command line.
+
+A user's mistake (an :class:`~audit.errors.AuditError`) becomes one line on stderr and exit
+code 2, with nothing written; a failed gate or an errored probe exits 1; a clean audit 0.
+Sub-commands beyond the core ones (``redact``, ``train-dp``, ``federate``, ...) are plugins in
+the ``rai_audit.commands`` entry-point group, so this module knows none of them by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from audit.errors import AuditError, ConfigError, OutputError
+
+__all__ = ["Command", "main"]
+
+EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
+_OFFLINE_DEFAULTS = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class Command(Protocol):
+    """A sub-command plugin, registered under ``rai_audit.commands``.
+
+    ``name`` and ``help`` describe it; ``configure(parser)`` adds its arguments;
+    ``run(args)`` does the work and returns the exit code.
+    """
+
+    name: str
+    help: str
+
+    def configure(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        sys.stderr.write(f"rai-audit: error: {message}. See '{self.prog} --help'.\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="audit a model and write results.json, model_card.html and README.md")
+    p.add_argument("--model", help="model directory or Hub id (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--config", type=Path, help="YAML audit config (see the README)")
+    p.add_argument("--out", type=Path, help="output directory (default: audit-report)")
+    p.add_argument("--probe", action="append", dest="probes", metavar="NAME", help="run only this probe (repeatable)")
+    p.add_argument("--disable", action="append", default=[], metavar="NAME", help="do not load or run this probe (repeatable)")
+    p.add_argument("--seed", type=int, help="seed for every random choice (default 0)")
+    p.add_argument("--kind", choices=["encoder", "masked-lm", "causal-lm", "sequence-classification"])
+    p.add_argument("--revision", help="Hub revision")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own Python code to run")
+    p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pickle weights (*.bin, *.pt)")
+    p.add_argument("--data", type=Path, help="evaluation dataset (CSV, JSONL, Parquet or saved HF dataset)")
+    p.add_argument("--text-column")
+    p.add_argument("--label-column")
+    p.add_argument("--sensitive-feature", action="append", dest="sensitive_features", metavar="COLUMN")
+    p.add_argument("--no-cache", action="store_true", help="recompute every probe instead of reusing cached results")
+    p.add_argument("--show-pii", action="store_true", default=None, help="allow raw personal data in the reports")
+    p.add_argument("--quiet", action="store_true", help="print only failures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from audit.config import AuditConfig, DataConfig, load_config, validate_config
+
+    config = load_config(args.config) if args.config else AuditConfig()
+    raw = config.model_dump()
+    for key in ("model", "kind", "revision", "device", "batch_size", "max_length", "seed",
+                "trust_remote_code", "allow_pickle", "show_pii"):
+        value = getattr(args, key, None)
+        if value is not None:
+            raw[key] = value
+    if args.out is not None:
+        raw["output_dir"] = args.out
+    if args.probes:
+        raw["select"] = list(dict.fromkeys(args.probes))
+    if args.disable:
+        raw["disable"] = list(dict.fromkeys([*raw.get("disable", []), *args.disable]))
+    if args.no_cache:
+        raw["cache"] = False
+    if args.data is not None:
+        raw["data"] = DataConfig(path=args.data).model_dump()
+    if raw.get("data") is not None:
+        for key, value in (("text_column", args.text_column), ("label_column", args.label_column),
+                           ("sensitive_features", args.sensitive_features)):
+            if value is not None:
+                raw["data"][key] = value
+    elif args.text_column or args.label_column or args.sensitive_features:
+        raise ConfigError("--text-column, --label-column and --sensitive-feature need --data FILE (or data.path in the config).")
+    return validate_config(raw, source="command line")
+
+
+def _check_output_dir(path: Path) -> None:
+    """Fail before any work when ``path`` cannot be created or written; leave nothing behind."""
+    import tempfile
+
+    created: list[Path] = []
+    probe = path.absolute()
+    while not probe.exists() and probe.parent != probe:
+        created.append(probe)
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"Output path {str(path)!r} cannot be used: {str(probe)!r} is a file. Choose another --out.")
+    try:
+        for directory in reversed(created):
+            directory.mkdir()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".rai-write-check-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"Output directory {str(path)!r} cannot be written ({exc.strerror or exc}). "
+                          "Choose another --out or fix its permissions.") from None
+    finally:
+        for directory in created:
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from audit.runner import Auditor
+    from audit.target import load_target
+    from reports.model_card import write_reports
+
+    config = _config_from_args(args)
+    _check_output_dir(config.output_dir)
+    cache_dir = (config.cache_dir or config.output_dir / ".cache") if config.cache else None
+
+    def on_result(i: int, n: int, result: Any) -> None:
+        if args.quiet and result.status not in ("failed", "errored"):
+            return
+        cached = ", cached" if result.cached else ""
+        sys.stderr.write(f"[{i}/{n}] {result.probe}: {result.status} ({result.duration_s:.1f}s{cached}) {result.summary}\n")
+
+    auditor = Auditor(config, cache_dir=cache_dir, on_result=on_result)
+    plan = auditor.plan()
+    data = auditor.load_data()
+    target = load_target(config.model, kind=config.kind, revision=config.revision, device=config.device,
+                         trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
+                         batch_size=config.batch_size, max_length=config.max_length,
+                         progress=not args.no_progress)
+    if not args.quiet:
+        sys.stderr.write(f"Auditing {target.model_id} ({target.kind}, {target.n_parameters:,} parameters) "
+                         f"with {len(plan)} probe(s)\n")
+    results = auditor.run(target, data=data)
+    paths = write_reports(results, config.output_dir)
+    failed_gates = [g for g in results.gates if not g.passed]
+    for gate in failed_gates:
+        sys.stderr.write(f"gate failed: {gate.message}\n")
+    if not args.quiet:
+        print(f"Model card: {paths['html']}")
+        print(f"Results:    {paths['results']}")
+        print(f"Hub card:   {paths['markdown']}")
+    return results.exit_code
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from audit.results import AuditResults
+    from reports.model_card import write_reports
+
+    results = AuditResults.load(args.results)
+    out = args.out or args.results.parent
+    _check_output_dir(out)
+    paths = write_reports(results, out)
+    print(f"Model card: {paths['html']}")
+    return EXIT_OK
+
+
+def _cmd_probes(args: argparse.Namespace) -> int:
+    from audit.registry import discover_probes
+
+    specs = discover_probes()
+    rows = []
+    for name, spec in specs.items():
+        if spec.cls is None:
+            rows.append({"name": name, "kinds": [], "description": "", "status": "failed to load",
+                         "error": spec.error.message if spec.error else "", "source": spec.source})
+        else:
+            rows.append({"name": name, "kinds": sorted(spec.cls.kinds), "description": spec.cls.description,
+                         "status": "ok", "source": spec.source, "requires_data": spec.cls.requires_data})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        if row["status"] == "ok":
+            print(f"{row['name']:<24} {', '.join(row['kinds']):<60} {row['description']}")
+        else:
+            print(f"{row['name']:<24} FAILED TO LOAD: {row['error']}")
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from audit._io import write_json_atomic
+    from audit.results import json_schema
+
+    schema = json_schema()
+    if args.out:
+        write_json_atomic(args.out, schema)
+    else:
+        print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def _plugin_commands(sub: Any) -> dict[str, Command]:
+    from audit.registry import COMMAND_GROUP, entry_points
+
+    commands: dict[str, Command] = {}
+    for ep in entry_points(COMMAND_GROUP):
+        try:
+            command = ep.load()
+            command = command() if isinstance(command, type) else command
+            parser = sub.add_parser(command.name, help=command.help)
+            command.configure(parser)
+        except Exception as exc:  # a broken plugin command must not take the CLI down
+            sys.stderr.write(f"rai-audit: warning: command plugin {ep.name!r} ({ep.value}) failed to load: {exc}\n")
+            continue
+        commands[command.name] = command
+    return commands
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+    parser = _Parser(prog="rai-audit", description="Audit a Hugging Face model and write a model card.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_run(sub)
+    p = sub.add_parser("report", help="re-render the model card from a results.json")
+    p.add_argument("results", type=Path)
+    p.add_argument("--out", type=Path, help="output directory (default: beside the results file)")
+    p = sub.add_parser("probes", help="list the registered probes and the model kinds each applies to")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("schema", help="print the JSON Schema of results.json")
+    p.add_argument("--out", type=Path)
+    return parser, _plugin_commands(sub)
+
+
+def _version() -> str:
+    from audit.runner import _version as v
+
+    return v()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rai-audit`` console script; returns the exit code."""
+    for key, value in _OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    parser, plugins = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    handlers = {"run": _cmd_run, "report": _cmd_report, "probes": _cmd_probes, "schema": _cmd_schema}
+    try:
+        if args.command in handlers:
+            return handlers[args.command](args)
+        return plugins[args.command].run(args)
+    except AuditError as exc:
+        sys.stderr.write(f"rai-audit: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("rai-audit: interrupted; finished probes are cached and a re-run resumes from them\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception:
+        traceback.print_exc()
+        return EXIT_GATE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
