@@ -1,0 +1,90 @@
+"""Tiny Hugging Face models and tokenizers built offline, for tests (hidden size 32, 2 layers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CORPUS = """
+this is that there here it was we talked about the a an and or of to in on for with is are be
+he she him her his hers they them their man woman boy girl brother sister father mother son daughter
+uncle aunt grandfather grandmother male female john paul mike kevin steve greg jeff bill amy joan lisa
+sarah diana kate ann donna executive management professional corporation salary office business career
+home parents children family cousins marriage wedding relatives math algebra geometry calculus equations
+computation numbers addition poetry art dance literature novels symphony drama sculpture science
+technology physics chemistry einstein nasa experiment astronomy shakespeare person name good bad
+great terrible love hate happy sad nurse doctor engineer teacher said works as people person's
+christian muslim jewish black white asian young old rich poor movie film food was very not really
+""".split()
+
+
+def word_vocab() -> list[str]:
+    words = list(dict.fromkeys(w.strip(".,'") for w in CORPUS if w.strip(".,'")))
+    return SPECIAL + [".", ",", "'", "s", "!", "?"] + words
+
+
+def save_bert_tokenizer(directory: Path) -> None:
+    from transformers import BertTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(word_vocab()) + "\n", encoding="utf-8")
+    BertTokenizer(vocab=str(vocab), do_lower_case=True).save_pretrained(directory)
+
+
+def save_gpt2_tokenizer(directory: Path) -> None:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    text = " ".join(CORPUS)
+    bpe.train_from_iterator([text, text.capitalize(), text.upper()], vocab_size=400, min_frequency=1,
+                            special_tokens=["<|endoftext|>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.save_pretrained(directory)
+
+
+def make_tiny_model(kind: str, directory: Path, *, num_labels: int = 2, seed: int = 0) -> Path:
+    """Save a random tiny model of ``kind`` with its tokenizer to ``directory`` (safetensors)."""
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        BertForSequenceClassification,
+        BertModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+    )
+
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    if kind == "causal-lm":
+        save_gpt2_tokenizer(directory)
+        from transformers import AutoTokenizer
+
+        vocab_size = len(AutoTokenizer.from_pretrained(directory))
+        config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                            bos_token_id=0, eos_token_id=0)
+        model = GPT2LMHeadModel(config)
+    else:
+        save_bert_tokenizer(directory)
+        config = BertConfig(vocab_size=len(word_vocab()), hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                            num_labels=num_labels)
+        model = {"encoder": BertModel, "masked-lm": BertForMaskedLM,
+                 "sequence-classification": BertForSequenceClassification}[kind](config)
+    model.eval()
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def write_seat_test(path: Path, targ1: list[str], targ2: list[str], attr1: list[str], attr2: list[str]) -> Path:
+    """Write a SEAT test in the sent-bias JSON format."""
+    spec = {role: {"category": role, "examples": items}
+            for role, items in (("targ1", targ1), ("targ2", targ2), ("attr1", attr1), ("attr2", attr2))}
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    return path
