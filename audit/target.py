@@ -40,6 +40,8 @@ SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 Pooling = Literal["mean", "cls", "last"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model", "merges.txt", "tokenizer_config.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 _ARCH_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("ForSequenceClassification", "sequence-classification"),
@@ -257,6 +259,11 @@ def load_target(
             "Re-save the model with save_pretrained."
         ) from None
     resolved_kind: Kind = kind or detect_kind(config)
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"Model directory {str(path)!r} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...). "
+            "Save the tokenizer beside the model with tokenizer.save_pretrained(dir)."
+        )
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code
@@ -266,6 +273,12 @@ def load_target(
             f"Model directory {str(path)!r} has no usable tokenizer ({type(exc).__name__}). "
             "Save it beside the model with tokenizer.save_pretrained(dir)."
         ) from None
+    if len(tokenizer) <= len(set(getattr(tokenizer, "all_special_ids", []))):
+        # transformers builds an empty tokenizer from a bare config: every word would be [UNK]
+        raise ModelLoadError(
+            f"Model directory {str(path)!r} has a tokenizer with no vocabulary ({len(tokenizer)} tokens). "
+            "Save the real tokenizer beside the model with tokenizer.save_pretrained(dir)."
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
