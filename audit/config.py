@@ -7,6 +7,7 @@ Unknown keys and bad values are errors that name the key. Relative paths inside 
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -123,31 +124,25 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at ``loc``: walks models, stepping over the name keys of dict fields."""
     current: Any = model
+    skip_name = False
     for part in loc:
-        if isinstance(part, int) or current is None:
-            return []
-        field = current.model_fields.get(str(part)) if hasattr(current, "model_fields") else None
-        if field is None:
-            # inside a dict[str, Model]: the key is a name, the value the model
-            current = getattr(current, "_dict_value_model", None)
+        if skip_name:
+            skip_name = False
             continue
-        annotation = field.annotation
-        args = getattr(annotation, "__args__", ())
-        nested = [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if nested:
-            current = nested[0]
-        elif str(part) == "probes":
-            current = _ProbesMap
-        else:
+        fields = getattr(current, "model_fields", {})
+        if isinstance(part, int) or str(part) not in fields:
             return []
-    return sorted(current.model_fields) if hasattr(current, "model_fields") else []
-
-
-class _ProbesMap:
-    """Marker: the next key is a probe name whose value is a :class:`ProbeConfig`."""
-
-    _dict_value_model = ProbeConfig
+        annotation = fields[str(part)].annotation
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        models = [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not models:
+            return []
+        current = models[0]
+        skip_name = origin is dict
+    return sorted(getattr(current, "model_fields", {}))
 
 
 def validate_config(raw: Any, *, source: str = "config") -> AuditConfig:

@@ -46,8 +46,8 @@ def render_markdown_card(results: AuditResults) -> str:
         language=card.get("language") or None,
         license=card.get("license") or None,
         library_name="transformers",
-        tags=["rai-audit", *(card.get("tags") or [])],
-        model_name=card.get("model_name") or m.model_id,
+        tags=["rai-audit", *(md_escape(t) for t in card.get("tags") or [])],
+        model_name=md_escape(card.get("model_name") or m.model_id),
     )
     data.rai_audit = {
         "schema_version": results.schema_version,
