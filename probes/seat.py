@@ -137,7 +137,7 @@ class SEATProbe(Probe):
         runs all of them, unless ``test_files`` is given, in which case only those run.
     test_files : sequence of path, default=()
         User tests in the sent-bias JSON format (``targ1``, ``targ2``, ``attr1``, ``attr2``).
-    n_samples : int, default=100000
+    n_samples : int, default=10000
         Permutations for the p-value; the test is exact when C(|X|+|Y|, |X|) <= n_samples.
     pooling : {"mean", "cls", "last"}, default="mean"
     layer : int, default=-1
@@ -161,7 +161,7 @@ class SEATProbe(Probe):
         *,
         tests: Sequence[str] | None = None,
         test_files: Sequence[str] = (),
-        n_samples: int = 100_000,
+        n_samples: int = 10_000,
         pooling: str = "mean",
         layer: int = -1,
         alpha: float = 0.05,

@@ -1,0 +1,91 @@
+"""SEAT probe wall time against a bare batched forward pass over the same sentences, same model, same run.
+
+Also measures what length-sorted batching buys over batching in the given order.
+Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_inference.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(key, value)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from audit import AuditConfig, Auditor, load_target  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
+from probes.seat import builtin_tests  # noqa: E402
+
+REPEATS = 3
+BATCH = 32
+
+
+def bare_forward(model, tokenizer, sentences, batch_size=BATCH):
+    """What a person would write: tokenize each batch with padding, one forward pass, mean-pool."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(sentences), batch_size):
+            enc = tokenizer(sentences[start:start + batch_size], padding=True, truncation=True, return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1)
+            out.append((hidden * mask).sum(1) / mask.sum(1))
+    return torch.cat(out)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    target = load_target(progress=False, device="cpu", batch_size=BATCH)
+    tests = builtin_tests()
+    sentences = list(dict.fromkeys(s for t in tests.values() for s in (*t.X, *t.Y, *t.A, *t.B)))
+    by_length = sorted(sentences, key=lambda s: -len(target.tokenizer(s)["input_ids"]))
+    auditor = Auditor(AuditConfig(select=["seat"]))
+    model, tokenizer = target.model, target.tokenizer
+
+    def probe_run():
+        target.clear_cache()
+        target._token_cache.clear()
+        auditor.run(target)
+
+    probe_run()  # warm-up: first-call allocations, lazy imports
+    bare_forward(model, tokenizer, sentences)
+    probe_times, bare_times, sorted_times = [], [], []
+    for _ in range(REPEATS):  # interleaved so drift affects all three alike
+        probe_times.append(timed(probe_run))
+        bare_times.append(timed(lambda: bare_forward(model, tokenizer, sentences)))
+        sorted_times.append(timed(lambda: bare_forward(model, tokenizer, by_length)))
+    probe_t, bare_t, sorted_t = (statistics.median(x) for x in (probe_times, bare_times, sorted_times))
+    stats_only = statistics.median(timed(lambda: auditor.run(target)) for _ in range(REPEATS))  # embeddings cached
+    body = f"""## SEAT probe vs a bare forward pass (`bench_inference.py`)
+
+Model: bundled all-MiniLM-L6-v2 on CPU ({torch.get_num_threads()} threads); {len(sentences)} unique sentences from the
+{len(tests)} built-in SEAT tests; batch size {BATCH}; median of {REPEATS} interleaved runs.
+
+| what | median wall time (s) | ratio |
+|---|---|---|
+| bare batched forward pass, sentences in given order (baseline) | {bare_t:.3f} | 1.00 |
+| bare batched forward pass, sentences sorted by length | {sorted_t:.3f} | {sorted_t / bare_t:.2f} |
+| SEAT probe, whole (embeddings + permutation tests + bootstrap + figure) | {probe_t:.3f} | **{probe_t / bare_t:.2f}** |
+| SEAT probe with embeddings already cached (statistics and figure only) | {stats_only:.3f} | {stats_only / bare_t:.2f} |
+
+- Overhead ratio of the probe against the bare pass: **{probe_t / bare_t:.2f}** (aim: at most 1.15).
+- Speed-up of length-sorted over unsorted batching: **{bare_t / sorted_t:.2f}x**.
+- Against the length-sorted bare pass (the probe's own batching), the ratio is {probe_t / sorted_t:.2f}.
+"""
+    write_section("inference", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
