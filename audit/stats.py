@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -37,6 +37,9 @@ class Interval:
     low: float
     high: float
     level: float
+    #: The bootstrap replicates of the statistic (empty for a degenerate sample), so a caller
+    #: can build intervals for quantities derived from several estimates.
+    distribution: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
 
     def as_tuple(self) -> tuple[float, float]:
         return (self.low, self.high)
@@ -102,7 +105,7 @@ def bootstrap_ci(
         raise ValueError("bootstrap_ci needs non-empty samples")
     estimate = float(statistic(*samples, axis=-1))
     if all(s.size < 2 or np.all(s == s.flat[0]) for s in samples):
-        return Interval(estimate, estimate, estimate, confidence_level)
+        return Interval(estimate, estimate, estimate, confidence_level, np.full(n_resamples, estimate))
     res = _st.bootstrap(
         samples,
         statistic,
@@ -116,7 +119,7 @@ def bootstrap_ci(
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):
         low = high = estimate
-    return Interval(estimate, low, high, confidence_level)
+    return Interval(estimate, low, high, confidence_level, np.asarray(res.bootstrap_distribution, dtype=float))
 
 
 def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:

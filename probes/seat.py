@@ -241,11 +241,15 @@ class SEATProbe(Probe):
             for sentence, score in extremes:
                 examples.append({"test": test.name, "sentence": sentence, "association s(w,A,B)": round(score, 4)})
         abs_d = np.abs([m[1] for m in measured])
+        # Tests are resampled independently, so the replicates of mean |d| combine theirs.
+        replicates = np.mean(np.abs(np.stack([m[3].distribution for m in measured])), axis=0)
+        mean_ci = (float(np.quantile(replicates, 0.025)), float(np.quantile(replicates, 0.975)))
         significant = [m[0].name for m, s in zip(measured, reject) if s]
         too_large = [m[0].name for m, s in zip(measured, reject)
                      if s and self.max_effect_size is not None and abs(m[1]) > self.max_effect_size]
         metrics["mean_abs_effect_size"] = Metric(
-            value=float(abs_d.mean()), threshold=self.max_effect_size, direction="lower_is_better",
+            value=float(abs_d.mean()), ci=mean_ci, ci_level=0.95, threshold=self.max_effect_size,
+            direction="lower_is_better",
             description="Mean |effect size| over the tests (0 = no association; 0.8 = large)",
         )
         metrics["max_abs_effect_size"] = Metric(

@@ -141,6 +141,8 @@ def test_runs_on_every_kind_with_tiny_models(tiny_targets):
         result = Auditor(AuditConfig(select=["seat"], probes={"seat": {"params": {"tests": ["weat6"], "n_samples": 2000}}})).run(target).results[0]
         assert result.status in ("passed", "warned"), (kind, result.error)
         assert -2 <= result.metrics["effect_size[weat6]"].value <= 2
+        mean_abs = result.metrics["mean_abs_effect_size"]
+        assert mean_abs.ci[0] <= mean_abs.value <= mean_abs.ci[1] + 1e-9
 
 
 @pytest.mark.slow

@@ -1,0 +1,1075 @@
+"""Gradient attributions of a model's decision to its input tokens, with Captum.
+
+Three methods, each taken with respect to the input (word) embeddings:
+
+* Integrated Gradients (Sundararajan et al. 2017), through Captum's ``LayerIntegratedGradients``.
+  Its attributions add up to ``f(x) - f(baseline)`` (completeness); Captum's convergence delta is
+  how far they miss, and ``n_steps`` is doubled for the examples whose delta is too large.
+* Saliency (Simonyan et al. 2014): the L2 norm of the gradient at each token's embedding.
+* Input x Gradient (Shrikumar et al. 2017): embedding times gradient, summed over the hidden size.
+
+For a sequence classifier ``f`` is the probability of the explained class (the predicted one, or
+the ``target`` given). For a causal LM ``f`` is the log-probability of the explained continuation
+(the model's greedy next token, or the ``target`` text), as in Captum's ``LLMGradientAttribution``,
+which computes the Integrated Gradients and Input x Gradient attributions there.
+
+The :class:`Explainer` here is shared with the faithfulness probe, which removes the tokens these
+attributions rank highest (ERASER) and re-runs them on randomised copies of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, ClassVar, Literal, get_args
+
+import numpy as np
+import torch
+
+from audit.context import AuditContext
+from audit.errors import ConfigError, DataError, NotApplicableError
+from audit.figures import interval_bar_chart
+from audit.probe import Figure, Metric, Probe, ProbeResult, Table
+from audit.stats import bootstrap_ci
+from audit.target import AuditTarget
+
+__all__ = [
+    "METHODS",
+    "AttributionProbe",
+    "Encoded",
+    "Example",
+    "Explainer",
+    "TokenAttribution",
+    "builtin_examples",
+    "collect_examples",
+    "counterfactual_pairs",
+    "demographic_mask",
+    "demographic_terms",
+    "encode",
+    "heat_colors",
+]
+
+Method = Literal["integrated_gradients", "saliency", "input_x_gradient"]
+METHODS: tuple[str, ...] = get_args(Method)
+TITLES = {"integrated_gradients": "Integrated Gradients", "saliency": "Saliency", "input_x_gradient": "Input x Gradient"}
+#: Whether a method's sign means something (Saliency is a gradient norm, never negative).
+SIGNED = {"integrated_gradients": True, "saliency": False, "input_x_gradient": True}
+EXPLAINABLE_KINDS = frozenset({"sequence-classification", "causal-lm"})
+BASELINE_TOKENS = ("pad", "unk", "mask", "eos", "bos")
+#: Tokens (rows x sequence length) per forward pass when Captum's internal batch size is not set.
+_TOKENS_PER_PASS = 8192
+#: Below this |f(x) - f(baseline)| the convergence tolerance stops shrinking.
+_DELTA_FLOOR = 0.01
+_WORD_EDGE = re.compile(r"^[^\w]+|[^\w]+$")
+
+
+def _data_dir() -> Any:
+    return resources.files("probes") / "data" / "attribution"
+
+
+def builtin_examples() -> list[str]:
+    """Our short example sentences (``probes/data/attribution/examples.json``)."""
+    return list(json.loads((_data_dir() / "examples.json").read_text(encoding="utf-8"))["examples"])
+
+
+def demographic_terms() -> dict[str, list[str]]:
+    """Our demographic term list by axis (``probes/data/attribution/demographic_terms.json``)."""
+    return dict(json.loads((_data_dir() / "demographic_terms.json").read_text(encoding="utf-8"))["terms"])
+
+
+# -- tokens and words -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Encoded:
+    """One text as the model sees it, with the words each token belongs to.
+
+    ``words[i]`` is the index into ``word_texts`` of token ``i``'s word, ``None`` for special
+    tokens. ``truncated`` says the text had ``n_tokens_full`` tokens and was cut to fit.
+    """
+
+    text: str
+    ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    special: tuple[bool, ...]
+    words: tuple[int | None, ...]
+    word_texts: tuple[str, ...]
+    truncated: bool
+    n_tokens_full: int
+
+    @property
+    def content(self) -> np.ndarray:
+        """Positions of the non-special tokens."""
+        return np.flatnonzero(~np.asarray(self.special, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode(tokenizer: Any, text: str, *, max_length: int, keep: Literal["start", "end"] = "start") -> Encoded:
+    """Tokenize ``text`` with special tokens, cut to ``max_length`` tokens keeping the special ones.
+
+    An encoder keeps the start of a long text (as the tokenizer's own truncation does); a causal
+    LM keeps the end, which is what its next token depends on.
+    """
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    enc = tokenizer(text, add_special_tokens=True, truncation=False, return_special_tokens_mask=True,
+                    return_offsets_mapping=fast)
+    ids = list(enc["input_ids"])
+    special = [bool(s) for s in enc.get("special_tokens_mask", [0] * len(ids))]
+    offsets = list(enc["offset_mapping"]) if fast else None
+    try:
+        word_ids = list(enc.word_ids()) if fast else None
+    except (ValueError, AttributeError):
+        word_ids = None
+    n_full = len(ids)
+    positions = list(range(n_full))
+    if n_full > max_length:
+        lead = 0
+        while lead < n_full and special[lead]:
+            lead += 1
+        trail = 0
+        while trail < n_full - lead and special[n_full - 1 - trail]:
+            trail += 1
+        room = max(0, max_length - lead - trail)
+        body = positions[lead:n_full - trail]
+        body = body[:room] if keep == "start" else body[len(body) - room:]
+        positions = positions[:lead] + body + positions[n_full - trail:]
+    raw = tokenizer.convert_ids_to_tokens([ids[p] for p in positions])
+    tokens, words, word_texts = [], [], []
+    word_index: dict[Any, int] = {}
+    for j, p in enumerate(positions):
+        if special[p]:
+            tokens.append(str(raw[j]))
+            words.append(None)
+            continue
+        if offsets is not None and offsets[p][1] > offsets[p][0]:
+            tokens.append(text[offsets[p][0]:offsets[p][1]].strip() or str(raw[j]))
+        else:
+            tokens.append(str(raw[j]).replace("Ġ", " ").replace("▁", " ").removeprefix("##").strip() or str(raw[j]))
+        key = word_ids[p] if word_ids is not None and word_ids[p] is not None else ("token", p)
+        if key not in word_index:
+            word_index[key] = len(word_texts)
+            word_texts.append(tokens[-1])
+        elif offsets is not None:
+            first = [q for q in positions if word_ids is not None and word_ids[q] == key]
+            word_texts[word_index[key]] = text[offsets[first[0]][0]:offsets[first[-1]][1]].strip()
+        else:
+            word_texts[word_index[key]] += tokens[-1]
+        words.append(word_index[key])
+    return Encoded(text=text, ids=tuple(ids[p] for p in positions), tokens=tuple(tokens),
+                   special=tuple(special[p] for p in positions), words=tuple(words),
+                   word_texts=tuple(word_texts), truncated=len(positions) < n_full, n_tokens_full=n_full)
+
+
+def _sig(value: Any, digits: int = 4) -> float:
+    """A float rounded to ``digits`` significant digits, for compact JSON."""
+    return float(f"{float(value):.{digits}g}")
+
+
+def _normalise_word(word: str) -> str:
+    word = word.lower().replace("\u2019", "'")
+    word = word.removesuffix("'s") if len(word) > 2 else word
+    return _WORD_EDGE.sub("", word)
+
+
+def demographic_mask(enc: Encoded, terms: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """Boolean per token: whether its word is (part of) a demographic term.
+
+    Words are compared case-insensitively, without surrounding punctuation or a possessive
+    ``'s``; a multi-word term marks every word of a consecutive match.
+    """
+    normalised = [_normalise_word(w) for w in enc.word_texts]
+    single = {_normalise_word(t) for group in terms.values() for t in group if len(t.split()) == 1}
+    multi = [tuple(_normalise_word(p) for p in t.split()) for group in terms.values() for t in group
+             if len(t.split()) > 1]
+    hit = np.array([w in single for w in normalised], dtype=bool)
+    for phrase in multi:
+        n = len(phrase)
+        for start in range(len(normalised) - n + 1):
+            if tuple(normalised[start:start + n]) == phrase:
+                hit[start:start + n] = True
+    return np.array([w is not None and bool(hit[w]) for w in enc.words], dtype=bool)
+
+
+def word_scores(enc: Encoded, scores: np.ndarray) -> np.ndarray:
+    """Token scores summed into the words they belong to (special tokens dropped)."""
+    out = np.zeros(len(enc.word_texts))
+    for i, w in enumerate(enc.words):
+        if w is not None:
+            out[w] += scores[i]
+    return out
+
+
+def heat_colors(values: Sequence[float], *, signed: bool) -> list[str]:
+    """Background colour per token: red for support of the explained output, blue against it.
+
+    Intensity is ``|value| / max |value|`` within the sequence, so each heatmap uses its full
+    range; unsigned scores (Saliency) are drawn in one hue.
+    """
+    arr = np.asarray(values, dtype=float)
+    scale = float(np.max(np.abs(arr))) if arr.size else 0.0
+    colours = []
+    for v in arr:
+        t = 0.0 if scale == 0 or not math.isfinite(v) else min(1.0, abs(v) / scale) * 0.8
+        base = (230, 145, 56) if not signed else (214, 96, 77) if v >= 0 else (67, 147, 195)
+        rgb = (round(255 + (c - 255) * t) for c in base)
+        colours.append("#{:02x}{:02x}{:02x}".format(*rgb))
+    return colours
+
+
+# -- the explainer -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenAttribution:
+    """Attributions of one explained output to each token of one encoded text.
+
+    ``scores`` has one value per token (0 on special tokens). For Integrated Gradients,
+    ``f_x`` and ``f_baseline`` are the explained output at the input and at the baseline and
+    ``delta`` is Captum's convergence delta, ``sum(scores) - (f_x - f_baseline)``.
+    """
+
+    method: str
+    scores: np.ndarray
+    f_x: float | None = None
+    f_baseline: float | None = None
+    delta: float | None = None
+    n_steps: int | None = None
+
+    def converged(self, max_delta: float) -> bool:
+        """Whether |delta| is within ``max_delta`` of |f(x) - f(baseline)| (at least 0.01)."""
+        if self.delta is None:
+            return True
+        gap = abs((self.f_x or 0.0) - (self.f_baseline or 0.0))
+        return abs(self.delta) <= max_delta * max(gap, _DELTA_FLOOR)
+
+
+def _token_ids_input(ids: Sequence[int], special: Sequence[bool], tokenizer: Any, baseline_id: int) -> Any:
+    """A Captum ``TextTokenInput`` built from token ids we already cut (its constructor takes raw text)."""
+    from captum.attr import TextTokenInput
+
+    inp = TextTokenInput.__new__(TextTokenInput)
+    inp_tensor = torch.tensor([list(ids)], dtype=torch.long)
+    mask = torch.tensor([[not s for s in special]], dtype=torch.bool)
+    inp.inp_tensor = inp_tensor
+    inp.itp_mask = None if bool(mask.all()) else mask
+    inp.itp_tensor = inp_tensor if inp.itp_mask is None else inp_tensor[mask].unsqueeze(0)
+    inp.skip_tokens = sorted({int(i) for i, s in zip(ids, special, strict=True) if s}) or None
+    inp.values = tokenizer.convert_ids_to_tokens(inp.itp_tensor[0].tolist())
+    inp.tokenizer = tokenizer
+    inp.n_itp_features = len(inp.values)
+    inp.baselines = int(baseline_id)
+    return inp
+
+
+def _resolve_baseline(tokenizer: Any, baselines: str | int) -> tuple[int, str]:
+    if isinstance(baselines, int) and not isinstance(baselines, bool):
+        return baselines, f"token id {baselines}"
+    order = [baselines, *(b for b in BASELINE_TOKENS if b != baselines)]
+    for name in order:
+        value = getattr(tokenizer, f"{name}_token_id", None)
+        if isinstance(value, int):
+            token = getattr(tokenizer, f"{name}_token", name)
+            return value, f"{token} ({name})"
+    return 0, "token id 0"
+
+
+def transformer_blocks(model: Any) -> Any:
+    """The ``ModuleList`` of a transformers model's layers (blocks), or ``None`` when not found."""
+    config = model.config
+    n_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and n_layers and len(module) == n_layers:
+            return module
+    return None
+
+
+class Explainer:
+    """Attributions of a sequence classifier's class probability or a causal LM's continuation.
+
+    Parameters
+    ----------
+    model : transformers model
+        A ``*ForSequenceClassification`` or causal LM, in eval mode. It is only read.
+    tokenizer : transformers tokenizer
+    kind : {"sequence-classification", "causal-lm"}
+    max_length : int
+        Longest token sequence the model takes.
+    device : torch.device
+    baselines : {"pad", "unk", "mask", "eos", "bos"} or int, default="pad"
+        The token every non-special token is replaced by in the Integrated Gradients baseline
+        (the next one in that list is used when the tokenizer has none). Captum's name.
+    batch_size : int, default=32
+        Examples per batched attribution call.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, kind: str, *, max_length: int, device: Any = "cpu",
+                 baselines: str | int = "pad", batch_size: int = 32) -> None:
+        if kind not in EXPLAINABLE_KINDS:
+            raise NotApplicableError(
+                f"Gradient attributions need an output to explain: a sequence classifier or a causal LM, "
+                f"got a model of kind {kind!r}. Load it with kind='sequence-classification' or 'causal-lm'."
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.max_length = int(max_length)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.embeddings = model.get_input_embeddings()
+        self.baseline_id, self.baseline_name = _resolve_baseline(tokenizer, baselines)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if isinstance(pad, int) else self.baseline_id
+
+    @classmethod
+    def for_target(cls, target: AuditTarget, *, model: Any = None, baselines: str | int = "pad") -> Explainer:
+        """An explainer of ``target`` (or of ``model``, a copy of its model, e.g. randomised)."""
+        return cls(model if model is not None else target.model, target.tokenizer, target.kind,
+                   max_length=target.max_length, device=target.device, baselines=baselines,
+                   batch_size=target.batch_size)
+
+    @property
+    def n_classes(self) -> int:
+        return int(getattr(self.model.config, "num_labels", 0) or 0)
+
+    def encode(self, text: str, *, reserve: int = 0) -> Encoded:
+        """Encode ``text``; a causal LM keeps the end and leaves ``reserve`` tokens for the continuation."""
+        keep: Literal["start", "end"] = "end" if self.kind == "causal-lm" else "start"
+        return encode(self.tokenizer, text, max_length=self.max_length - reserve, keep=keep)
+
+    # -- outputs ---------------------------------------------------------------------------
+    def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, :len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, :len(seq)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _proba_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return torch.softmax(logits.float(), dim=-1)
+
+    def _proba_from_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
+        return torch.softmax(logits.float(), dim=-1)
+
+    def _continuation_logprob(self, seqs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> np.ndarray:
+        joined = [list(s) + list(t[:-1]) for s, t in zip(seqs, targets, strict=True)]
+        ids, mask = self._pad(joined)
+        logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        out = np.zeros(len(seqs))
+        for row, (s, t) in enumerate(zip(seqs, targets, strict=True)):
+            pos = torch.arange(len(s) - 1, len(s) - 1 + len(t), device=ids.device)
+            out[row] = float(logp[row, pos, torch.as_tensor(list(t), device=ids.device)].sum())
+        return out
+
+    def output(self, seqs: Sequence[Sequence[int]], targets: Sequence[Any]) -> np.ndarray:
+        """The explained output ``f``: class probability, or continuation log-probability."""
+        values = []
+        with torch.no_grad():
+            for start in range(0, len(seqs), self.batch_size):
+                chunk, tchunk = seqs[start:start + self.batch_size], targets[start:start + self.batch_size]
+                if self.kind == "causal-lm":
+                    values.append(self._continuation_logprob(chunk, tchunk))
+                else:
+                    ids, mask = self._pad(chunk)
+                    proba = self._proba_from_ids(ids, mask).cpu().numpy()
+                    values.append(proba[np.arange(len(chunk)), np.asarray(tchunk, dtype=int)])
+        return np.concatenate(values) if values else np.zeros(0)
+
+    def score(self, seqs: Sequence[Sequence[int]], targets: Sequence[Any]) -> np.ndarray:
+        """Probability of the explained class or continuation, for ERASER's removal curves."""
+        values = self.output(seqs, targets)
+        return np.exp(values) if self.kind == "causal-lm" else values
+
+    def predict(self, encs: Sequence[Encoded]) -> list[Any]:
+        """The predicted class of each text, or a causal LM's greedy next token (as a 1-tuple)."""
+        out: list[Any] = []
+        with torch.no_grad():
+            for start in range(0, len(encs), self.batch_size):
+                chunk = [e.ids for e in encs[start:start + self.batch_size]]
+                ids, mask = self._pad(chunk)
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+                if self.kind == "causal-lm":
+                    last = torch.as_tensor([len(s) - 1 for s in chunk], device=ids.device)
+                    nxt = logits[torch.arange(len(chunk), device=ids.device), last].argmax(-1)
+                    out += [(int(t),) for t in nxt.cpu()]
+                else:
+                    out += [int(c) for c in logits.argmax(-1).cpu()]
+        return out
+
+    def baseline_ids(self, enc: Encoded) -> list[int]:
+        """The Integrated Gradients baseline: every non-special token replaced by the baseline token."""
+        return [i if s else self.baseline_id for i, s in zip(enc.ids, enc.special, strict=True)]
+
+    # -- attributions ----------------------------------------------------------------------
+    def attribute(self, encs: Sequence[Encoded], targets: Sequence[Any], method: str, *, n_steps: int = 50,
+                  internal_batch_size: int | None = None) -> list[TokenAttribution]:
+        """Attributions of ``method`` for each text, to its target (a class index or continuation ids)."""
+        if method not in METHODS:
+            raise ConfigError(f"Unknown attribution method {method!r}. Use one of {list(METHODS)}.")
+        if len(encs) != len(targets):
+            raise ValueError("attribute() needs one target per text")
+        if not encs:
+            return []
+        with torch.enable_grad():
+            if self.kind == "causal-lm":
+                return [self._attribute_causal(e, t, method, n_steps, internal_batch_size)
+                        for e, t in zip(encs, targets, strict=True)]
+            results: list[TokenAttribution | None] = [None] * len(encs)
+            order = sorted(range(len(encs)), key=lambda i: -len(encs[i]))
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                outs = self._attribute_classifier([encs[i] for i in chunk], [targets[i] for i in chunk],
+                                                  method, n_steps, internal_batch_size)
+                for i, out in zip(chunk, outs, strict=True):
+                    results[i] = out
+        return results  # type: ignore[return-value]
+
+    def integrated_gradients(self, encs: Sequence[Encoded], targets: Sequence[Any], *, n_steps: int = 50,
+                             max_delta: float = 0.05, max_n_steps: int = 400,
+                             internal_batch_size: int | None = None) -> list[TokenAttribution]:
+        """Integrated Gradients, doubling ``n_steps`` (up to ``max_n_steps``) where not converged.
+
+        An example has converged when ``|delta| <= max_delta * max(|f(x) - f(baseline)|, 0.01)``.
+        """
+        results = self.attribute(encs, targets, "integrated_gradients", n_steps=n_steps,
+                                 internal_batch_size=internal_batch_size)
+        steps = n_steps
+        while True:
+            todo = [i for i, r in enumerate(results) if not r.converged(max_delta)]
+            if not todo or steps * 2 > max_n_steps:
+                return results
+            steps *= 2
+            redone = self.attribute([encs[i] for i in todo], [targets[i] for i in todo], "integrated_gradients",
+                                    n_steps=steps, internal_batch_size=internal_batch_size)
+            for i, r in zip(todo, redone, strict=True):
+                results[i] = r
+
+    def _rows_per_pass(self, n_examples: int, width: int, internal_batch_size: int | None) -> int:
+        if internal_batch_size is not None:
+            return max(internal_batch_size, n_examples)
+        return max(n_examples, _TOKENS_PER_PASS // max(width, 1))
+
+    def _attribute_classifier(self, encs: Sequence[Encoded], classes: Sequence[int], method: str, n_steps: int,
+                              internal_batch_size: int | None) -> list[TokenAttribution]:
+        from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
+
+        ids, mask = self._pad([e.ids for e in encs])
+        target = [int(c) for c in classes]
+        if method == "integrated_gradients":
+            base, _ = self._pad([self.baseline_ids(e) for e in encs])
+            lig = LayerIntegratedGradients(self._proba_from_ids, self.embeddings)
+            attr, delta = lig.attribute(
+                ids, baselines=base, target=target, additional_forward_args=(mask,), n_steps=n_steps,
+                internal_batch_size=self._rows_per_pass(len(encs), ids.shape[1], internal_batch_size),
+                return_convergence_delta=True,
+            )
+            scores = attr.float().sum(-1).detach().cpu().numpy()
+            with torch.no_grad():
+                rows = torch.arange(len(encs), device=ids.device)
+                f_x = self._proba_from_ids(ids, mask)[rows, target].cpu().numpy()
+                f_b = self._proba_from_ids(base, mask)[rows, target].cpu().numpy()
+            delta = delta.detach().cpu().numpy()
+            return [TokenAttribution(method, self._clean(scores[i], e), float(f_x[i]), float(f_b[i]),
+                                     float(delta[i]), n_steps) for i, e in enumerate(encs)]
+        embeds = self.embeddings(ids).detach().requires_grad_(True)
+        if method == "saliency":
+            grads = Saliency(self._proba_from_embeds).attribute(embeds, target=target, abs=True,
+                                                               additional_forward_args=(mask,))
+            scores = grads.float().norm(dim=-1).detach().cpu().numpy()
+        else:
+            attr = InputXGradient(self._proba_from_embeds).attribute(embeds, target=target,
+                                                                     additional_forward_args=(mask,))
+            scores = attr.float().sum(-1).detach().cpu().numpy()
+        return [TokenAttribution(method, self._clean(scores[i], e)) for i, e in enumerate(encs)]
+
+    @staticmethod
+    def _clean(row: np.ndarray, enc: Encoded) -> np.ndarray:
+        out = np.asarray(row[:len(enc)], dtype=float).copy()
+        out[np.asarray(enc.special, dtype=bool)] = 0.0
+        return out
+
+    def _attribute_causal(self, enc: Encoded, continuation: Sequence[int], method: str, n_steps: int,
+                          internal_batch_size: int | None) -> TokenAttribution:
+        from captum.attr import LayerGradientXActivation, LayerIntegratedGradients, LLMGradientAttribution, Saliency
+
+        cont = torch.as_tensor(list(continuation), dtype=torch.long)
+        content = enc.content
+        scores = np.zeros(len(enc))
+        if method == "saliency":
+            ids = torch.as_tensor([list(enc.ids) + list(continuation[:-1])], device=self.device)
+            embeds = self.embeddings(ids).detach().requires_grad_(True)
+            n = len(enc)
+
+            def forward(inputs_embeds: torch.Tensor) -> torch.Tensor:
+                logp = torch.log_softmax(self.model(inputs_embeds=inputs_embeds).logits.float(), dim=-1)
+                pos = torch.arange(n - 1, n - 1 + len(cont), device=logp.device)
+                return logp[:, pos, cont.to(logp.device)].sum(-1)
+
+            grads = Saliency(forward).attribute(embeds, abs=True)
+            scores[content] = grads[0, :n].float().norm(dim=-1).detach().cpu().numpy()[content]
+            return TokenAttribution(method, scores)
+        inp = _token_ids_input(enc.ids, enc.special, self.tokenizer, self.baseline_id)
+        if method == "integrated_gradients":
+            llm = LLMGradientAttribution(LayerIntegratedGradients(self.model, self.embeddings), self.tokenizer)
+            result = llm.attribute(inp, target=cont, n_steps=n_steps, internal_batch_size=internal_batch_size)
+        else:
+            llm = LLMGradientAttribution(LayerGradientXActivation(self.model, self.embeddings), self.tokenizer)
+            result = llm.attribute(inp, target=cont)
+        scores[content] = result.seq_attr.float().detach().cpu().numpy()
+        if method != "integrated_gradients":
+            return TokenAttribution(method, scores)
+        # LLMGradientAttribution cannot return Captum's delta; completeness is checked here instead.
+        f_x, f_b = self.output([list(enc.ids), self.baseline_ids(enc)], [list(continuation)] * 2)
+        delta = float(scores.sum() - (f_x - f_b))
+        return TokenAttribution(method, scores, float(f_x), float(f_b), delta, n_steps)
+
+
+# -- where the examples come from ----------------------------------------------------------
+@dataclass(frozen=True)
+class Example:
+    """A text to explain, where it came from, and (for a counterfactual pair) its partner."""
+
+    text: str
+    source: str
+    target: Any = None
+    pair: int | None = None
+    side: str | None = None
+
+
+_PAIR_KEYS = (
+    ("text_a", "text_b"), ("original", "counterfactual"), ("text", "counterfactual"),
+    ("sentence", "counterfactual"), ("text", "counterfactual_text"), ("input", "counterfactual_input"),
+    ("sent_more", "sent_less"), ("text_1", "text_2"), ("left", "right"), ("a", "b"),
+)
+_TEXTY = ("text", "sentence", "input", "counterfactual", "original", "swapped", "prompt")
+
+
+def counterfactual_pairs(result: Any, limit: int) -> list[tuple[str, str, str]]:
+    """The worst pairs in a counterfactual probe's result, as ``(text_a, text_b, label)``.
+
+    The result is read defensively: pairs are found under common key names (``text_a``/``text_b``,
+    ``original``/``counterfactual``, ...) or as the first two text-like string fields; anything
+    else is ignored.
+    """
+    if result is None or getattr(result, "status", None) not in ("passed", "warned", "failed"):
+        return []
+    pairs: list[tuple[str, str, str]] = []
+    for example in getattr(result, "examples", None) or []:
+        if not isinstance(example, Mapping):
+            continue
+        found = None
+        for ka, kb in _PAIR_KEYS:
+            a, b = example.get(ka), example.get(kb)
+            if isinstance(a, str) and isinstance(b, str):
+                found = (a, b)
+                break
+        if found is None:
+            texts = [v for k, v in example.items()
+                     if isinstance(v, str) and any(t in str(k).lower() for t in _TEXTY) and len(v.split()) > 1]
+            found = (texts[0], texts[1]) if len(texts) >= 2 else None
+        if found is None or not found[0].strip() or not found[1].strip() or found[0] == found[1]:
+            continue
+        groups = [str(example[k]) for k in ("group_a", "group_b") if isinstance(example.get(k), (str, int, float))]
+        label = " vs ".join(groups) if len(groups) == 2 else str(example.get("axis", example.get("group", "")))
+        pairs.append((found[0], found[1], label))
+        if len(pairs) >= limit:
+            break
+    return pairs
+
+
+def collect_examples(*, probe: str, examples: Sequence[Any] | None, context: AuditContext | None,
+                     max_examples: int, pairs: int = 0) -> tuple[list[Example], list[str]]:
+    """Texts to explain: the configured list, else a seeded sample of the data, else our own list;
+    plus up to ``pairs`` of the counterfactual probe's worst pairs. Returns them and notes for the card.
+    """
+    notes: list[str] = []
+    chosen: list[Example] = []
+    if examples:
+        for i, item in enumerate(examples):
+            text, tgt = (item.get("text"), item.get("target")) if isinstance(item, Mapping) else (item, None)
+            if not isinstance(text, str):
+                raise ConfigError(
+                    f"Probe {probe!r}: example {i} must be a string or a mapping with a 'text' string, "
+                    f"got {type(text).__name__}. Fix examples[{i}] in the config."
+                )
+            if not text.strip():
+                raise DataError(
+                    f"Probe {probe!r}: example {i} is empty (received {text!r}). "
+                    "Remove it from examples or give a text with at least one word."
+                )
+            chosen.append(Example(text=text, source="config", target=tgt))
+        if len(chosen) > max_examples:
+            notes.append(f"Only the first {max_examples} of {len(chosen)} configured examples were used (max_examples).")
+            chosen = chosen[:max_examples]
+    elif context is not None and context.data is not None:
+        texts = context.data.texts
+        usable = [i for i, t in enumerate(texts) if t.strip()]
+        if len(usable) < len(texts):
+            notes.append(f"{len(texts) - len(usable)} empty text(s) in the data were skipped.")
+        if len(usable) > max_examples:
+            usable = sorted(int(i) for i in context.rng.choice(usable, size=max_examples, replace=False))
+        chosen = [Example(text=texts[i], source=f"data row {i}") for i in usable]
+    if not chosen and not examples:
+        chosen = [Example(text=t, source="built-in") for t in builtin_examples()[:max_examples]]
+    if pairs and context is not None:
+        for n, (a, b, label) in enumerate(counterfactual_pairs(context.results.get("counterfactual"), pairs)):
+            tag = f"counterfactual pair {n + 1}" + (f" ({label})" if label else "")
+            chosen.append(Example(text=a, source=tag + ", side a", pair=n, side="a"))
+            chosen.append(Example(text=b, source=tag + ", side b", pair=n, side="b"))
+    return chosen, notes
+
+
+def resolve_targets(explainer: Explainer, encs: Sequence[Encoded], examples: Sequence[Example], default: Any,
+                    *, probe: str, labels: Sequence[str] = ()) -> list[Any]:
+    """The output to explain for each text: a class index (classifier) or continuation ids (causal LM).
+
+    A counterfactual pair's side b is explained for side a's target, so the two are comparable.
+    """
+    predicted = explainer.predict(encs)
+    out: list[Any] = []
+    side_a: dict[int, Any] = {}
+    for i, ex in enumerate(examples):
+        if ex.pair is not None and ex.side == "b" and ex.pair in side_a:
+            out.append(side_a[ex.pair])
+            continue
+        wanted = ex.target if ex.target is not None else default
+        if explainer.kind == "causal-lm":
+            if wanted is None:
+                value: Any = predicted[i]
+            elif isinstance(wanted, str) and wanted.strip():
+                value = tuple(explainer.tokenizer.encode(wanted, add_special_tokens=False))
+                if not value:
+                    raise ConfigError(f"Probe {probe!r}: target {wanted!r} has no tokens. Give a non-empty continuation.")
+            else:
+                raise ConfigError(
+                    f"Probe {probe!r}: for a causal LM, target must be the continuation text to explain, "
+                    f"got {wanted!r}. Give a non-empty string such as ' doctor', or leave it unset for the next token."
+                )
+        elif wanted is None:
+            value = predicted[i]
+        else:
+            value = _class_index(wanted, explainer.n_classes, labels, probe)
+        if ex.pair is not None and ex.side == "a":
+            side_a[ex.pair] = value
+        out.append(value)
+    return out
+
+
+def _class_index(wanted: Any, n_classes: int, labels: Sequence[str], probe: str) -> int:
+    if isinstance(wanted, bool):
+        wanted = str(wanted)
+    if isinstance(wanted, int) and 0 <= wanted < n_classes:
+        return wanted
+    if isinstance(wanted, str) and wanted in labels:
+        return list(labels).index(wanted)
+    if isinstance(wanted, str) and wanted.isdigit() and int(wanted) < n_classes:
+        return int(wanted)
+    raise ConfigError(
+        f"Probe {probe!r}: target class {wanted!r} does not exist; this model has {n_classes} classes "
+        f"{list(labels)} (indices 0 to {n_classes - 1}). Set target to one of them, or leave it unset to "
+        "explain the predicted class."
+    )
+
+
+def target_label(explainer: Explainer, value: Any, labels: Sequence[str]) -> str:
+    """A readable name of an explained output."""
+    if explainer.kind == "causal-lm":
+        return explainer.tokenizer.decode(list(value))
+    return labels[value] if value < len(labels) else str(value)
+
+
+# -- the probe ----------------------------------------------------------------------------
+class AttributionProbe(Probe):
+    """Which input tokens drive the model's decision, by three gradient attribution methods.
+
+    Integrated Gradients (Sundararajan et al. 2017) through Captum's ``LayerIntegratedGradients``
+    over the input embeddings, with its convergence delta checked: where the attributions miss
+    ``f(x) - f(baseline)`` by more than ``max_delta`` of that gap, ``n_steps`` is doubled, up to
+    ``max_n_steps``. Saliency (Simonyan et al. 2014) and Input x Gradient (Shrikumar et al. 2017)
+    come from the same gradients. For a classifier ``f`` is the explained class's probability; for
+    a causal LM it is the log-probability of the explained continuation (Captum's
+    ``LLMGradientAttribution``).
+
+    Examples come from ``examples``, else a seeded sample of the audit's data, else a short
+    built-in list; when the counterfactual probe ran, its worst pairs are added and both sides are
+    explained for side a's output, so the per-word difference of the attributions decomposes the
+    gap between them. The card shows per-token heatmaps, the words with the most attribution mass
+    and the share of attribution on demographic terms.
+
+    Parameters
+    ----------
+    methods : sequence of {"integrated_gradients", "saliency", "input_x_gradient"}, default=all three
+    examples : sequence of str or mapping, optional
+        Texts to explain; a mapping ``{"text": ..., "target": ...}`` sets that text's target.
+    max_examples : int, default=8
+        Most texts explained (not counting counterfactual pairs).
+    target : int or str, optional
+        Classifier: class index or label to explain (default: the predicted class). Causal LM: the
+        continuation text (default: the greedy next token).
+    use_counterfactual : bool, default=True
+        Also explain the counterfactual probe's worst pairs when it ran.
+    max_pairs : int, default=5
+    n_steps : int, default=50
+        Integrated Gradients steps to start with (Captum's name).
+    max_n_steps : int, default=400
+        Upper limit when ``n_steps`` is raised for examples that did not converge.
+    max_delta : float, default=0.05
+        Largest acceptable |convergence delta| as a fraction of |f(x) - f(baseline)| (at least 0.01).
+    internal_batch_size : int, optional
+        Rows per forward pass inside Captum (its name); by default about 8,192 tokens per pass.
+    baselines : {"pad", "unk", "mask", "eos", "bos"} or int, default="pad"
+        Token replacing every non-special token in the Integrated Gradients baseline.
+    demographic_terms : mapping of str to sequence of str, optional
+        Axis name to terms; defaults to ``probes/data/attribution/demographic_terms.json``.
+    max_demographic_share : float, optional
+        The probe warns when the mean share of |attribution| on demographic terms exceeds this.
+    top_k : int, default=15
+        Words listed in the "most attribution mass" table.
+    """
+
+    name: ClassVar[str] = "attribution"
+    kinds: ClassVar[frozenset[str]] = EXPLAINABLE_KINDS
+    description: ClassVar[str] = "Token attributions (Integrated Gradients, Saliency, Input x Gradient) with Captum"
+    version: ClassVar[str] = "1"
+    after: ClassVar[tuple[str, ...]] = ("counterfactual",)
+
+    def __init__(
+        self,
+        *,
+        methods: Sequence[str] = METHODS,
+        examples: Sequence[Any] | None = None,
+        max_examples: int = 8,
+        target: int | str | None = None,
+        use_counterfactual: bool = True,
+        max_pairs: int = 5,
+        n_steps: int = 50,
+        max_n_steps: int = 400,
+        max_delta: float = 0.05,
+        internal_batch_size: int | None = None,
+        baselines: str | int = "pad",
+        demographic_terms: Mapping[str, Sequence[str]] | None = None,
+        max_demographic_share: float | None = None,
+        top_k: int = 15,
+    ) -> None:
+        self.methods = methods
+        self.examples = examples
+        self.max_examples = max_examples
+        self.target = target
+        self.use_counterfactual = use_counterfactual
+        self.max_pairs = max_pairs
+        self.n_steps = n_steps
+        self.max_n_steps = max_n_steps
+        self.max_delta = max_delta
+        self.internal_batch_size = internal_batch_size
+        self.baselines = baselines
+        self.demographic_terms = demographic_terms
+        self.max_demographic_share = max_demographic_share
+        self.top_k = top_k
+        check_common_params(self.name, methods=methods, examples=examples, max_examples=max_examples,
+                            n_steps=n_steps, baselines=baselines)
+        if max_n_steps < n_steps:
+            raise ConfigError(f"Probe 'attribution': max_n_steps ({max_n_steps}) must be at least n_steps ({n_steps}).")
+        if not max_delta > 0:
+            raise ConfigError(f"Probe 'attribution': max_delta must be positive, got {max_delta!r}.")
+        if max_pairs < 0 or top_k < 1:
+            raise ConfigError(f"Probe 'attribution': max_pairs must be >= 0 and top_k >= 1, got {max_pairs}, {top_k}.")
+        if internal_batch_size is not None and internal_batch_size < 1:
+            raise ConfigError(f"Probe 'attribution': internal_batch_size must be positive, got {internal_batch_size!r}.")
+        if demographic_terms is not None and (not isinstance(demographic_terms, Mapping) or not all(
+                isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v) for v in demographic_terms.values())):
+            raise ConfigError(
+                "Probe 'attribution': demographic_terms must map an axis name to a list of terms, "
+                f"e.g. {{gender: [he, she]}}; got {type(demographic_terms).__name__}."
+            )
+
+    def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
+        explainer = Explainer.for_target(target, baselines=self.baselines)
+        examples, notes = collect_examples(probe=self.name, examples=self.examples, context=context,
+                                           max_examples=self.max_examples,
+                                           pairs=self.max_pairs if self.use_counterfactual else 0)
+        reserve = len(explainer.tokenizer.encode(self.target, add_special_tokens=False)) \
+            if explainer.kind == "causal-lm" and isinstance(self.target, str) else 1
+        encs = encode_examples(explainer, target, examples, probe=self.name, reserve=reserve)
+        labels = target.labels if explainer.kind == "sequence-classification" else []
+        targets = resolve_targets(explainer, encs, examples, self.target, probe=self.name, labels=labels)
+        attributions: dict[str, list[TokenAttribution]] = {}
+        for method in self.methods:
+            if method == "integrated_gradients":
+                attributions[method] = explainer.integrated_gradients(
+                    encs, targets, n_steps=self.n_steps, max_delta=self.max_delta, max_n_steps=self.max_n_steps,
+                    internal_batch_size=self.internal_batch_size)
+            else:
+                attributions[method] = explainer.attribute(encs, targets, method,
+                                                           internal_batch_size=self.internal_batch_size)
+        terms = self.demographic_terms if self.demographic_terms is not None else demographic_terms()
+        return self._report(explainer, encs, examples, targets, attributions, terms, labels, notes, context.rng)
+
+    # -- reporting ----------------------------------------------------------------------------
+    def _report(self, explainer: Explainer, encs: list[Encoded], examples: list[Example], targets: list[Any],
+                attributions: dict[str, list[TokenAttribution]], terms: Mapping[str, Sequence[str]],
+                labels: Sequence[str], notes: list[str], rng: np.random.Generator) -> ProbeResult:
+        methods = list(attributions)
+        lead = "integrated_gradients" if "integrated_gradients" in methods else methods[0]
+        f_name = "log p(continuation)" if explainer.kind == "causal-lm" else "p(class)"
+        f_values = explainer.output([e.ids for e in encs], targets)
+        probs = np.exp(f_values) if explainer.kind == "causal-lm" else f_values
+        dem = [demographic_mask(e, terms) for e in encs]
+        metrics: dict[str, Metric] = {}
+
+        with_terms = [i for i, m in enumerate(dem) if m.any()]
+        for method in methods:
+            shares = []
+            for i in with_terms:
+                mass = np.abs(attributions[method][i].scores)
+                total = mass.sum()
+                if total > 0:
+                    shares.append(float(mass[dem[i]].sum() / total))
+            key = f"demographic_share[{method}]"
+            if shares:
+                ci = bootstrap_ci(np.asarray(shares), rng=rng)
+                metrics[key] = Metric(
+                    value=ci.estimate, ci=ci.as_tuple(), ci_level=ci.level, threshold=self.max_demographic_share,
+                    direction="lower_is_better",
+                    description=f"Share of |{TITLES[method]}| attribution on demographic terms, mean over the "
+                                f"{len(shares)} examples that contain one",
+                )
+            else:
+                metrics[key] = Metric(value=None, note="no example contains a demographic term",
+                                      description=f"Share of |{TITLES[method]}| attribution on demographic terms")
+        if with_terms:
+            fractions = [float(dem[i][encs[i].content].mean()) for i in with_terms]
+            metrics["demographic_token_fraction"] = Metric(
+                value=float(np.mean(fractions)),
+                description="Share of tokens that are demographic terms in those examples: the attribution "
+                            "share expected if attribution were spread evenly",
+            )
+
+        unconverged = 0
+        ig_rows = attributions.get("integrated_gradients")
+        if ig_rows is not None:
+            deltas = np.array([abs(r.delta or 0.0) for r in ig_rows])
+            unconverged = sum(not r.converged(self.max_delta) for r in ig_rows)
+            metrics["ig_max_abs_delta"] = Metric(
+                value=float(deltas.max()), direction="lower_is_better",
+                description=f"Largest |convergence delta| of Integrated Gradients: |sum of attributions - "
+                            f"({f_name} at the input - at the baseline)|",
+            )
+            metrics["ig_unconverged"] = Metric(
+                value=float(unconverged), threshold=0.0, direction="lower_is_better",
+                description=f"Examples whose delta still exceeds {self.max_delta:g} x |f(x) - f(baseline)| "
+                            f"at n_steps={self.max_n_steps}",
+            )
+            metrics["ig_max_n_steps"] = Metric(
+                value=float(max(r.n_steps or 0 for r in ig_rows)),
+                description=f"Most Integrated Gradients steps any example needed (started at {self.n_steps})",
+            )
+
+        pair_table, pair_shares = self._pairs(explainer, encs, examples, attributions[lead], f_values, lead)
+        if pair_shares:
+            ci = bootstrap_ci(np.asarray(pair_shares), rng=rng)
+            metrics["counterfactual_term_share"] = Metric(
+                value=ci.estimate, ci=ci.as_tuple(), ci_level=ci.level,
+                description=f"Share of the |change in {TITLES[lead]} attribution| between the two sides of a "
+                            "counterfactual pair that falls on the swapped words (the rest moves to the context)",
+            )
+
+        truncated = [i for i, e in enumerate(encs) if e.truncated]
+        if truncated:
+            notes.append(f"{len(truncated)} example(s) were longer than the model's {explainer.max_length} tokens "
+                         f"and were truncated before attribution (marked in the table).")
+
+        tables = [self._examples_table(explainer, encs, examples, targets, attributions, probs, dem, labels, lead)]
+        top_table, top_words, top_mass = self._top_words(encs, attributions, dem, methods, lead)
+        tables.append(top_table)
+        if pair_table is not None:
+            tables.append(pair_table)
+        figures = []
+        if top_words:
+            figures.append(Figure(
+                title=f"Words with the most {TITLES[lead]} attribution mass",
+                svg=interval_bar_chart(top_words, top_mass, reference=None,
+                                       xlabel="share of |attribution| summed over examples (each example sums to 1)"),
+                caption="Each example's |attribution| is normalised to sum to 1, then summed per word over the examples.",
+            ))
+
+        heat = []
+        for i, (enc, ex) in enumerate(zip(encs, examples, strict=True)):
+            entry: dict[str, Any] = {
+                "example": i + 1, "source": ex.source, "text": enc.text,
+                "explained": target_label(explainer, targets[i], labels), "output": f_name,
+                "probability": float(probs[i]), "truncated": enc.truncated, "tokens": list(enc.tokens),
+                "demographic": [bool(x) for x in dem[i]], "methods": methods,
+            }
+            for method in methods:
+                r = attributions[method][i]
+                entry[method] = [_sig(v) for v in r.scores]
+                entry[f"{method}_colors"] = heat_colors(r.scores, signed=SIGNED[method])
+                if r.delta is not None:
+                    entry["ig_delta"] = float(r.delta)
+                    entry["ig_n_steps"] = int(r.n_steps or 0)
+            heat.append(entry)
+
+        share = metrics[f"demographic_share[{lead}]"]
+        parts = [f"Explained {len(encs)} text(s) with {', '.join(TITLES[m] for m in methods)}"]
+        if ig_rows is not None:
+            parts.append(
+                f"Integrated Gradients converged on {len(ig_rows) - unconverged} of {len(ig_rows)} "
+                f"(max |delta| {metrics['ig_max_abs_delta'].value:.2g}, up to n_steps={int(metrics['ig_max_n_steps'].value or 0)})"
+            )
+        if share.value is not None:
+            parts.append(f"{share.value:.0%} of {TITLES[lead]} attribution falls on demographic terms, which are "
+                         f"{metrics['demographic_token_fraction'].value:.0%} of those texts' tokens")
+        if truncated:
+            parts.append(f"{len(truncated)} truncated")
+        summary = "; ".join(parts) + "."
+        status = "passed"
+        if unconverged or (self.max_demographic_share is not None and share.value is not None
+                           and share.value > self.max_demographic_share):
+            status = "warned"
+        if notes:
+            summary += " " + " ".join(notes)
+        return self.result(status=status, summary=summary, metrics=metrics, headline=f"demographic_share[{lead}]",
+                           tables=tables, figures=figures, examples=heat)
+
+    def _examples_table(self, explainer: Explainer, encs: list[Encoded], examples: list[Example], targets: list[Any],
+                        attributions: dict[str, list[TokenAttribution]], probs: np.ndarray, dem: list[np.ndarray],
+                        labels: Sequence[str], lead: str) -> Table:
+        ig = attributions.get("integrated_gradients")
+        rows = []
+        for i, (enc, ex) in enumerate(zip(encs, examples, strict=True)):
+            scores = attributions[lead][i].scores
+            top = int(np.argmax(np.abs(scores))) if len(scores) else 0
+            mass = np.abs(scores).sum()
+            row = [i + 1, ex.source, enc.text if len(enc.text) <= 160 else enc.text[:157] + "...",
+                   target_label(explainer, targets[i], labels), _sig(probs[i]), enc.tokens[top],
+                   _sig(np.abs(scores)[dem[i]].sum() / mass) if dem[i].any() and mass > 0 else None]
+            if ig is not None:
+                r = ig[i]
+                row += [_sig((r.f_x or 0) - (r.f_baseline or 0)), _sig(r.scores.sum()), _sig(r.delta or 0.0),
+                        r.n_steps, bool(r.converged(self.max_delta))]
+            row.append(f"yes ({enc.n_tokens_full} tokens)" if enc.truncated else "no")
+            rows.append(row)
+        columns = ["#", "source", "text", "explained", "probability", f"top token ({TITLES[lead]})",
+                   "demographic share"]
+        if ig is not None:
+            columns += ["f(x) - f(baseline)", "sum of IG", "IG delta", "IG n_steps", "converged"]
+        columns.append("truncated")
+        f_name = "log-probability of the continuation" if explainer.kind == "causal-lm" else "class probability"
+        return Table(title="Explained examples", columns=columns, rows=rows, caption=(
+            f"f is the {f_name}; Integrated Gradients' baseline replaces every non-special token with "
+            f"{explainer.baseline_name}. Completeness: sum of IG = f(x) - f(baseline) + delta."))
+
+    def _top_words(self, encs: list[Encoded], attributions: dict[str, list[TokenAttribution]],
+                   dem: list[np.ndarray], methods: list[str], lead: str) -> tuple[Table, list[str], list[float]]:
+        mass: dict[str, dict[str, float]] = {m: defaultdict(float) for m in methods}
+        signed: dict[str, list[float]] = defaultdict(list)
+        count: dict[str, int] = defaultdict(int)
+        is_term: dict[str, bool] = {}
+        for i, enc in enumerate(encs):
+            word_dem = np.zeros(len(enc.word_texts), dtype=bool)
+            for t, w in enumerate(enc.words):
+                if w is not None and dem[i][t]:
+                    word_dem[w] = True
+            for method in methods:
+                ws = word_scores(enc, attributions[method][i].scores)
+                total = np.abs(ws).sum()
+                for w, word in enumerate(enc.word_texts):
+                    key = _normalise_word(word) or word
+                    if total > 0:
+                        mass[method][key] += float(abs(ws[w]) / total)
+                    if method == lead:
+                        signed[key].append(float(ws[w]))
+                        count[key] += 1
+                        is_term[key] = is_term.get(key, False) or bool(word_dem[w])
+        ranked = sorted(mass[lead], key=lambda k: -mass[lead][k])[: self.top_k]
+        rows = [[word, count[word], *[_sig(mass[m].get(word, 0.0)) for m in methods],
+                 _sig(np.mean(signed[word])), is_term[word]] for word in ranked]
+        table = Table(title="Words with the most attribution mass", columns=[
+            "word", "occurrences", *[f"mass ({TITLES[m]})" for m in methods], f"mean signed {TITLES[lead]}",
+            "demographic term"], rows=rows,
+            caption="Mass: each example's |attribution| per word, normalised to sum to 1, summed over examples.")
+        return table, ranked, [mass[lead][w] for w in ranked]
+
+    def _pairs(self, explainer: Explainer, encs: list[Encoded], examples: list[Example],
+               lead_attr: list[TokenAttribution], f_values: np.ndarray, lead: str) -> tuple[Table | None, list[float]]:
+        sides: dict[int, dict[str, int]] = defaultdict(dict)
+        for i, ex in enumerate(examples):
+            if ex.pair is not None and ex.side is not None:
+                sides[ex.pair][ex.side] = i
+        rows, shares = [], []
+        for pair, idx in sorted(sides.items()):
+            if set(idx) != {"a", "b"}:
+                continue
+            a, b = idx["a"], idx["b"]
+            wa, wb = word_scores(encs[a], lead_attr[a].scores), word_scores(encs[b], lead_attr[b].scores)
+            share = None
+            moved = None
+            if len(wa) == len(wb):
+                change = np.abs(wa - wb)
+                swapped = np.array([_normalise_word(x) != _normalise_word(y)
+                                    for x, y in zip(encs[a].word_texts, encs[b].word_texts, strict=True)])
+                if change.sum() > 0 and swapped.any():
+                    share = float(change[swapped].sum() / change.sum())
+                    shares.append(share)
+                context = np.where(swapped, -1.0, change)
+                if context.size and context.max() > 0:
+                    moved = encs[a].word_texts[int(np.argmax(context))]
+            rows.append([pair + 1, examples[a].source.split(", side")[0], encs[a].text, encs[b].text,
+                         _sig(f_values[a]), _sig(f_values[b]), _sig(f_values[a] - f_values[b]),
+                         _sig(lead_attr[a].scores.sum() - lead_attr[b].scores.sum()),
+                         None if share is None else _sig(share), moved])
+        if not rows:
+            return None, []
+        f_name = "log-probability of side a's continuation" if explainer.kind == "causal-lm" else \
+            "probability of side a's class"
+        return Table(
+            title="Counterfactual pairs: where the attribution moves",
+            columns=["pair", "from", "side a", "side b", "f(a)", "f(b)", "f(a) - f(b)",
+                     f"sum of {TITLES[lead]}, a - b", "share of change on swapped words",
+                     "context word that moved most"],
+            rows=rows,
+            caption=f"f is the {f_name}; both sides are explained for it. With Integrated Gradients and the same "
+                    "baseline, the per-word difference of the attributions decomposes f(a) - f(b) (up to the "
+                    "convergence deltas). Shares need both sides to have the same number of words.",
+        ), shares
+
+
+def check_common_params(probe: str, *, methods: Sequence[str], examples: Sequence[Any] | None, max_examples: int,
+                        n_steps: int, baselines: str | int) -> None:
+    """Run-time checks of the parameters the transparency probes share."""
+    if isinstance(methods, str) or not methods:
+        raise ConfigError(f"Probe {probe!r}: methods must be a non-empty list, e.g. [integrated_gradients], got {methods!r}.")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"Probe {probe!r}: unknown method(s) {unknown}. Use some of {list(METHODS)}.")
+    if isinstance(examples, str):
+        raise ConfigError(f"Probe {probe!r}: examples must be a list of texts, got one string. Write examples: [\"...\"].")
+    if max_examples < 1:
+        raise ConfigError(f"Probe {probe!r}: max_examples must be at least 1, got {max_examples!r}.")
+    if n_steps < 1:
+        raise ConfigError(f"Probe {probe!r}: n_steps must be at least 1, got {n_steps!r}.")
+    if not (isinstance(baselines, int) or baselines in BASELINE_TOKENS):
+        raise ConfigError(f"Probe {probe!r}: baselines must be one of {list(BASELINE_TOKENS)} or a token id, "
+                          f"got {baselines!r}.")
+
+
+def encode_examples(explainer: Explainer, target: AuditTarget, examples: Sequence[Example], *, probe: str,
+                    reserve: int = 1) -> list[Encoded]:
+    """Encode every example, with a clear error for one that has no tokens to attribute."""
+    target.tokenize([ex.text for ex in examples])  # counts truncated texts for the card's manifest
+    encs = []
+    for i, ex in enumerate(examples):
+        enc = explainer.encode(ex.text, reserve=reserve if explainer.kind == "causal-lm" else 0)
+        if not len(enc.content):
+            raise DataError(
+                f"Probe {probe!r}: example {i} ({ex.source}) has no tokens to attribute (received "
+                f"{ex.text[:60]!r}). Remove it or give a text with at least one word."
+            )
+        encs.append(enc)
+    return encs
