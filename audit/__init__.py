@@ -4,7 +4,8 @@ Examples
 --------
 >>> from audit import Auditor, AuditConfig, load_target
 >>> target = load_target(progress=False)          # bundled all-MiniLM-L6-v2
->>> results = Auditor(AuditConfig(select=["seat"])).run(target)
+>>> config = AuditConfig(select=["seat"], probes={"seat": {"params": {"tests": ["weat6"]}}})
+>>> results = Auditor(config).run(target)
 >>> results.manifest.fingerprint.startswith("sha256:")
 True
 """

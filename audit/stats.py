@@ -215,7 +215,7 @@ def holm_bonferroni(p_values: Sequence[float], alpha: float = 0.05) -> tuple[np.
     >>> from audit.stats import holm_bonferroni
     >>> adj, reject = holm_bonferroni([0.01, 0.04, 0.03])
     >>> [round(float(a), 2) for a in adj], reject.tolist()
-    [[0.03, 0.06, 0.06], [True, False, False]]
+    ([0.03, 0.06, 0.06], [True, False, False])
     """
     p = np.asarray(p_values, dtype=float)
     m = p.size

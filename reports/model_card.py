@@ -145,7 +145,7 @@ def render_html_card(results: AuditResults) -> str:
     --------
     >>> from audit import Auditor, AuditConfig, load_target
     >>> from reports import render_html_card
-    >>> res = Auditor(AuditConfig(select=["seat"], probes={"seat": {"params": {"tests": ["weat7"]}}})).run(load_target(progress=False))
+    >>> res = Auditor(AuditConfig(select=["seat"], probes={"seat": {"params": {"tests": ["weat7"], "n_boot": 200}}})).run(load_target(progress=False))
     >>> html = render_html_card(res)
     >>> html.startswith("<!DOCTYPE html>") and "http://" not in html and "https://" not in html
     True

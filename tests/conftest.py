@@ -29,7 +29,7 @@ import pytest  # noqa: E402
 from tests.tiny import make_tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("RAI_AUDIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,404 @@
+"""Group fairness of a sequence classifier on the user's labelled evaluation data.
+
+Per group of each sensitive feature (and of their intersection): accuracy, selection rate,
+true/false positive and false negative rates with fairlearn ``MetricFrame`` and its bootstrap
+intervals; ``demographic_parity_difference`` and ``equalized_odds_difference`` (Hardt et al.
+2016); and, from the classifier's scores, the subgroup, BPSN and BNSP AUCs of Borkan et al. 2019
+("Nuanced metrics for measuring unintended bias with real data for text classification").
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from audit.errors import ConfigError, DataError
+from audit.figures import interval_bar_chart
+from audit.probe import Figure, Metric, Probe, ProbeResult, Table
+from audit.stats import Interval, bootstrap_ci
+from probes.counterfactual import resolve_positive_label
+
+if TYPE_CHECKING:
+    from audit.context import AuditContext
+    from audit.target import AuditTarget
+
+__all__ = ["GroupFairnessProbe", "borkan_aucs", "equalized_odds_gap"]
+
+_RATES = ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate", "false_negative_rate")
+_NEED = {"true_positive_rate": "positives", "false_negative_rate": "positives", "false_positive_rate": "negatives"}
+
+
+def borkan_aucs(y_true: np.ndarray, scores: np.ndarray, in_group: np.ndarray) -> dict[str, float | None]:
+    """Subgroup, BPSN and BNSP AUC of one group (Borkan et al. 2019), ``None`` where undefined.
+
+    - subgroup AUC: the group's examples only;
+    - BPSN (background positive, subgroup negative): positives outside the group with negatives
+      inside it; low when the group's negatives score high (false positives for the group);
+    - BNSP (background negative, subgroup positive): negatives outside with positives inside;
+      low when the group's positives score low (false negatives for the group).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from probes.group_fairness import borkan_aucs
+    >>> y = np.array([0, 1, 0, 1]); s = np.array([0.1, 0.9, 0.8, 0.7]); g = np.array([0, 0, 1, 1], bool)
+    >>> borkan_aucs(y, s, g)["bpsn_auc"]
+    0.5
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true).astype(bool)
+    subsets = {
+        "subgroup_auc": in_group,
+        "bpsn_auc": (~in_group & y_true) | (in_group & ~y_true),
+        "bnsp_auc": (~in_group & ~y_true) | (in_group & y_true),
+    }
+    out: dict[str, float | None] = {}
+    for key, mask in subsets.items():
+        labels = y_true[mask]
+        out[key] = float(roc_auc_score(labels, scores[mask])) if 0 < labels.sum() < labels.size else None
+    return out
+
+
+def equalized_odds_gap(y_true: np.ndarray, y_pred: np.ndarray, codes: np.ndarray, n_groups: int,
+                       axis: int = -1) -> np.ndarray:
+    """Largest between-group difference in TPR or FPR (fairlearn's ``equalized_odds_difference``),
+    vectorised over resamples along the leading axes; groups where a rate is undefined are skipped."""
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    onehot = (np.asarray(codes)[..., None] == np.arange(n_groups)).astype(float)
+    positives = np.einsum("...n,...ng->...g", y_true, onehot)
+    negatives = np.einsum("...n,...ng->...g", 1 - y_true, onehot)
+    true_pos = np.einsum("...n,...ng->...g", y_true * y_pred, onehot)
+    false_pos = np.einsum("...n,...ng->...g", (1 - y_true) * y_pred, onehot)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = np.where(positives > 0, true_pos / positives, np.nan)
+        fpr = np.where(negatives > 0, false_pos / negatives, np.nan)
+    gaps = []
+    for rate in (tpr, fpr):
+        defined = np.isfinite(rate).sum(axis=-1) >= 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            gap = np.nanmax(rate, axis=-1) - np.nanmin(rate, axis=-1)
+        gaps.append(np.where(defined, gap, 0.0))
+    return np.maximum(*gaps)
+
+
+def _selection_gap(y_pred: np.ndarray, codes: np.ndarray, n_groups: int, axis: int = -1) -> np.ndarray:
+    onehot = (np.asarray(codes)[..., None] == np.arange(n_groups)).astype(float)
+    size = onehot.sum(axis=-2)
+    rate = np.where(size > 0, np.einsum("...n,...ng->...g", np.asarray(y_pred, float), onehot) / np.maximum(size, 1), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmax(rate, axis=-1) - np.nanmin(rate, axis=-1)
+
+
+def _binary_truth(values: Any, labels: list[str], positive: int, column: str, path: str) -> np.ndarray:
+    where = f"Probe 'group_fairness': label column {column!r} of {path!r}"
+    missing = values.isna() | (values.astype(str).str.strip() == "")
+    if missing.any():
+        raise DataError(f"{where} is empty in {int(missing.sum())} row(s) (first: row {int(np.flatnonzero(missing)[0])}). "
+                        "Fill or drop them.")
+    distinct = list(dict.fromkeys(values.tolist()))
+    if len(distinct) < 2:
+        raise DataError(f"{where} has a single class ({distinct[0]!r}); rates per outcome need both classes. "
+                        "Give evaluation data with both outcomes.")
+    mapping = {}
+    for value in distinct:
+        text = str(value).strip()
+        if text in labels:
+            mapping[value] = labels.index(text)
+        elif text.lstrip("-").isdigit() and 0 <= int(text) < len(labels):
+            mapping[value] = int(text)
+        elif isinstance(value, float) and value.is_integer() and 0 <= int(value) < len(labels):
+            mapping[value] = int(value)
+        else:
+            raise DataError(f"{where} holds {value!r}, which is neither a class name of the model {labels} nor a "
+                            f"class index 0..{len(labels) - 1}. Map the labels to the model's classes.")
+    return np.array([mapping[v] for v in values.tolist()]) == positive
+
+
+def _cell(value: Any) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+class GroupFairnessProbe(Probe):
+    """Error rates and outcomes per group on labelled data, with intervals and AUC-based bias metrics.
+
+    For each sensitive feature of the audit dataset (and their intersection when there are
+    several), fairlearn's ``MetricFrame`` gives per group: accuracy, selection rate, true positive
+    rate, false positive rate and false negative rate, each with a percentile bootstrap interval
+    (fairlearn's ``n_boot``). ``demographic_parity_difference`` (largest gap in selection rate) and
+    ``equalized_odds_difference`` (largest gap in TPR or FPR; Hardt et al. 2016) summarise each
+    feature. From the classifier's scores, Borkan et al. (2019) AUCs per group: subgroup AUC,
+    BPSN AUC (low: the group's negatives are scored like positives) and BNSP AUC (low: the
+    group's positives are scored like negatives).
+
+    A cell that cannot be computed is left empty and says why (a group with no positives has no
+    true positive rate; fairlearn would report 0). Groups with no positives or no negatives are
+    left out of ``equalized_odds_difference`` and the exclusion is noted. A gap fails the probe
+    when its whole interval lies above ``max_gap`` and warns when only its point estimate does.
+
+    Parameters
+    ----------
+    positive_label : int or str, optional
+        The favourable class (index or name). Defaults to class 1 of a binary classifier.
+    threshold : float, optional
+        Predict positive when the positive-class probability is at least this. By default the
+        predicted label is the most probable class.
+    intersections : bool, default=True
+        With several sensitive features, also analyse their combinations.
+    max_gap : float, default=0.1
+        Largest acceptable demographic parity or equalized odds difference.
+    min_group_size : int, default=30
+        Groups smaller than this are marked: their rates and intervals are unreliable.
+    n_boot : int, default=100
+        fairlearn ``MetricFrame`` bootstrap resamples for the per-group intervals (fairlearn's
+        bootstrap is slow: about 0.05 s per resample per feature); the same number is used for
+        the gap intervals.
+    ci_level : float, default=0.95
+
+    Examples
+    --------
+    >>> from probes.group_fairness import GroupFairnessProbe
+    >>> GroupFairnessProbe(max_gap=0.05).get_params()["max_gap"]
+    0.05
+    """
+
+    name: ClassVar[str] = "group_fairness"
+    kinds: ClassVar[frozenset[str]] = frozenset({"sequence-classification"})
+    description: ClassVar[str] = (
+        "Group fairness on labelled data: per-group error rates, parity and equalized odds, Borkan AUCs"
+    )
+    version: ClassVar[str] = "1"
+    requires_data: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        positive_label: int | str | None = None,
+        threshold: float | None = None,
+        intersections: bool = True,
+        max_gap: float = 0.1,
+        min_group_size: int = 30,
+        n_boot: int = 100,
+        ci_level: float = 0.95,
+    ) -> None:
+        self.positive_label = positive_label
+        self.threshold = threshold
+        self.intersections = intersections
+        self.max_gap = max_gap
+        self.min_group_size = min_group_size
+        self.n_boot = n_boot
+        self.ci_level = ci_level
+        where = f"Probe {self.name!r}"
+        if threshold is not None and not 0 < threshold < 1:
+            raise ConfigError(f"{where}: threshold must be between 0 and 1, got {threshold!r}.")
+        if not 0 <= max_gap <= 1:
+            raise ConfigError(f"{where}: max_gap must be between 0 and 1, got {max_gap!r}.")
+        if not isinstance(n_boot, int) or n_boot < 2:
+            raise ConfigError(f"{where}: n_boot must be an integer of at least 2, got {n_boot!r}.")
+        if not 0 < ci_level < 1:
+            raise ConfigError(f"{where}: ci_level must be between 0 and 1, got {ci_level!r}.")
+        if not isinstance(min_group_size, int) or min_group_size < 1:
+            raise ConfigError(f"{where}: min_group_size must be a positive integer, got {min_group_size!r}.")
+
+    def _columns(self, context: AuditContext) -> tuple[Any, str, list[str]]:
+        data = context.data
+        if data is None:
+            raise DataError(f"Probe {self.name!r} needs a labelled dataset; none was given. Set data.path (or --data).")
+        frame = data.frame
+        columns = [str(c) for c in frame.columns]
+        if data.label_column is None:
+            raise DataError(f"Probe {self.name!r} needs a label column; none was named for {data.path!r}. "
+                            f"Set data.label_column to one of {columns}.")
+        if not data.sensitive_features:
+            raise DataError(f"Probe {self.name!r} needs at least one sensitive feature; none was named for "
+                            f"{data.path!r}. Set data.sensitive_features to columns among {columns}.")
+        for role, column in [("text_column", data.text_column), ("label_column", data.label_column),
+                             *[("sensitive_features", c) for c in data.sensitive_features]]:
+            if column not in columns:
+                raise DataError(f"Probe {self.name!r}: column {column!r} ({role}) is not in {data.path!r}. "
+                                f"Columns: {columns}. Set {role} to one of them.")
+        return frame, data.label_column, list(data.sensitive_features)
+
+    def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
+        import pandas as pd
+
+        frame, label_column, features = self._columns(context)
+        data = context.data
+        assert data is not None
+        positive = resolve_positive_label(target, self.positive_label, self.name)
+        y_true = _binary_truth(frame[label_column], target.labels, positive, label_column, data.path)
+        sensitive = pd.DataFrame({f: frame[f].astype("string").fillna("(missing)").to_numpy(dtype=object)
+                                  for f in features})
+        for feature in features:
+            groups = sensitive[feature].unique().tolist()
+            if len(groups) < 2:
+                raise DataError(f"Probe {self.name!r}: sensitive feature {feature!r} of {data.path!r} has a single "
+                                f"group ({groups[0]!r}); fairness compares groups. Give data with at least two groups.")
+        proba = target.predict_proba(data.texts)
+        scores = proba[:, positive]
+        y_pred = scores >= self.threshold if self.threshold is not None else proba.argmax(axis=1) == positive
+        analyses = [(f, sensitive[[f]]) for f in features]
+        if self.intersections and len(features) > 1:
+            analyses.append((" x ".join(features), sensitive[features]))
+        metrics: dict[str, Metric] = {
+            "accuracy": Metric(value=float(np.mean(y_true == y_pred)), direction="higher_is_better",
+                               description="Share of rows whose predicted outcome matches the label"),
+        }
+        tables, figures, worst = [], [], []
+        for name, columns in analyses:
+            table, figure, feature_metrics, verdicts = self._analyse(name, columns, y_true, y_pred, scores, context)
+            tables.append(table)
+            figures.append(figure)
+            metrics.update(feature_metrics)
+            worst += verdicts
+        status = "failed" if any(v == "failed" for v, _ in worst) else "warned" if worst else "passed"
+        names = [name for name, _ in analyses]
+        largest = max(names, key=lambda n: metrics[f"equalized_odds_difference[{n}]"].value or 0.0)
+        headline_name = f"equalized_odds_difference[{largest}]"
+        eod_value = metrics[headline_name].value
+        if worst:
+            verdict = "; ".join(msg for _, msg in worst[:3]) + ("; ..." if len(worst) > 3 else "") + "."
+        else:
+            verdict = f"every parity and equalized odds difference is at most {self.max_gap}."
+        eod_text = f"{eod_value:.3f} ({largest})" if eod_value is not None else "not computable (no group has both outcomes)"
+        return self.result(
+            status=status,
+            summary=f"{len(y_true):,} labelled rows, accuracy {metrics['accuracy'].value:.3f}, largest equalized odds "
+                    f"difference {eod_text}; {verdict}",
+            metrics=metrics,
+            headline=headline_name,
+            tables=tables,
+            figures=figures,
+        )
+
+    def _analyse(self, name: str, columns: Any, y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray,
+                 context: AuditContext) -> tuple[Table, Figure, dict[str, Metric], list[tuple[str, str]]]:
+        from fairlearn.metrics import (
+            MetricFrame,
+            count,
+            demographic_parity_difference,
+            equalized_odds_difference,
+            false_negative_rate,
+            false_positive_rate,
+            selection_rate,
+            true_positive_rate,
+        )
+        from sklearn.metrics import accuracy_score
+
+        alpha = (1 - self.ci_level) / 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = MetricFrame(
+                metrics={"accuracy": accuracy_score, "selection_rate": selection_rate,
+                         "true_positive_rate": true_positive_rate, "false_positive_rate": false_positive_rate,
+                         "false_negative_rate": false_negative_rate, "count": count},
+                y_true=y_true.astype(int), y_pred=y_pred.astype(int), sensitive_features=columns,
+                n_boot=self.n_boot, ci_quantiles=[alpha, 1 - alpha],
+                random_state=int(context.rng.integers(2**31 - 1)),
+            )
+        by_group, low, high = frame.by_group, frame.by_group_ci[0], frame.by_group_ci[1]
+        labels = columns.astype(str).agg(", ".join, axis=1).to_numpy()
+        present = list(dict.fromkeys(labels))
+        keys = {", ".join(map(str, k)) if isinstance(k, tuple) else str(k): k for k in by_group.index}
+        rows, notes, evaluable = [], [], []
+        bars, bar_cis = [], []
+        for group in sorted(keys):
+            key = keys[group]
+            members = labels == group
+            n, n_pos = int(members.sum()), int(y_true[members].sum())
+            if n == 0:
+                rows.append([group, 0, None, *[None] * (2 * len(_RATES)), None, None, None,
+                             "no rows: this combination does not occur"])
+                continue
+            counts = {"positives": n_pos, "negatives": n - n_pos}
+            cells, why = [], []
+            for rate in _RATES:
+                need = _NEED.get(rate)
+                if need and counts[need] == 0:
+                    cells += [None, None]
+                    why.append(f"{rate.replace('_', ' ')}: no {need}")
+                else:
+                    cells += [_cell(by_group.loc[key, rate]),
+                              f"[{low.loc[key, rate]:.3f}, {high.loc[key, rate]:.3f}]"]
+            aucs = borkan_aucs(y_true, scores, members)
+            if aucs["subgroup_auc"] is None:
+                why.append("subgroup AUC: one class only")
+            if n_pos and n - n_pos:
+                evaluable.append(group)
+            if n < self.min_group_size:
+                why.append(f"small group (n < {self.min_group_size}): unreliable")
+            rows.append([group, n, n_pos, *cells, aucs["subgroup_auc"], aucs["bpsn_auc"], aucs["bnsp_auc"],
+                         "; ".join(why)])
+            bars.append(group)
+            bar_cis.append((float(low.loc[key, "selection_rate"]), float(high.loc[key, "selection_rate"])))
+        codes = np.searchsorted(np.array(sorted(present), dtype=object), labels)
+        n_groups = len(present)
+        dpd = float(demographic_parity_difference(y_true, y_pred, sensitive_features=columns))
+        keep = np.isin(labels, evaluable)
+        if len(evaluable) >= 2:
+            eod = float(equalized_odds_difference(y_true[keep], y_pred[keep], sensitive_features=columns[keep]))
+        else:
+            eod = None
+        excluded = sorted(set(present) - set(evaluable))
+        if excluded:
+            notes.append(f"groups without both outcomes left out of equalized odds: {', '.join(excluded)}")
+        boot = {"rng": context.rng, "n_resamples": self.n_boot, "confidence_level": self.ci_level, "paired": True}
+        dpd_ci = bootstrap_ci((y_pred.astype(float), codes), lambda p, c, axis=-1: _selection_gap(p, c, n_groups), **boot)
+        eod_ci: Interval | None = None
+        if eod is not None:
+            eval_codes = np.searchsorted(np.array(sorted(evaluable), dtype=object), labels[keep])
+            eod_ci = bootstrap_ci((y_true[keep].astype(float), y_pred[keep].astype(float), eval_codes),
+                                  lambda t, p, c, axis=-1: equalized_odds_gap(t, p, c, len(evaluable)), **boot)
+        metrics: dict[str, Metric] = {}
+        verdicts: list[tuple[str, str]] = []
+        for metric_name, value, ci, meaning in (
+            ("demographic_parity_difference", dpd, dpd_ci, "largest gap in selection rate between groups"),
+            ("equalized_odds_difference", eod, eod_ci, "largest gap in true or false positive rate between groups"),
+        ):
+            metrics[f"{metric_name}[{name}]"] = Metric(
+                value=value, ci=ci.as_tuple() if ci else None, ci_level=self.ci_level if ci else None,
+                threshold=self.max_gap, direction="lower_is_better", description=f"{name}: {meaning} (fairlearn)",
+                note=None if value is not None else "fewer than two groups have both outcomes",
+            )
+            if value is not None and value > self.max_gap:
+                if ci is not None and ci.low > self.max_gap:
+                    verdicts.append(("failed", f"{name} {metric_name.replace('_', ' ')} {value:.3f} > {self.max_gap} "
+                                               f"(interval {ci.low:.3f}-{ci.high:.3f})"))
+                else:
+                    verdicts.append(("warned", f"{name} {metric_name.replace('_', ' ')} {value:.3f} > {self.max_gap}, "
+                                               "but its interval reaches below"))
+        for auc_key, column in (("subgroup_auc", -4), ("bpsn_auc", -3), ("bnsp_auc", -2)):
+            values = [(r[column], r[0]) for r in rows if r[column] is not None]
+            if values:
+                lowest, group = min(values)
+                metrics[f"min_{auc_key}[{name}]"] = Metric(
+                    value=lowest, direction="higher_is_better",
+                    description=f"{name}: lowest {auc_key.replace('_', ' ').upper().replace(' AUC', '')} AUC "
+                                f"(Borkan et al. 2019), group {group}",
+                )
+            else:
+                metrics[f"min_{auc_key}[{name}]"] = Metric(value=None, note="no group has both outcomes",
+                                                           description=f"{name}: lowest {auc_key} (Borkan et al. 2019)")
+        columns_out = ["group", "rows", "positives"]
+        for rate in _RATES:
+            columns_out += [rate.replace("_", " "), f"{rate.replace('_', ' ')} CI"]
+        columns_out += ["subgroup AUC", "BPSN AUC", "BNSP AUC", "notes"]
+        table = Table(
+            title=f"Groups by {name}", columns=columns_out, rows=rows,
+            caption=("; ".join(notes) + ". " if notes else "")
+            + f"Rates from fairlearn MetricFrame with {self.ci_level:.0%} bootstrap intervals ({self.n_boot} resamples). "
+              "Empty cells cannot be computed (see notes). AUCs from scikit-learn roc_auc_score.",
+        )
+        figure = Figure(
+            title=f"Selection rate by {name}",
+            svg=interval_bar_chart(bars, [float(frame.by_group.loc[keys[g], "selection_rate"]) for g in bars], bar_cis,
+                                   reference=None, xlabel=f"share predicted positive ({self.ci_level:.0%} bootstrap interval)"),
+            caption="Equal bars mean demographic parity; compare with the error rates in the table.",
+        )
+        return table, figure, metrics, verdicts

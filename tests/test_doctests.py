@@ -1,0 +1,27 @@
+"""The examples in the public docstrings run (and so stay true)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["audit", "audit.config", "audit.context", "audit.data", "audit.errors", "audit.figures", "audit.probe",
+           "audit.registry", "audit.results", "audit.runner", "audit.stats", "audit.target",
+           "reports.markdown_card", "reports.model_card"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} doctest example(s) failed in {name}"
+
+
+def test_every_public_name_has_a_docstring():
+    import audit
+
+    missing = [n for n in audit.__all__ if isinstance(getattr(audit, n), type | type(len)) and not getattr(audit, n).__doc__]
+    assert not missing, missing
