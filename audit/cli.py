@@ -77,6 +77,12 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--sensitive-feature", action="append", dest="sensitive_features", metavar="COLUMN")
     p.add_argument("--no-cache", action="store_true", help="recompute every probe instead of reusing cached results")
     p.add_argument("--show-pii", action="store_true", default=None, help="allow raw personal data in the reports")
+    p.add_argument("--baseline", type=Path, metavar="RESULTS_JSON",
+                   help="fail when a metric is significantly worse than in this earlier results.json")
+    p.add_argument("--allow-different-models", action="store_true",
+                   help="allow a baseline audited on another model")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML (one test case per probe and gate)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary to stdout instead of text")
     p.add_argument("--quiet", action="store_true", help="print only failures")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -143,36 +149,82 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from audit.target import load_target
     from reports.model_card import write_reports
 
+    from audit.results import AuditResults
+
     config = _config_from_args(args)
     _check_output_dir(config.output_dir)
+    junit_dir = args.junit.absolute().parent if args.junit is not None else None
+    if junit_dir is not None and not junit_dir.is_dir() and junit_dir != config.output_dir.absolute():
+        raise OutputError(f"JUnit file {str(args.junit)!r} cannot be written: directory "
+                          f"{str(args.junit.absolute().parent)!r} does not exist. Create it or choose another path.")
+    baseline = AuditResults.load(args.baseline) if args.baseline is not None else None
     cache_dir = (config.cache_dir or config.output_dir / ".cache") if config.cache else None
+    paint = _painter(sys.stderr)
 
     def on_result(i: int, n: int, result: Any) -> None:
         if args.quiet and result.status not in ("failed", "errored"):
             return
         cached = ", cached" if result.cached else ""
-        sys.stderr.write(f"[{i}/{n}] {result.probe}: {result.status} ({result.duration_s:.1f}s{cached}) {result.summary}\n")
+        sys.stderr.write(f"[{i}/{n}] {result.probe}: {paint(result.status)} ({result.duration_s:.1f}s{cached}) "
+                         f"{result.summary}\n")
 
-    auditor = Auditor(config, cache_dir=cache_dir, on_result=on_result)
+    auditor = Auditor(config, cache_dir=cache_dir, on_result=on_result, baseline=baseline,
+                      allow_different_models=args.allow_different_models)
     plan = auditor.plan()
     data = auditor.load_data()
     target = load_target(config.model, kind=config.kind, revision=config.revision, device=config.device,
                          trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
                          batch_size=config.batch_size, max_length=config.max_length,
                          progress=not args.no_progress)
-    if not args.quiet:
+    auditor.check_baseline(target)
+    if not args.quiet and not args.json:
         sys.stderr.write(f"Auditing {target.model_id} ({target.kind}, {target.n_parameters:,} parameters) "
                          f"with {len(plan)} probe(s)\n")
     results = auditor.run(target, data=data)
     paths = write_reports(results, config.output_dir)
-    failed_gates = [g for g in results.gates if not g.passed]
-    for gate in failed_gates:
-        sys.stderr.write(f"gate failed: {gate.message}\n")
-    if not args.quiet:
+    if args.junit is not None:
+        from audit.junit import write_junit
+
+        paths["junit"] = write_junit(results, args.junit)
+    for gate in results.failed_gates:
+        sys.stderr.write(f"{paint('gate failed')}: {gate.message}\n")
+    if args.json:
+        print(json.dumps(_summary(results, paths), indent=2))
+    elif not args.quiet:
         print(f"Model card: {paths['html']}")
         print(f"Results:    {paths['results']}")
         print(f"Hub card:   {paths['markdown']}")
+        if "junit" in paths:
+            print(f"JUnit:      {paths['junit']}")
     return results.exit_code
+
+
+def _summary(results: Any, paths: dict[str, Path]) -> dict[str, Any]:
+    """The machine-readable summary ``--json`` prints."""
+    probes = []
+    for r in results.results:
+        hm = r.headline_metric
+        probes.append({"probe": r.probe, "status": r.status, "summary": r.summary, "headline": r.headline,
+                       "value": hm.value if hm else None, "ci": list(hm.ci) if hm and hm.ci else None,
+                       "p_value": hm.p_value if hm else None})
+    return {"passed": results.passed, "exit_code": results.exit_code, "model_id": results.manifest.model_id,
+            "fingerprint": results.manifest.fingerprint, "probes": probes,
+            "gates": [g.model_dump(mode="json") for g in results.gates],
+            "files": {k: str(v) for k, v in paths.items()}}
+
+
+_COLOURS = {"passed": "32", "warned": "33", "failed": "31", "errored": "35", "gate failed": "31"}
+
+
+def _painter(stream: Any) -> Any:
+    """Colour status words on a terminal; plain text otherwise or when NO_COLOR is set."""
+    use = hasattr(stream, "isatty") and stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def paint(word: str) -> str:
+        code = _COLOURS.get(word)
+        return f"\033[{code}m{word}\033[0m" if use and code else word
+
+    return paint
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -34,17 +34,20 @@ class DataConfig(BaseModel):
 
 
 class GateSpec(BaseModel):
-    """A threshold on one metric: the audit fails when the value is above ``max`` or below ``min``."""
+    """Gates on one metric: the audit fails when the value is above ``max`` or below ``min``, or,
+    when run against a baseline, when it got significantly worse than the baseline by more than
+    ``tolerance``."""
 
     model_config = _STRICT
 
     max: float | None = None
     min: float | None = None
+    tolerance: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_bound(self) -> GateSpec:
-        if self.max is None and self.min is None:
-            raise ValueError("a gate needs 'max' or 'min'")
+        if self.max is None and self.min is None and self.tolerance is None:
+            raise ValueError("a gate needs 'max', 'min' or 'tolerance'")
         return self
 
 

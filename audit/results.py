@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -87,7 +87,12 @@ class Manifest(BaseModel):
 
 
 class GateOutcome(BaseModel):
-    """One threshold checked against one metric."""
+    """One gate checked against one metric: an absolute threshold, or a regression against a baseline.
+
+    For ``kind="threshold"``, ``bound`` is ``"max"`` or ``"min"`` and ``threshold`` the limit. For
+    ``kind="regression"``, ``bound`` is ``"tolerance"``, ``threshold`` the tolerated worsening,
+    ``baseline`` the baseline's value and ``change`` the worsening (positive = worse).
+    """
 
     model_config = _FROZEN
 
@@ -98,6 +103,10 @@ class GateOutcome(BaseModel):
     value: float | None
     passed: bool
     message: str
+    kind: Literal["threshold", "regression"] = "threshold"
+    baseline: float | None = None
+    change: float | None = None
+    interval: tuple[float, float] | None = None
 
 
 class AuditResults(BaseModel):
@@ -119,10 +128,42 @@ class AuditResults(BaseModel):
     card: dict[str, Any] = Field(default_factory=dict)
 
     @property
+    def failed_gates(self) -> list[GateOutcome]:
+        """The gates that did not pass."""
+        return [g for g in self.gates if not g.passed]
+
+    @property
+    def passed(self) -> bool:
+        """True when every gate passed and no probe failed or errored.
+
+        Examples
+        --------
+        >>> from audit import AuditConfig, Auditor, load_target
+        >>> config = AuditConfig(select=["seat"], probes={"seat": {
+        ...     "params": {"tests": ["weat7"]}, "gates": {"mean_abs_effect_size": {"max": 5.0}}}})
+        >>> results = Auditor(config).run(load_target(progress=False))
+        >>> results.passed, results.failed_gates
+        (True, [])
+        """
+        bad = any(r.status in ("failed", "errored") for r in self.results)
+        return not bad and not self.failed_gates
+
+    @property
     def exit_code(self) -> int:
         """0 when every gate passed and no probe failed or errored, 1 otherwise."""
-        bad = any(r.status in ("failed", "errored") for r in self.results)
-        return 1 if bad or not all(g.passed for g in self.gates) else 0
+        return 0 if self.passed else 1
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """The results as a JSON string (what ``results.json`` holds)."""
+        return json.dumps(self.model_dump(mode="json"), indent=indent, ensure_ascii=False, allow_nan=False)
+
+    def to_html(self) -> str:
+        """The self-contained HTML model card, rendered by the installed ``html`` report plugin."""
+        return _renderer("html")(self)
+
+    def to_markdown(self) -> str:
+        """The Hugging Face Hub ``README.md`` card, rendered by the installed ``markdown`` report plugin."""
+        return _renderer("markdown")(self)
 
     def result(self, probe: str) -> ProbeResult:
         for r in self.results:
@@ -158,6 +199,20 @@ class AuditResults(BaseModel):
             raise DataError(
                 f"Results file {str(source)!r} does not follow the schema at {loc!r}: {first['msg']}."
             ) from None
+
+
+REPORT_GROUP = "rai_audit.reports"
+
+
+def _renderer(name: str) -> Any:
+    # The core knows no renderer by name: reports are found like probes, through an entry point.
+    for ep in importlib.metadata.entry_points(group=REPORT_GROUP):
+        if ep.name == name:
+            return ep.load()
+    raise DataError(
+        f"No report renderer {name!r} is installed (entry-point group {REPORT_GROUP!r}). "
+        "Reinstall rai-audit: pip install rai-audit."
+    )
 
 
 def json_schema() -> dict[str, Any]:

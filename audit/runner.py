@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from audit._io import write_json_atomic
+from audit.baseline import check_compatible, regression_gates
 from audit.config import AuditConfig, GateSpec
 from audit.context import AuditContext
 from audit.data import AuditDataset, load_dataset
@@ -104,10 +105,19 @@ def _order(planned: dict[str, tuple[str, Probe | None, ProbeSpec]]) -> list[tupl
     return [planned[n] for n in ordered]
 
 
+def _stub_results(target: AuditTarget) -> AuditResults:
+    """Just enough of a results object to check a baseline's model before any probe runs."""
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    manifest = Manifest(rai_audit_version=_version(), model_id=target.model_id, model_path=str(target.path),
+                        fingerprint=target.fingerprint, kind=target.kind, n_parameters=0, device="", max_length=0,
+                        seed=0, started_at=now, finished_at=now, duration_s=0.0, library_versions={})
+    return AuditResults(manifest=manifest, results=[])
+
+
 def _check_gate(probe: str, metric_name: str, spec: GateSpec, result: ProbeResult) -> list[GateOutcome]:
     metric = result.metrics.get(metric_name)
     outcomes = []
-    for bound, threshold in (("max", spec.max), ("min", spec.min)):
+    for bound, threshold in (("max", spec.max), ("min", spec.min)):  # tolerance: see audit.baseline
         if threshold is None:
             continue
         if result.status in ("skipped", "not_applicable"):
@@ -149,6 +159,11 @@ class Auditor:
         Where finished results are cached; ``None`` turns caching off.
     on_result : callable, optional
         Called as ``on_result(i, n, result)`` after each probe, for progress display.
+    baseline : AuditResults, optional
+        A previous audit. Metrics with a ``tolerance`` gate (or, if none has one, each probe's
+        headline metric) fail when significantly worse than in the baseline.
+    allow_different_models : bool, default=False
+        Compare against a baseline audited on other weights.
 
     Examples
     --------
@@ -166,11 +181,15 @@ class Auditor:
         probes: Sequence[Probe] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         on_result: ResultCallback | None = None,
+        baseline: AuditResults | None = None,
+        allow_different_models: bool = False,
     ) -> None:
         self.config = config or AuditConfig()
         self.probes = probes
         self.cache_dir = cache_dir
         self.on_result = on_result
+        self.baseline = baseline
+        self.allow_different_models = allow_different_models
 
     def plan(self) -> list[tuple[str, Probe | None, ProbeSpec]]:
         """Resolve which probes will run; raises :class:`ConfigError` before any work."""
@@ -182,6 +201,11 @@ class Auditor:
         specs = discover_probes(disabled=self.config.disable)
         return plan_probes(self.config, specs)
 
+    def check_baseline(self, target: AuditTarget) -> None:
+        """Refuse a baseline audited on other weights, unless ``allow_different_models``."""
+        if self.baseline is not None and not self.allow_different_models:
+            check_compatible(_stub_results(target), self.baseline)
+
     def load_data(self) -> AuditDataset | None:
         data = self.config.data
         if data is None:
@@ -192,6 +216,7 @@ class Auditor:
     def run(self, target: AuditTarget, *, data: AuditDataset | None = None) -> AuditResults:
         """Run the planned probes on ``target`` and return the results with their manifest."""
         plan = self.plan()
+        self.check_baseline(target)
         dataset = data if data is not None else self.load_data()
         started = _dt.datetime.now(_dt.timezone.utc)
         clock = time.perf_counter()
@@ -238,8 +263,16 @@ class Auditor:
             notes=target.notes,
             truncated_texts=target.truncated_texts,
         )
-        return AuditResults(manifest=manifest, results=list(results.values()), gates=gates,
-                            card=self.config.card.model_dump(mode="json"))
+        audit = AuditResults(manifest=manifest, results=list(results.values()), gates=gates,
+                             card=self.config.card.model_dump(mode="json"))
+        if self.baseline is None:
+            return audit
+        regressions = regression_gates(audit, self.baseline,
+                                       {name: cfg.gates for name, cfg in self.config.probes.items()})
+        worse = {g.probe for g in regressions if not g.passed}
+        updated = [r.model_copy(update={"status": "failed"}) if r.probe in worse and r.status in ("passed", "warned")
+                   else r for r in audit.results]
+        return audit.model_copy(update={"results": updated, "gates": [*audit.gates, *regressions]})
 
     # -- one probe --------------------------------------------------------------------
     def _cache_path(self, probe: Probe, target: AuditTarget, context: AuditContext) -> Path | None:

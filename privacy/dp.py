@@ -739,11 +739,10 @@ class DPFineTuner:
         Share of rows held out (stratified) to measure utility; they are never trained on.
     baseline : bool, default=False
         Also train a non-private copy for the same number of steps and report its utility.
-    canaries : int, default=0
-        Insert this many random canary sequences (each ``canary_repeats`` times) into the
-        training data and keep as many unused ones, for exposure / membership tests
-        (Carlini et al. 2019, "The Secret Sharer").
-    canary_repeats : int, default=1
+    canaries : sequence of int, default=()
+        Causal LMs: plant one random canary per entry, repeated that many times, e.g.
+        ``(1, 10, 100)`` (:class:`privacy.leakage.CanarySet`, Carlini et al. 2019). They are
+        recorded so the ``canary_exposure`` probe can measure what the model memorised.
     secure_mode : bool, default=False
         Opacus' cryptographically secure noise (slower; results not reproducible from the seed).
     seed : int, default=0
@@ -802,8 +801,7 @@ class DPFineTuner:
         max_length: int = 128,
         eval_fraction: float = 0.2,
         baseline: bool = False,
-        canaries: int = 0,
-        canary_repeats: int = 1,
+        canaries: Sequence[int] = (),
         secure_mode: bool = False,
         seed: int = 0,
         device: str = "auto",
@@ -827,7 +825,6 @@ class DPFineTuner:
         self.eval_fraction = eval_fraction
         self.baseline = baseline
         self.canaries = canaries
-        self.canary_repeats = canary_repeats
         self.secure_mode = secure_mode
         self.seed = seed
         self.device = device
@@ -852,8 +849,11 @@ class DPFineTuner:
         _check_positive("max_physical_batch_size", self.max_physical_batch_size, integer=True)
         _check_positive("learning_rate", self.learning_rate)
         _check_positive("max_length", self.max_length, integer=True)
-        _check_positive("canaries", self.canaries, integer=True, allow_zero=True)
-        _check_positive("canary_repeats", self.canary_repeats, integer=True)
+        canaries = self.canaries
+        if isinstance(canaries, (str, bytes)) or not isinstance(canaries, Sequence) or not all(
+                isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in canaries):
+            raise ConfigError(f"canaries must be a sequence of positive repetition counts, e.g. (1, 10, 100), got "
+                              f"{canaries!r}. Use () for none.")
         if self.noise_multiplier is not None:
             _check_positive("noise_multiplier", self.noise_multiplier)
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
@@ -945,28 +945,6 @@ class DPFineTuner:
         train = np.array(sorted(i for i in range(n) if i not in eval_set), dtype=int)
         return train, np.array(sorted(eval_set), dtype=int)
 
-    def _make_canaries(self, tokenizer: Any, classes: list[Any] | None, rng: np.random.Generator) -> tuple[list, list]:
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        vocab = [i for i in range(len(tokenizer)) if i not in special]
-        seen: set[str] = set()
-        made: list[dict[str, Any]] = []
-        attempts = 0
-        while len(made) < 2 * self.canaries:
-            attempts += 1
-            if attempts > 100 * self.canaries + 100:
-                raise ConfigError(f"Could not make {2 * self.canaries} distinct canaries from a vocabulary of "
-                                  f"{len(vocab)} tokens. Lower canaries.")
-            ids = rng.choice(vocab, size=8).tolist()
-            text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-            if not text or text in seen:
-                continue
-            seen.add(text)
-            entry: dict[str, Any] = {"text": text}
-            if classes is not None:
-                entry["label"] = classes[int(rng.integers(len(classes)))]
-            made.append(entry)
-        return made[: self.canaries], made[self.canaries:]
-
     def _encode(self, tokenizer: Any, texts: list[str], task: str) -> tuple[torch.Tensor, torch.Tensor]:
         bos = getattr(tokenizer, "bos_token_id", None)
         encoded = tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=True)["input_ids"]
@@ -1021,14 +999,16 @@ class DPFineTuner:
         label_index = {str(c): i for i, c in enumerate(classes or [])}
         train_y = [label_index[str(data.labels[i])] for i in train_idx] if classes else [0] * len(train_idx)
         eval_y = [label_index[str(data.labels[i])] for i in eval_idx] if classes else [0] * len(eval_idx)
-        self.canaries_inserted_, self.canaries_held_out_ = [], []
+        self.canaries_ = None
         if self.canaries:
-            inserted, held_out = self._make_canaries(tokenizer, classes, rng)
-            self.canaries_inserted_, self.canaries_held_out_ = inserted, held_out
-            for canary in inserted:
-                for _ in range(self.canary_repeats):
-                    train_texts.append(canary["text"])
-                    train_y.append(label_index[str(canary["label"])] if classes else 0)
+            if task != "causal-lm":
+                raise ConfigError("canaries apply to causal LMs: the canary_exposure probe ranks their "
+                                  "log-perplexity. Drop canaries for a classifier.")
+            from privacy.leakage import CanarySet
+
+            self.canaries_ = CanarySet.generate(repetitions=tuple(self.canaries), rng=rng)
+            train_texts = self.canaries_.insert(train_texts, rng=rng)
+            train_y = [0] * len(train_texts)
         n_train = len(train_texts)
         self.n_train_, self.n_eval_, self.n_rows_ = n_train, len(eval_texts), len(data.texts)
         self.eval_rows_ = eval_idx.tolist()
@@ -1326,8 +1306,8 @@ class DPFineTuner:
                 "path": data.path,
                 "fingerprint": data.fingerprint,
                 "rows": self.n_rows_,
-                "train_rows": self.n_train_ - len(self.canaries_inserted_) * self.canary_repeats,
-                "canary_rows": len(self.canaries_inserted_) * self.canary_repeats,
+                "train_rows": self.n_train_ - self._canary_rows(),
+                "canary_rows": self._canary_rows(),
                 "eval_rows": self.n_eval_,
                 "text_column": data.text_column,
                 "label_column": data.label_column,
@@ -1346,16 +1326,16 @@ class DPFineTuner:
         if self.untied_embeddings_:
             record["notes"].append("The language-model head was untied from the input embeddings (same initial "
                                    "weights) because ghost clipping cannot clip a parameter shared by two layers.")
-        if self.canaries:
-            record["canaries"] = {
-                "inserted": self.canaries_inserted_,
-                "held_out": self.canaries_held_out_,
-                "repeats": self.canary_repeats,
-                "note": f"Random token sequences; each inserted one appears {self.canary_repeats} time(s) in the "
-                        "training data, the held-out ones never. Their guarantee is group privacy over the "
-                        "repeats (at most repeats x epsilon).",
-            }
+        if self.canaries_ is not None:
+            record["canaries"] = self.canaries_.to_record()
+            record["notes"].append(
+                f"{len(self.canaries_.secrets)} random canaries were planted, repeated {list(self.canaries_.repetitions)} "
+                "times. A row repeated k times is protected only by group privacy (about k x epsilon), so the "
+                "frequent canaries are expected to be less protected than one row.")
         return record
+
+    def _canary_rows(self) -> int:
+        return sum(self.canaries_.repetitions) if self.canaries_ is not None else 0
 
     def save(self, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the trained model (safetensors), its tokenizer and ``rai_audit_record.json``.

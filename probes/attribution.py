@@ -99,6 +99,7 @@ class Encoded:
     word_texts: tuple[str, ...]
     truncated: bool
     n_tokens_full: int
+    spans: tuple[tuple[int, int], ...] = ()
 
     @property
     def content(self) -> np.ndarray:
@@ -160,9 +161,50 @@ def encode(tokenizer: Any, text: str, *, max_length: int, keep: Literal["start",
         else:
             word_texts[word_index[key]] += tokens[-1]
         words.append(word_index[key])
+    spans = tuple((int(offsets[p][0]), int(offsets[p][1])) if offsets is not None and not special[p] else (0, 0)
+                  for p in positions)
     return Encoded(text=text, ids=tuple(ids[p] for p in positions), tokens=tuple(tokens),
                    special=tuple(special[p] for p in positions), words=tuple(words),
-                   word_texts=tuple(word_texts), truncated=len(positions) < n_full, n_tokens_full=n_full)
+                   word_texts=tuple(word_texts), truncated=len(positions) < n_full, n_tokens_full=n_full,
+                   spans=spans)
+
+
+_PII_PATTERNS = (
+    (re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"), "<EMAIL>"),
+    (re.compile(r"https?://\S+|www\.\S+"), "<URL>"),
+    (re.compile(r"\+?\d[\d\s().-]{6,}\d"), "<NUMBER>"),
+)
+
+
+def redact_for_display(enc: Encoded) -> tuple[str, list[str]]:
+    """The text and tokens of ``enc`` with e-mail addresses, URLs and long digit runs masked.
+
+    For texts from the user's data when ``show_pii`` is off: the model still sees the real text;
+    the card shows ``<EMAIL>`` (etc.) in the text and a block character for every token that
+    overlaps one. Names are not masked, since they are often the demographic terms being measured.
+    """
+    hits = sorted((m.start(), m.end(), label) for pattern, label in _PII_PATTERNS for m in pattern.finditer(enc.text))
+    merged: list[list[Any]] = []
+    for start, end, label in hits:
+        if merged and start < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end, label])
+    if not merged:
+        return enc.text, list(enc.tokens)
+    text = enc.text
+    for start, end, label in reversed(merged):
+        text = text[:start] + label + text[end:]
+    spans = enc.spans or ((0, 0),) * len(enc.tokens)
+    tokens = []
+    for tok, (s, e), special in zip(enc.tokens, spans, enc.special, strict=True):
+        if special:
+            tokens.append(tok)
+        elif e > s:
+            tokens.append("\u2588" if any(s < end and start < e for start, end, _ in merged) else tok)
+        else:  # no character offsets from this tokenizer: mask anything that could be part of one
+            tokens.append("\u2588" if re.search(r"[\d@/]", tok) else tok)
+    return text, tokens
 
 
 def _sig(value: Any, digits: int = 4) -> float:
@@ -808,12 +850,13 @@ class AttributionProbe(Probe):
                 attributions[method] = explainer.attribute(encs, targets, method,
                                                            internal_batch_size=self.internal_batch_size)
         terms = self.demographic_terms if self.demographic_terms is not None else demographic_terms()
-        return self._report(explainer, encs, examples, targets, attributions, terms, labels, notes, context.rng)
+        return self._report(explainer, encs, examples, targets, attributions, terms, labels, notes, context.rng,
+                            redact=not context.show_pii)
 
     # -- reporting ----------------------------------------------------------------------------
     def _report(self, explainer: Explainer, encs: list[Encoded], examples: list[Example], targets: list[Any],
                 attributions: dict[str, list[TokenAttribution]], terms: Mapping[str, Sequence[str]],
-                labels: Sequence[str], notes: list[str], rng: np.random.Generator) -> ProbeResult:
+                labels: Sequence[str], notes: list[str], rng: np.random.Generator, *, redact: bool) -> ProbeResult:
         methods = list(attributions)
         lead = "integrated_gradients" if "integrated_gradients" in methods else methods[0]
         f_name = "log p(continuation)" if explainer.kind == "causal-lm" else "p(class)"
@@ -884,8 +927,11 @@ class AttributionProbe(Probe):
             notes.append(f"{len(truncated)} example(s) were longer than the model's {explainer.max_length} tokens "
                          f"and were truncated before attribution (marked in the table).")
 
-        tables = [self._examples_table(explainer, encs, examples, targets, attributions, probs, dem, labels, lead)]
-        top_table, top_words, top_mass = self._top_words(encs, attributions, dem, methods, lead)
+        private = [redact and ex.source.startswith("data") for ex in examples]
+        shown = [redact_for_display(e) if p else (e.text, list(e.tokens)) for e, p in zip(encs, private, strict=True)]
+        tables = [self._examples_table(explainer, encs, examples, targets, attributions, probs, dem, labels, lead,
+                                       shown)]
+        top_table, top_words, top_mass = self._top_words(encs, attributions, dem, methods, lead, private)
         tables.append(top_table)
         if pair_table is not None:
             tables.append(pair_table)
@@ -901,9 +947,9 @@ class AttributionProbe(Probe):
         heat = []
         for i, (enc, ex) in enumerate(zip(encs, examples, strict=True)):
             entry: dict[str, Any] = {
-                "example": i + 1, "source": ex.source, "text": enc.text,
+                "example": i + 1, "source": ex.source, "text": shown[i][0],
                 "explained": target_label(explainer, targets[i], labels), "output": f_name,
-                "probability": float(probs[i]), "truncated": enc.truncated, "tokens": list(enc.tokens),
+                "probability": float(probs[i]), "truncated": enc.truncated, "tokens": shown[i][1],
                 "demographic": [bool(x) for x in dem[i]], "methods": methods,
             }
             for method in methods:
@@ -939,15 +985,16 @@ class AttributionProbe(Probe):
 
     def _examples_table(self, explainer: Explainer, encs: list[Encoded], examples: list[Example], targets: list[Any],
                         attributions: dict[str, list[TokenAttribution]], probs: np.ndarray, dem: list[np.ndarray],
-                        labels: Sequence[str], lead: str) -> Table:
+                        labels: Sequence[str], lead: str, shown: list[tuple[str, list[str]]]) -> Table:
         ig = attributions.get("integrated_gradients")
         rows = []
         for i, (enc, ex) in enumerate(zip(encs, examples, strict=True)):
             scores = attributions[lead][i].scores
             top = int(np.argmax(np.abs(scores))) if len(scores) else 0
             mass = np.abs(scores).sum()
-            row = [i + 1, ex.source, enc.text if len(enc.text) <= 160 else enc.text[:157] + "...",
-                   target_label(explainer, targets[i], labels), _sig(probs[i]), enc.tokens[top],
+            text = shown[i][0]
+            row = [i + 1, ex.source, text if len(text) <= 160 else text[:157] + "...",
+                   target_label(explainer, targets[i], labels), _sig(probs[i]), shown[i][1][top],
                    _sig(np.abs(scores)[dem[i]].sum() / mass) if dem[i].any() and mass > 0 else None]
             if ig is not None:
                 r = ig[i]
@@ -966,7 +1013,8 @@ class AttributionProbe(Probe):
             f"{explainer.baseline_name}. Completeness: sum of IG = f(x) - f(baseline) + delta."))
 
     def _top_words(self, encs: list[Encoded], attributions: dict[str, list[TokenAttribution]],
-                   dem: list[np.ndarray], methods: list[str], lead: str) -> tuple[Table, list[str], list[float]]:
+                   dem: list[np.ndarray], methods: list[str], lead: str,
+                   private: list[bool]) -> tuple[Table, list[str], list[float]]:
         mass: dict[str, dict[str, float]] = {m: defaultdict(float) for m in methods}
         signed: dict[str, list[float]] = defaultdict(list)
         count: dict[str, int] = defaultdict(int)
@@ -981,6 +1029,8 @@ class AttributionProbe(Probe):
                 total = np.abs(ws).sum()
                 for w, word in enumerate(enc.word_texts):
                     key = _normalise_word(word) or word
+                    if private[i] and any(p.search(word) for p, _ in _PII_PATTERNS):
+                        key = "\u2588 (masked personal data)"
                     if total > 0:
                         mass[method][key] += float(abs(ws[w]) / total)
                     if method == lead:

@@ -789,7 +789,9 @@ class CounterfactualProbe(Probe):
                                               "flip rate", "mean |score change|", "flagged gaps"],
                       rows=axis_rows,
                       caption=("; ".join(notes) + ". " if notes else "") + "unit: what the tests and intervals "
-                              "resample (term = counterpart terms, each averaged over the templates; input = every input)."),
+                              "resample (term = counterpart terms, each averaged over the templates; input = every input). The interval of a "
+                              "demographic parity difference is a percentile bootstrap of a largest gap: near zero it lies above the "
+                              "estimate, because the largest of several noisy gaps is biased upward."),
                 Table(title="Groups", columns=["axis", "group", "inputs", "unit", "positive rate",
                                                 "positive rate 95% CI", "mean score", "mean score 95% CI", "terms"],
                       rows=group_rows,

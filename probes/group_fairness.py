@@ -393,7 +393,9 @@ class GroupFairnessProbe(Probe):
             title=f"Groups by {name}", columns=columns_out, rows=rows,
             caption=("; ".join(notes) + ". " if notes else "")
             + f"Rates from fairlearn MetricFrame with {self.ci_level:.0%} bootstrap intervals ({self.n_boot} resamples). "
-              "Empty cells cannot be computed (see notes). AUCs from scikit-learn roc_auc_score.",
+              "Empty cells cannot be computed (see notes). AUCs from scikit-learn roc_auc_score. The intervals of the "
+              "parity and equalized odds differences are percentile bootstraps of a largest gap: near zero they lie "
+              "above the estimate, because the largest of several noisy gaps is biased upward.",
         )
         figure = Figure(
             title=f"Selection rate by {name}",

@@ -100,10 +100,10 @@ def direct_token_log_probs(model_dir: Path, text: str) -> np.ndarray:
     """log p(token_i | BOS, tokens before i) for every token of ``text``: one unpadded forward pass."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = _cached_model(model_dir, AutoTokenizer)
     model = _cached_model(model_dir, AutoModelForCausalLM)
     ids = [tok.bos_token_id, *tok(text)["input_ids"]]
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].double(), dim=-1)
     return logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy()
 
@@ -114,7 +114,8 @@ _MODELS: dict[tuple[str, str], object] = {}
 def _cached_model(model_dir: Path, auto: type):
     key = (str(model_dir), auto.__name__)
     if key not in _MODELS:
-        _MODELS[key] = auto.from_pretrained(model_dir).eval()
+        loaded = auto.from_pretrained(model_dir)
+        _MODELS[key] = loaded.eval() if hasattr(loaded, "eval") else loaded
     return _MODELS[key]
 
 

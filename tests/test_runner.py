@@ -189,7 +189,7 @@ def test_manifest_is_traceable(tiny_targets):
     ({"sed": 1}, "unknown key 'sed'"),
     ({"seed": "abc"}, "key 'seed'"),
     ({"batch_size": 0}, "key 'batch_size'"),
-    ({"probes": {"seat": {"gates": {"x": {}}}}}, "a gate needs 'max' or 'min'"),
+    ({"probes": {"seat": {"gates": {"x": {}}}}}, "a gate needs 'max', 'min' or 'tolerance'"),
     ([1, 2], "top level must be a mapping"),
 ])
 def test_config_errors_name_the_key(raw, message):

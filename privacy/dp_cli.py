@@ -1,0 +1,120 @@
+"""The ``rai-audit train-dp`` command: DP-SGD fine-tuning from the command line.
+
+Registered in the ``rai_audit.commands`` entry-point group; the core CLI knows it only from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from audit.errors import ConfigError
+
+__all__ = ["TrainDPCommand"]
+
+
+def _trainable_layers(value: str) -> str | int | list[str]:
+    if value in ("all", "head"):
+        return value
+    if value.isdigit():
+        return int(value)
+    prefixes = [p.strip() for p in value.split(",") if p.strip()]
+    if not prefixes:
+        raise argparse.ArgumentTypeError(f"expected 'all', 'head', a number or comma-separated prefixes, got {value!r}")
+    return prefixes
+
+
+def _repetitions(value: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive counts such as 1,10,100, got {value!r}")
+    return counts
+
+
+class TrainDPCommand:
+    """Fine-tune a model with DP-SGD and save it with its privacy record."""
+
+    name = "train-dp"
+    help = "fine-tune a model with differential privacy (DP-SGD, Opacus) and save it with its privacy record"
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = (
+            "Fine-tune a Hugging Face model with DP-SGD under a hard privacy budget and write a new model "
+            "directory (safetensors) with rai_audit_record.json, which 'rai-audit run' shows in the model card. "
+            "With --label-column the model is trained as a sequence classifier; without it, as a causal LM."
+        )
+        parser.add_argument("--model", required=True, help="model directory written by save_pretrained")
+        parser.add_argument("--data", required=True, type=Path, help="training data (CSV, JSONL, Parquet or saved HF dataset)")
+        parser.add_argument("--text-column", default="text")
+        parser.add_argument("--label-column", help="class column; omit to train a causal LM on the texts")
+        parser.add_argument("--out", required=True, type=Path, help="new directory for the trained model")
+        parser.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+        parser.add_argument("--target-epsilon", type=float, default=8.0, help="privacy budget (default 8)")
+        parser.add_argument("--target-delta", type=float, help="default: a power of ten below 1/(10 N)")
+        parser.add_argument("--max-grad-norm", type=float, default=1.0)
+        parser.add_argument("--noise-multiplier", type=float, help="fix sigma instead of calibrating it to the budget")
+        parser.add_argument("--epochs", type=int, default=3)
+        parser.add_argument("--batch-size", type=int, default=64, help="expected logical batch size")
+        parser.add_argument("--max-physical-batch-size", type=int, default=32)
+        parser.add_argument("--learning-rate", type=float, default=5e-4)
+        parser.add_argument("--accountant", choices=["prv", "rdp"], default="prv")
+        parser.add_argument("--grad-sample-mode", choices=["ghost", "hooks"], default="ghost")
+        parser.add_argument("--trainable-layers", type=_trainable_layers, default="all", metavar="SPEC",
+                            help="'all', 'head', N (head + top N blocks) or comma-separated parameter-name prefixes")
+        parser.add_argument("--max-length", type=int, default=128)
+        parser.add_argument("--eval-fraction", type=float, default=0.2, help="held-out share for utility")
+        parser.add_argument("--baseline", action="store_true", help="also train without DP to report the utility cost")
+        parser.add_argument("--canaries", type=_repetitions, default=(), metavar="R1,R2,...",
+                            help="causal LMs: plant one random canary per count, repeated that often (e.g. 1,10,100)")
+        parser.add_argument("--secure-mode", action="store_true", help="cryptographically secure noise (slower)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", default="auto")
+        parser.add_argument("--no-progress", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from audit.data import load_dataset
+        from privacy.dp import DPFineTuner, _describe, _prepare_output_dir
+
+        model_path = Path(args.model).expanduser()
+        if not model_path.exists():
+            raise ConfigError(f"--model {args.model!r} does not exist. Give a directory written by save_pretrained.")
+        _prepare_output_dir(args.out, overwrite=args.overwrite, source=model_path)
+        data = load_dataset(args.data, text_column=args.text_column, label_column=args.label_column)
+        tuner = DPFineTuner(
+            target_epsilon=args.target_epsilon, target_delta=args.target_delta, max_grad_norm=args.max_grad_norm,
+            epochs=args.epochs, batch_size=args.batch_size, max_physical_batch_size=args.max_physical_batch_size,
+            learning_rate=args.learning_rate, noise_multiplier=args.noise_multiplier, accountant=args.accountant,
+            grad_sample_mode=args.grad_sample_mode, trainable_layers=args.trainable_layers,
+            task="sequence-classification" if args.label_column else "causal-lm",
+            text_column=args.text_column, label_column=args.label_column, max_length=args.max_length,
+            eval_fraction=args.eval_fraction, baseline=args.baseline, canaries=args.canaries,
+            secure_mode=args.secure_mode, seed=args.seed, device=args.device,
+            progress=not args.no_progress,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tuner.fit(str(model_path), data)
+        for warning in caught:
+            if issubclass(warning.category, UserWarning):
+                sys.stderr.write(f"rai-audit: warning: {warning.message}\n")
+        out = tuner.save(args.out, overwrite=args.overwrite)
+        record = tuner.record_
+        print(f"Trained with DP-SGD: {_describe(record)}")
+        print(_utility_line(record["utility"]))
+        print(f"Model and privacy record: {out}")
+        return 0
+
+
+def _utility_line(utility: dict[str, Any]) -> str:
+    if utility["private"] is None:
+        return "Utility: not measured (eval_fraction=0)."
+    line = f"Held-out {utility['metric']} ({utility['rows']} rows): {utility['private']:.4f} with DP"
+    if utility["non_private"] is not None:
+        line += f", {utility['non_private']:.4f} without DP"
+    return line + "."

@@ -1,0 +1,228 @@
+"""How a decision forms through the layers: the model's own head applied to every layer's representation.
+
+For a sequence classifier this gives the class probabilities the model would output if its stack
+stopped at layer ``l``; for a causal LM it is the logit lens (nostalgebraist 2020): the next-token
+distribution read from each layer through the final normalisation and the unembedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from audit.context import AuditContext
+from audit.errors import ConfigError, DataError, NotApplicableError
+from audit.figures import to_svg
+from audit.probe import Figure, Metric, Probe, ProbeResult, Table
+from audit.target import AuditTarget
+from probes.attribution import collect_examples, encode, redact_for_display, transformer_blocks
+
+__all__ = ["DecisionPathProbe", "decision_layer", "layer_logits"]
+
+
+def _replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return hidden
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    output[0] = hidden  # a ModelOutput
+    return output
+
+
+def layer_logits(model: Any, ids: Sequence[int], *, device: Any = "cpu") -> np.ndarray:
+    """The model's output logits read from every layer: an array (layers + 1, outputs).
+
+    Row ``l`` is what the model outputs when layer ``l``'s hidden state (0 = embeddings) takes the
+    place of the last block's output, so everything after the blocks (final normalisation, pooler,
+    classifier or unembedding) is applied to it unchanged; the last row is the model's real output.
+    A classifier gives its class logits; a causal LM the next-token logits at the last position.
+    """
+    blocks = transformer_blocks(model)
+    if blocks is None:
+        raise NotApplicableError(
+            f"Could not find the layer stack of {type(model).__name__} (a ModuleList as long as "
+            "config.num_hidden_layers), so its head cannot be applied per layer."
+        )
+    input_ids = torch.as_tensor([list(ids)], dtype=torch.long, device=device)
+    mask = torch.ones_like(input_ids)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True, return_dict=True)
+        hidden = out.hidden_states
+        n_layers = len(hidden) - 1
+        final = out.logits[0, -1] if out.logits.dim() == 3 else out.logits[0]
+        rows = [None] * n_layers
+        if n_layers:
+            stacked = torch.cat(list(hidden[:n_layers]), dim=0)
+            handle = blocks[-1].register_forward_hook(lambda _m, _i, output: _replace_hidden(output, stacked))
+            try:
+                sub = model(input_ids=input_ids.expand(n_layers, -1), attention_mask=mask.expand(n_layers, -1),
+                            return_dict=True).logits
+            finally:
+                handle.remove()
+            rows = list(sub[:, -1] if sub.dim() == 3 else sub)
+    return torch.stack([*rows, final]).float().cpu().numpy()
+
+
+def decision_layer(predictions: Sequence[int]) -> int:
+    """The first layer from which every later layer predicts what the last one does."""
+    final = predictions[-1]
+    layer = len(predictions) - 1
+    while layer > 0 and predictions[layer - 1] == final:
+        layer -= 1
+    return layer
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def line_chart(series: dict[str, Sequence[float]], *, xlabel: str, ylabel: str, marks: Sequence[str] | None = None,
+               decided: int | None = None) -> str:
+    """One line per series over the layers, as an SVG string; ``marks`` labels each layer's point."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    n = len(next(iter(series.values())))
+    x = np.arange(n)
+    for label, values in series.items():
+        ax.plot(x, values, marker="o", markersize=3.5, linewidth=1.6, label=str(label)[:40])
+    if marks is not None:
+        for xi, text in zip(x, marks, strict=True):
+            ax.annotate(str(text)[:14], (xi, 1.02), fontsize=6.5, rotation=45, ha="left", va="bottom",
+                        xycoords=("data", "axes fraction"), annotation_clip=False)
+    if decided is not None:
+        ax.axvline(decided, color="#b4442c", linewidth=0.9, linestyle="--")
+    ax.set_xticks(x)
+    ax.set_xticklabels(["emb"] + [str(i) for i in range(1, n)])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return to_svg(fig)
+
+
+class DecisionPathProbe(Probe):
+    """How the decision forms through the layers.
+
+    For a sequence classifier, each layer's hidden state is passed through what follows the layer
+    stack (final normalisation, pooler, classifier) to give class probabilities per layer; for a
+    causal LM, the logit lens (nostalgebraist 2020) reads the next-token distribution from each
+    layer through the final normalisation and the unembedding. The decision layer of an example is
+    the first layer from which every later layer agrees with the final prediction: an early one
+    means the deeper layers only confirm a decision made near the input. One line chart per example.
+
+    Parameters
+    ----------
+    examples : sequence of str, optional
+        Texts to trace; by default a seeded sample of the data, else a short built-in list.
+    max_examples : int, default=4
+    top_k : int, default=5
+        Next tokens listed per layer for a causal LM (classes drawn for a classifier with many).
+    """
+
+    name: ClassVar[str] = "decision_path"
+    kinds: ClassVar[frozenset[str]] = frozenset({"sequence-classification", "causal-lm"})
+    description: ClassVar[str] = "Class probabilities per layer (classifiers) and the logit lens (causal LMs)"
+    version: ClassVar[str] = "1"
+
+    def __init__(self, *, examples: Sequence[Any] | None = None, max_examples: int = 4, top_k: int = 5) -> None:
+        self.examples = examples
+        self.max_examples = max_examples
+        self.top_k = top_k
+        if isinstance(examples, str):
+            raise ConfigError("Probe 'decision_path': examples must be a list of texts, got one string. "
+                              "Write examples: [\"...\"].")
+        if max_examples < 1 or top_k < 1:
+            raise ConfigError(f"Probe 'decision_path': max_examples and top_k must be at least 1, got "
+                              f"{max_examples!r}, {top_k!r}.")
+
+    def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
+        examples, notes = collect_examples(probe=self.name, examples=self.examples, context=context,
+                                           max_examples=self.max_examples)
+        causal = target.kind == "causal-lm"
+        labels = target.labels if not causal else []
+        target.tokenize([ex.text for ex in examples])  # counts truncated texts for the card's manifest
+        tables, figures, out_examples, depths, layers_at = [], [], [], [], []
+        n_layers = 0
+        for i, ex in enumerate(examples):
+            enc = encode(target.tokenizer, ex.text, max_length=target.max_length, keep="end" if causal else "start")
+            if not len(enc.content):
+                raise DataError(f"Probe 'decision_path': example {i} ({ex.source}) has no tokens (received "
+                                f"{ex.text[:60]!r}). Remove it or give a text with at least one word.")
+            text = redact_for_display(enc)[0] if ex.source.startswith("data") and not context.show_pii else enc.text
+            probs = _softmax(layer_logits(target.model, enc.ids, device=target.device))
+            n_layers = probs.shape[0] - 1
+            predicted = probs.argmax(-1).tolist()
+            layer = decision_layer(predicted)
+            depths.append(layer / max(n_layers, 1))
+            layers_at.append(layer)
+            final = predicted[-1]
+            layer_names = ["embeddings"] + [f"layer {k}" for k in range(1, n_layers + 1)]
+            if causal:
+                rows = []
+                for k in range(n_layers + 1):
+                    top = np.argsort(-probs[k])[: self.top_k]
+                    rows.append([layer_names[k], ", ".join(f"{target.tokenizer.decode([int(t)])!r} ({probs[k, t]:.2f})"
+                                                           for t in top), float(probs[k, final])])
+                final_name = target.tokenizer.decode([final])
+                tables.append(Table(title=f"Example {i + 1}: logit lens", columns=[
+                    "layer", f"top {self.top_k} next tokens (probability)", f"p({final_name!r}), the final top token"],
+                    rows=rows, caption=f"{ex.source}: {text[:200]}"))
+                final_top = np.argsort(-probs[-1])[:3]
+                series = {repr(target.tokenizer.decode([int(t)])): probs[:, t] for t in final_top}
+                marks = [target.tokenizer.decode([int(t)]) for t in predicted]
+                ylabel = "next-token probability"
+            else:
+                names = [labels[c] if c < len(labels) else str(c) for c in range(probs.shape[1])]
+                tables.append(Table(title=f"Example {i + 1}: class probabilities per layer", columns=[
+                    "layer", *names[:20], "predicted"], rows=[[layer_names[k], *[float(p) for p in probs[k, :20]],
+                                                               names[predicted[k]]] for k in range(n_layers + 1)],
+                    caption=f"{ex.source}: {text[:200]}"))
+                shown = np.argsort(-probs[-1])[: max(2, min(self.top_k, probs.shape[1]))]
+                series = {names[c]: probs[:, c] for c in shown}
+                marks = None
+                final_name = names[final]
+                ylabel = "class probability"
+            figures.append(Figure(
+                title=f"Example {i + 1}: decision path",
+                svg=line_chart(series, xlabel="layer (emb = embeddings)", ylabel=ylabel, marks=marks, decided=layer),
+                caption=f"{text[:120]}{'...' if len(text) > 120 else ''} Dashed line: the decision layer"
+                        f"{'; labels on top: each layer' + chr(39) + 's top token' if causal else ''}.",
+            ))
+            out_examples.append({"example": i + 1, "source": ex.source, "text": text, "prediction": final_name,
+                                 "probability": float(probs[-1, final]), "decision_layer": layer,
+                                 "layers": n_layers, "truncated": enc.truncated})
+        truncated = sum(e["truncated"] for e in out_examples)
+        if truncated:
+            notes.append(f"{truncated} example(s) were longer than {target.max_length} tokens and were truncated.")
+        metrics = {
+            "mean_decision_depth": Metric(
+                value=float(np.mean(depths)),
+                description="Decision layer / number of layers, mean over examples (0 = decided at the embeddings, "
+                            "1 = only at the last layer)"),
+            "decided_before_last_layer": Metric(
+                value=float(np.mean([layer < n_layers for layer in layers_at])),
+                description="Share of examples whose final prediction is already the top one before the last layer"),
+        }
+        summary = (f"Traced {len(out_examples)} example(s) through {n_layers} layers "
+                   f"({'logit lens' if causal else 'classifier head on each layer'}); the final prediction emerges "
+                   f"at layer {np.mean(layers_at):.1f} of {n_layers} on average.")
+        if notes:
+            summary += " " + " ".join(notes)
+        summary_table = Table(title="Decision layer per example", columns=[
+            "example", "source", "text", "prediction", "probability", "decision layer", "truncated"],
+            rows=[[e["example"], e["source"], e["text"][:160], e["prediction"], e["probability"], e["decision_layer"],
+                   e["truncated"]] for e in out_examples],
+            caption="Decision layer: the first layer from which every later layer agrees with the final prediction "
+                    "(0 = the embeddings).")
+        return self.result(status="passed", summary=summary, metrics=metrics, headline="mean_decision_depth",
+                           tables=[summary_table, *tables], figures=figures)
