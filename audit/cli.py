@@ -9,6 +9,7 @@ the ``rai_audit.commands`` entry-point group, so this module knows none of them 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -138,18 +139,15 @@ def _check_output_dir(path: Path) -> None:
                           "Choose another --out or fix its permissions.") from None
     finally:
         for directory in created:
-            try:
+            with contextlib.suppress(OSError):
                 directory.rmdir()
-            except OSError:
-                pass
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from audit.results import AuditResults
     from audit.runner import Auditor
     from audit.target import load_target
     from reports.model_card import write_reports
-
-    from audit.results import AuditResults
 
     config = _config_from_args(args)
     _check_output_dir(config.output_dir)

@@ -11,7 +11,7 @@ from typing import Any
 
 from audit.errors import DataError
 
-__all__ = ["AuditDataset", "SUPPORTED_FORMATS", "fingerprint_path", "load_dataset", "read_table"]
+__all__ = ["SUPPORTED_FORMATS", "AuditDataset", "fingerprint_path", "load_dataset", "read_table"]
 
 SUPPORTED_FORMATS = (".csv", ".jsonl", ".json", ".parquet", "saved Hugging Face dataset directory")
 

@@ -589,7 +589,7 @@ class AuditTarget:
         bos = getattr(self.tokenizer, "bos_token_id", None)
 
         def compute(seqs: list[list[int]]) -> list[TokenLogProbs]:
-            prefixed = [([bos] + s if bos is not None and (not s or s[0] != bos) else s) for s in seqs]
+            prefixed = [([bos, *s] if bos is not None and (not s or s[0] != bos) else s) for s in seqs]
             prefixed = [p[: self.max_length] for p in prefixed]
             batch = self._pad(prefixed)
             logits = self.model(**batch, return_dict=True).logits.float()

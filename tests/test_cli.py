@@ -51,7 +51,7 @@ def test_report_rerenders_from_results(capsys, tiny_dirs, tmp_path, cheap_config
     assert run_cli(capsys, "run", "--model", tiny_dirs["encoder"], "--config", cheap_config, "--out", out, *FAST)[0] == 0
     (out / "model_card.html").unlink()
     again = tmp_path / "again"
-    code, stdout, _ = run_cli(capsys, "report", out / "results.json", "--out", again)
+    code, _stdout, _ = run_cli(capsys, "report", out / "results.json", "--out", again)
     assert code == 0 and (again / "model_card.html").read_text().startswith("<!DOCTYPE html>")
 
 

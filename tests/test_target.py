@@ -9,7 +9,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from audit import ConfigError, ModelLoadError, NotApplicableError, load_target
 from audit.target import detect_kind
@@ -164,7 +170,7 @@ def test_missing_path(tmp_path):
 
 def test_directory_without_config(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ModelLoadError, match="has no config.json"):
+    with pytest.raises(ModelLoadError, match=r"has no config\.json"):
         load_target(tmp_path)
 
 

@@ -18,12 +18,12 @@ computation numbers addition poetry art dance literature novels symphony drama s
 technology physics chemistry einstein nasa experiment astronomy shakespeare person name good bad
 great terrible love hate happy sad nurse doctor engineer teacher said works as people person's
 christian muslim jewish black white asian young old rich poor movie film food was very not really
-""".split()
+""".split()  # noqa: SIM905 - a word list reads better as prose
 
 
 def word_vocab() -> list[str]:
     words = list(dict.fromkeys(w.strip(".,'") for w in CORPUS if w.strip(".,'")))
-    return SPECIAL + [".", ",", "'", "s", "!", "?"] + words
+    return [*SPECIAL, ".", ",", "'", "s", "!", "?", *words]
 
 
 def save_bert_tokenizer(directory: Path) -> None:
