@@ -375,12 +375,13 @@ def _select_trainable(model: Any, spec: Any, task: str) -> list[str]:
             raise ConfigError(f"trainable_layers={spec} but the model has {n_layers} transformer blocks. "
                               f"Use 0 to {n_layers}, 'all' or 'head'.")
         in_blocks = [n for n in names if n.startswith(block_prefix + ".")]
-        last = {f"{block_prefix}.{i}." for i in range(n_layers - spec, n_layers)}
-        embedding_ids = {id(p) for p in model.get_input_embeddings().parameters()}
-        embedding_names = {n for n, p in model.named_parameters() if id(p) in embedding_ids}
-        top = [n for n in base if n not in in_blocks and "embed" not in n and n not in embedding_names
-               and not n.split(".")[1].startswith(("wte", "wpe", "embed"))]
-        chosen = set(head) | {n for n in in_blocks if any(n.startswith(p) for p in last)} | (set(top) if spec else set())
+        last = tuple(f"{block_prefix}.{i}." for i in range(n_layers - spec, n_layers))
+        # Embedding tables and the modules around them (BERT's embeddings.LayerNorm) stay frozen;
+        # what sits between the blocks and the head (pooler, final norm) trains with the top blocks.
+        embedding_modules = tuple(f"{name}." for name, module in model.named_modules() if name and (
+            isinstance(module, torch.nn.Embedding) or name.rsplit(".", 1)[-1].startswith(("embed", "wte", "wpe"))))
+        top = [n for n in base if n not in in_blocks and not n.startswith(embedding_modules)]
+        chosen = set(head) | {n for n in in_blocks if n.startswith(last)} | (set(top) if spec else set())
     else:
         prefixes = [str(p) for p in spec]
         unmatched = [p for p in prefixes if not any(n == p or n.startswith(p.rstrip(".") + ".") for n in names)]
@@ -491,7 +492,7 @@ def _load_from_path(path: Path, model_id: str, task: str, classes: list[Any] | N
                       label2id={n: i for i, n in enumerate(names)})
         auto = transformers.AutoModelForSequenceClassification
     else:
-        if model_type not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        if kind != "causal-lm" or model_type not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
             raise ConfigError(
                 f"task='causal-lm' needs a causal language model, but {model_id!r} is a {model_type!r} model "
                 f"({kind}). Give a label column to fine-tune it as a classifier, or use a GPT-2-like model."
@@ -962,7 +963,8 @@ class DPFineTuner:
 
     def _inputs(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
         width = max(1, int(mask.sum(1).max()))
-        ids, mask = ids[:, :width].to(device), mask[:, :width].to(device)
+        # Contiguous: Opacus' embedding norm sampler views the ids as one column.
+        ids, mask = ids[:, :width].contiguous().to(device), mask[:, :width].contiguous().to(device)
         batch = {"input_ids": ids, "attention_mask": mask}
         # Opacus needs these at the full batch size: the models' own buffers have batch size 1,
         # and per-example gradients of the position / token-type embeddings need every row.
@@ -1192,12 +1194,13 @@ class DPFineTuner:
         self.accountant_history_ = [list(h) for h in engine.accountant.history]
         self.history_ = history
 
-    @staticmethod
-    def _zero_grads(params: list[torch.nn.Parameter]) -> None:
+    def _zero_grads(self, params: list[torch.nn.Parameter]) -> None:
         # An empty Poisson batch is still a released step: the optimizer must add noise to a
-        # zero gradient (skipping it would reveal that the batch was empty).
+        # zero gradient (skipping it would reveal that the batch was empty). The hooks optimizer
+        # clips per-example gradients (none here); the ghost one reads the summed gradient.
         for p in params:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            if self.grad_sample_mode == "hooks":
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             p.grad = torch.zeros_like(p)
 
     def _train_non_private(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
@@ -1351,7 +1354,12 @@ class DPFineTuner:
         """
         self._check_fitted()
         source_path = Path(self.record_["base_model"]["path"]) if self.record_["base_model"]["path"] else None
-        out = _prepare_output_dir(out_dir, overwrite=overwrite, source=source_path)
+        out = _check_output_dir(out_dir, overwrite=overwrite, source=source_path)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"Output directory {str(out)!r} cannot be created ({exc.strerror or exc}). "
+                              "Choose another --out or fix its permissions.") from None
         records = dict(self.input_records_)
         dp = dict(self.record_)
         if "dp" in records and isinstance(records["dp"], dict):
@@ -1373,8 +1381,8 @@ class DPFineTuner:
         return out
 
 
-def _prepare_output_dir(out_dir: str | os.PathLike[str], *, overwrite: bool, source: Path | None) -> Path:
-    """Create ``out_dir`` (or accept an empty one) and refuse the input model's own directory."""
+def _check_output_dir(out_dir: str | os.PathLike[str], *, overwrite: bool, source: Path | None) -> Path:
+    """Fail early, creating nothing, when ``out_dir`` cannot take the new model."""
     out = Path(out_dir).expanduser()
     if source is not None and out.exists() and out.resolve() == source.resolve():
         raise OutputError(f"Output directory {str(out)!r} is the input model's directory; the input model is never "
@@ -1384,13 +1392,12 @@ def _prepare_output_dir(out_dir: str | os.PathLike[str], *, overwrite: bool, sou
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputError(f"Output directory {str(out)!r} is not empty. Choose a new directory for --out, or pass "
                           "--overwrite (overwrite=True).")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"Output directory {str(out)!r} cannot be created ({exc.strerror or exc}). "
-                          "Choose another --out or fix its permissions.") from None
-    if not os.access(out, os.W_OK):
-        raise OutputError(f"Output directory {str(out)!r} is not writable. Choose another --out or fix its permissions.")
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise OutputError(f"Output directory {str(out)!r} cannot be created or written ({str(existing)!r} is not a "
+                          "writable directory). Choose another --out or fix its permissions.")
     return out
 
 

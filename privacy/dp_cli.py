@@ -79,13 +79,11 @@ class TrainDPCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         from audit.data import load_dataset
-        from privacy.dp import DPFineTuner, _describe, _prepare_output_dir
+        from privacy.dp import DPFineTuner, _check_output_dir, _describe
 
         model_path = Path(args.model).expanduser()
         if not model_path.exists():
             raise ConfigError(f"--model {args.model!r} does not exist. Give a directory written by save_pretrained.")
-        _prepare_output_dir(args.out, overwrite=args.overwrite, source=model_path)
-        data = load_dataset(args.data, text_column=args.text_column, label_column=args.label_column)
         tuner = DPFineTuner(
             target_epsilon=args.target_epsilon, target_delta=args.target_delta, max_grad_norm=args.max_grad_norm,
             epochs=args.epochs, batch_size=args.batch_size, max_physical_batch_size=args.max_physical_batch_size,
@@ -97,6 +95,9 @@ class TrainDPCommand:
             secure_mode=args.secure_mode, seed=args.seed, device=args.device,
             progress=not args.no_progress,
         )
+        tuner._validate_params()  # a bad option fails before any file is read or written
+        _check_output_dir(args.out, overwrite=args.overwrite, source=model_path)
+        data = load_dataset(args.data, text_column=args.text_column, label_column=args.label_column)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             tuner.fit(str(model_path), data)

@@ -25,6 +25,7 @@ import functools
 import importlib.util
 import itertools
 import json
+import logging
 import math
 import multiprocessing
 import re
@@ -234,9 +235,34 @@ def _offline_suffix_list() -> None:
         extractor.suffix_list_urls = ()
 
 
+class _LogGuard(logging.Filter):
+    """Keep analysed text out of Presidio's log records.
+
+    Presidio's DEBUG records quote context words from the text, and one ERROR record quotes a
+    candidate IBAN; anyone running with verbose logging would copy personal data into log files.
+    DEBUG records are dropped and the arguments of the others withheld.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO:
+            return False
+        if record.args:
+            record.msg = f"{record.msg} (arguments withheld by rai-audit: they may quote the analysed text)"
+            record.args = None
+        return True
+
+
+def _guard_presidio_logs() -> None:
+    for name in ("presidio-analyzer", "presidio-anonymizer"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _LogGuard) for f in logger.filters):
+            logger.addFilter(_LogGuard())
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_analyzer(engine: str, language: str, model: str | None, recognizers_json: str) -> tuple[Any, EngineInfo]:
     _offline_suffix_list()
+    _guard_presidio_logs()
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
@@ -361,6 +387,7 @@ def anonymize(text: str, detections: Sequence[Detection], operators: Mapping[str
 def _anonymizer() -> Any:
     from presidio_anonymizer import AnonymizerEngine
 
+    _guard_presidio_logs()
     return AnonymizerEngine()
 
 
@@ -644,12 +671,13 @@ class PIIScanner:
         try:
             pending: list[Any] = []
             for block in _blocks(texts, chunk):
-                todo = [t for t in block if isinstance(t, str) and t.strip()]
+                # Repeated texts (boilerplate, templates) are analysed once per block.
+                unique = list(dict.fromkeys(t for t in block if _is_text(t)))
                 if pool is None:
-                    found = iter(_analyze_batch(todo, **options)) if todo else iter(())
-                    yield from ([] if not (isinstance(t, str) and t.strip()) else next(found) for t in block)
+                    found = dict(zip(unique, _analyze_batch(unique, **options), strict=True)) if unique else {}
+                    yield from (found[t] if _is_text(t) else [] for t in block)
                     continue
-                pending.append((block, pool.apply_async(_worker_analyze, (todo,)) if todo else None))
+                pending.append((block, unique, pool.apply_async(_worker_analyze, (unique,)) if unique else None))
                 if len(pending) >= 2 * self.n_process:
                     yield from _drain(pending.pop(0))
             for item in pending:
@@ -754,7 +782,7 @@ class PIIScanner:
                     acc.rows_with_pii += row_has_pii
                     row, row_has_pii = r, False
                     bar.update(1)
-                if not (isinstance(value, str) and value.strip()):
+                if not _is_text(value):
                     acc.columns[column].skipped += 1
                     continue
                 acc.add(r, column, value, found)
@@ -808,8 +836,12 @@ def _blocks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield block
 
 
-def _drain(item: tuple[list[Any], Any]) -> Iterator[list[Detection]]:
-    block, handle = item
-    found = iter(handle.get() if handle is not None else ())
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _drain(item: tuple[list[Any], list[str], Any]) -> Iterator[list[Detection]]:
+    block, unique, handle = item
+    found = dict(zip(unique, handle.get(), strict=True)) if handle is not None else {}
     for text in block:
-        yield next(found) if isinstance(text, str) and text.strip() else []
+        yield found[text] if _is_text(text) else []

@@ -346,6 +346,10 @@ class PIIGenerationProbe(Probe):
         )
 
 
+class _NoData(Exception):
+    """member_column was set but the audit has no dataset."""
+
+
 def _truthy(value: Any) -> bool | None:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -453,7 +457,7 @@ class MembershipInferenceProbe(Probe):
             return None
         data = context.data
         if data is None:
-            return None
+            raise _NoData
         frame = data.frame
         if self.member_column not in frame.columns:
             raise DataError(f"Probe 'membership_inference': member_column {self.member_column!r} is not in the data. "
@@ -481,7 +485,12 @@ class MembershipInferenceProbe(Probe):
         return [texts[i] for i in keep], [labels[i] for i in keep] if labels is not None else None
 
     def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
-        samples = self._samples(target, context)
+        try:
+            samples = self._samples(target, context)
+        except _NoData:
+            return self.result(status="skipped", summary=(
+                f"member_column is {self.member_column!r}, but the audit has no dataset; give one with --data "
+                "(or data.path in the config)."))
         if samples is None:
             return self.result(
                 status="skipped",

@@ -171,8 +171,9 @@ class AttentionProbe(Probe):
     examples : sequence of str, optional
         Texts to show; by default a seeded sample of the data, else a short built-in list.
     max_examples : int, default=3
-    per_head : bool, default=True
-        Draw every head's map (layers x heads panels per example), not only the head averages.
+    per_head_examples : int, default=1
+        For this many of the examples (the first ones), also draw every head's map (layers x heads
+        panels); the others get the head averages and the rollout only.
     residual : bool, default=True
         Model the residual connection in the rollout.
     max_tokens : int, default=48
@@ -184,18 +185,18 @@ class AttentionProbe(Probe):
     description: ClassVar[str] = "Attention maps per layer and head, head averages and attention rollout"
     version: ClassVar[str] = "1"
 
-    def __init__(self, *, examples: Sequence[Any] | None = None, max_examples: int = 3, per_head: bool = True,
+    def __init__(self, *, examples: Sequence[Any] | None = None, max_examples: int = 3, per_head_examples: int = 1,
                  residual: bool = True, max_tokens: int = 48) -> None:
         self.examples = examples
         self.max_examples = max_examples
-        self.per_head = per_head
+        self.per_head_examples = per_head_examples
         self.residual = residual
         self.max_tokens = max_tokens
         if isinstance(examples, str):
             raise ConfigError("Probe 'attention': examples must be a list of texts, got one string. Write examples: [\"...\"].")
-        if max_examples < 1 or max_tokens < 2:
-            raise ConfigError(f"Probe 'attention': max_examples must be >= 1 and max_tokens >= 2, got "
-                              f"{max_examples!r}, {max_tokens!r}.")
+        if max_examples < 1 or max_tokens < 2 or per_head_examples < 0:
+            raise ConfigError(f"Probe 'attention': max_examples must be >= 1, max_tokens >= 2 and per_head_examples "
+                              f">= 0, got {max_examples!r}, {max_tokens!r}, {per_head_examples!r}.")
 
     def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
         examples, notes = collect_examples(probe=self.name, examples=self.examples, context=context,
@@ -244,7 +245,7 @@ class AttentionProbe(Probe):
                 caption=f"Rows: attending (query) tokens; columns: attended (key) tokens{crop}. Rollout after "
                         f"Abnar and Zuidema (2020){' with the residual connection' if self.residual else ''}.",
             ))
-            if self.per_head:
+            if i < self.per_head_examples:
                 panels = [maps[layer, head][:shown, :shown] for layer in range(n_layers) for head in range(n_heads)]
                 titles = [f"L{layer + 1} H{head + 1}" for layer in range(n_layers) for head in range(n_heads)]
                 figures.append(Figure(

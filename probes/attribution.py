@@ -411,17 +411,29 @@ class Explainer:
 
     def output(self, seqs: Sequence[Sequence[int]], targets: Sequence[Any]) -> np.ndarray:
         """The explained output ``f``: class probability, or continuation log-probability."""
-        values = []
+        out = np.zeros(len(seqs))
+        lengths = [len(s) + (len(t) if self.kind == "causal-lm" else 0) for s, t in zip(seqs, targets, strict=True)]
         with torch.no_grad():
-            for start in range(0, len(seqs), self.batch_size):
-                chunk, tchunk = seqs[start:start + self.batch_size], targets[start:start + self.batch_size]
+            for chunk in self._chunks(lengths):
+                rows, tchunk = [seqs[i] for i in chunk], [targets[i] for i in chunk]
                 if self.kind == "causal-lm":
-                    values.append(self._continuation_logprob(chunk, tchunk))
+                    out[chunk] = self._continuation_logprob(rows, tchunk)
                 else:
-                    ids, mask = self._pad(chunk)
+                    ids, mask = self._pad(rows)
                     proba = self._proba_from_ids(ids, mask).cpu().numpy()
-                    values.append(proba[np.arange(len(chunk)), np.asarray(tchunk, dtype=int)])
-        return np.concatenate(values) if values else np.zeros(0)
+                    out[chunk] = proba[np.arange(len(rows)), np.asarray(tchunk, dtype=int)]
+        return out
+
+    def _chunks(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices, longest first, grouped into forward passes of about 8,192 tokens (at least ``batch_size`` rows)."""
+        chunks: list[list[int]] = []
+        for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+            width = lengths[chunks[-1][0]] if chunks else 0
+            if chunks and len(chunks[-1]) < max(self.batch_size, _TOKENS_PER_PASS // max(width, 1)):
+                chunks[-1].append(i)
+            else:
+                chunks.append([i])
+        return chunks
 
     def score(self, seqs: Sequence[Sequence[int]], targets: Sequence[Any]) -> np.ndarray:
         """Probability of the explained class or continuation, for ERASER's removal curves."""
@@ -513,9 +525,10 @@ class Explainer:
             )
             scores = attr.float().sum(-1).detach().cpu().numpy()
             with torch.no_grad():
+                both = self._proba_from_ids(torch.cat([ids, base]), torch.cat([mask, mask]))
                 rows = torch.arange(len(encs), device=ids.device)
-                f_x = self._proba_from_ids(ids, mask)[rows, target].cpu().numpy()
-                f_b = self._proba_from_ids(base, mask)[rows, target].cpu().numpy()
+                f_x = both[rows, target].cpu().numpy()
+                f_b = both[rows + len(encs), target].cpu().numpy()
             delta = delta.detach().cpu().numpy()
             return [TokenAttribution(method, self._clean(scores[i], e), float(f_x[i]), float(f_b[i]),
                                      float(delta[i]), n_steps) for i, e in enumerate(encs)]
@@ -835,8 +848,9 @@ class AttributionProbe(Probe):
         examples, notes = collect_examples(probe=self.name, examples=self.examples, context=context,
                                            max_examples=self.max_examples,
                                            pairs=self.max_pairs if self.use_counterfactual else 0)
-        reserve = len(explainer.tokenizer.encode(self.target, add_special_tokens=False)) \
-            if explainer.kind == "causal-lm" and isinstance(self.target, str) else 1
+        wanted = [self.target, *(ex.target for ex in examples)]
+        reserve = max([1, *(len(explainer.tokenizer.encode(w, add_special_tokens=False))
+                            for w in wanted if isinstance(w, str))]) if explainer.kind == "causal-lm" else 0
         encs = encode_examples(explainer, target, examples, probe=self.name, reserve=reserve)
         labels = target.labels if explainer.kind == "sequence-classification" else []
         targets = resolve_targets(explainer, encs, examples, self.target, probe=self.name, labels=labels)

@@ -74,7 +74,7 @@ def load_intrasentence(path: str | Path) -> list[StereoSetItem]:
         if source.suffix.lower() == ".json":
             raise DataError(f"StereoSet file {str(source)!r} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
         spec = None  # several JSON documents: the flattened JSON-lines layout
-    if isinstance(spec, dict):
+    if isinstance(spec, dict) and ("data" in spec or source.suffix.lower() == ".json"):
         examples = spec.get("data", {}).get("intrasentence") if isinstance(spec.get("data"), dict) else None
         if not isinstance(examples, list):
             raise DataError(f"StereoSet file {str(source)!r} has no data.intrasentence list. Use the original "
@@ -121,20 +121,47 @@ def _blank_word(item: StereoSetItem, sentence: str) -> str:
     return words[index].translate(_PUNCTUATION)
 
 
+def _causal_sentence_scores(target: AuditTarget, texts: Sequence[str]) -> np.ndarray:
+    """Mean token log-probability as bias-bench scores GPT-2: the first token given the BOS token
+    alone, every later token given the tokens before it *without* the BOS token in the context."""
+    import torch
+
+    first = [lp.log_probs[0] if lp.log_probs.size else np.nan for lp in target.token_log_likelihoods(texts)]
+    sequences = target.tokenize(texts)
+    pad_id = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
+    rest: list[np.ndarray] = [np.zeros(0)] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: -len(sequences[i]))
+    with torch.inference_mode():
+        for start in range(0, len(order), target.batch_size):
+            chunk = order[start: start + target.batch_size]
+            width = max(len(sequences[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids[row, : len(sequences[i])] = torch.as_tensor(sequences[i], dtype=torch.long)
+                attention[row, : len(sequences[i])] = 1
+            logits = target.model(input_ids=ids.to(target.device), attention_mask=attention.to(target.device),
+                                  return_dict=True).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            picked = logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1).cpu().numpy()
+            for row, i in enumerate(chunk):
+                rest[i] = picked[row, : len(sequences[i]) - 1]
+    return np.array([float(np.nanmean(np.concatenate([[f], r]))) for f, r in zip(first, rest, strict=True)])
+
+
 def score_items(target: AuditTarget, items: Sequence[StereoSetItem]) -> np.ndarray:
     """Score of each item's (stereotype, anti-stereotype, unrelated) sentence, shape (n_items, 3).
 
     Masked LM, as the official evaluation (and bias-bench): the filler word's tokens are predicted
     left to right, each at a [MASK] placed after the tokens already filled in; the score is the
-    mean probability. Causal LM: the mean log-probability per token of the whole sentence, with
-    the BOS token as the unconditional start (bias-bench's GPT-2 score, in log form). ``nan``
-    where a filler word has no token.
+    mean probability. Causal LM: the mean log-probability per token of the whole sentence, the
+    first token given the BOS token and later tokens given the sentence so far (bias-bench's GPT-2
+    score, in log form; the order of scores is the same). ``nan`` where a filler word has no token.
     """
     scores = np.full((len(items), len(LABELS)), np.nan)
     if target.kind == "causal-lm":
-        texts = [item.sentences[label] for item in items for label in LABELS]
-        per_token = target.token_log_likelihoods(list(dict.fromkeys(texts)))
-        mean = {t: float(np.nanmean(lp.log_probs)) for t, lp in zip(dict.fromkeys(texts), per_token, strict=True)}
+        texts = list(dict.fromkeys(item.sentences[label] for item in items for label in LABELS))
+        mean = dict(zip(texts, _causal_sentence_scores(target, texts), strict=True))
         return np.array([[mean[item.sentences[label]] for label in LABELS] for item in items])
     tokenizer = target.tokenizer
     mask = tokenizer.mask_token

@@ -69,7 +69,7 @@ def test_probe_reports_rollout_and_layer_shares(tiny_targets, tiny_dirs):
     kind = "sequence-classification"
     target = tiny_targets[kind]
     state = {k: v.clone() for k, v in target.model.state_dict().items()}
-    result = AttentionProbe(examples=[TEXT], per_head=True).run(target, AuditContext().for_probe("attention"))
+    result = AttentionProbe(examples=[TEXT], per_head_examples=1).run(target, AuditContext().for_probe("attention"))
     ids = target.tokenizer(TEXT)["input_ids"]
     maps = _eager_attentions(tiny_dirs[kind], kind, ids)
     (example,) = result.examples
@@ -94,7 +94,7 @@ def test_card_escapes_tokens_and_long_text_is_truncated(tiny_targets):
 
     target = tiny_targets["sequence-classification"]
     long_text = "<b>bold</b> " + "the movie was good and " * 60
-    probe = AttentionProbe(examples=[long_text], per_head=False, max_tokens=16)
+    probe = AttentionProbe(examples=[long_text], per_head_examples=0, max_tokens=16)
     results = Auditor(probes=[probe]).run(target)
     (result,) = results.results
     assert result.status == "passed", result.summary

@@ -27,8 +27,7 @@ from probes.attribution import (
 from tests.tiny import make_tiny_model
 
 PLANTED = "einstein"
-NEUTRAL = ("this is that there here it was we talked about the a an and or of to in on for with are be "
-           "home office business career movie film food numbers art dance drama science person name").split()
+NEUTRAL = ["this", "is", "that", "there", "here", "it", "was", "we", "talked", "about", "the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "with", "are", "be", "home", "office", "business", "career", "movie", "film", "food", "numbers", "art", "dance", "drama", "science", "person", "name"]
 
 
 def planted_texts(rng: np.random.Generator, n: int) -> tuple[list[str], list[int]]:
@@ -308,6 +307,27 @@ def test_card_shows_escaped_token_heatmaps(tiny_targets):
     assert "<script>alert" not in html
     assert "&lt;script&gt;" in html and "Token attributions" in html
     assert "background-color:#" in html
+
+
+@pytest.mark.slow
+def test_reads_the_counterfactual_probes_worst_pairs(tiny_targets):
+    from audit import AuditConfig
+    from audit.registry import discover_probes
+
+    if "counterfactual" not in discover_probes():
+        pytest.skip("the counterfactual probe is not installed")
+    target = tiny_targets["sequence-classification"]
+    config = AuditConfig(select=["counterfactual", "attribution"], probes={
+        "attribution": {"params": {"methods": ["integrated_gradients"], "max_examples": 1, "max_pairs": 2}}})
+    counterfactual, attribution = Auditor(config).run(target).results
+    assert counterfactual.probe == "counterfactual" and attribution.status == "passed"
+    pairs = [(e["text_a"], e["text_b"]) for e in counterfactual.examples[:2]]
+    explained = [e["text"] for e in attribution.examples if e["source"].startswith("counterfactual pair")]
+    assert explained == [text for pair in pairs for text in pair]
+    table = next(t for t in attribution.tables if t.title.startswith("Counterfactual pairs"))
+    for row in table.rows:
+        gap, ig_gap = row[table.columns.index("f(a) - f(b)")], row[table.columns.index("sum of Integrated Gradients, a - b")]
+        assert ig_gap == pytest.approx(gap, abs=1e-6 + 0.05 * abs(gap))
 
 
 @pytest.mark.slow

@@ -44,13 +44,18 @@ def random_sentences(n: int, seed: int, length: int = 8) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=length)) + " ." for _ in range(n)]
 
 
-def train_causal_lm(source: Path, texts: list[str], out: Path, *, steps: int = 150, lr: float = 1e-2) -> Path:
-    """Fine-tune a tiny GPT-2 on ``texts`` (full batch) until it has memorised them; save it to ``out``."""
+def train_causal_lm(source: Path, texts: list[str], out: Path, *, steps: int = 150, lr: float = 1e-2,
+                    bos: bool = True) -> Path:
+    """Fine-tune a tiny GPT-2 on ``texts`` (full batch) until it has memorised them; save it to ``out``.
+
+    ``bos`` prefixes each text with the BOS token, as the log-likelihood operations do; without it
+    the texts look like the prompts ``AuditTarget.generate`` feeds the model.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source)
-    rows = [[tok.bos_token_id, *tok(t)["input_ids"], tok.eos_token_id] for t in texts]
+    rows = [[tok.bos_token_id] * bos + [*tok(t)["input_ids"], tok.eos_token_id] for t in texts]
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), tok.eos_token_id)
     mask = torch.zeros_like(ids)

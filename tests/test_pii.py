@@ -191,11 +191,16 @@ def test_every_format_streamed_in_small_chunks_gives_the_same_summary(tmp_path):
     assert limited.columns["note"]["with_pii"] == pattern_scanner().scan_table(df.iloc[:10], columns=["note"]).documents_with_pii
 
 
-def test_worker_processes_give_the_same_detections():
+def test_batched_and_parallel_detections_equal_a_plain_presidio_loop():
     df, _ = planted_frame(80, seed=4)
-    texts = [*df["note"], None, "", *df["comment"]]
+    texts = [*df["note"], None, "", "   ", 3.5, *df["comment"], *df["note"][:9]]  # repeats, blanks, non-text
+    analyzer, _ = build_analyzer(engine="pattern")
+    plain = [sorted(((r.entity_type, r.start, r.end, r.score) for r in analyzer.analyze(
+        text=t, language="en", entities=ENTITIES, score_threshold=0.4)), key=lambda d: (d[1], d[2]))
+        if isinstance(t, str) and t.strip() else [] for t in texts]
     single = list(pattern_scanner(batch_size=8).analyze(texts))
     parallel = list(pattern_scanner(batch_size=8, n_process=2).analyze(texts))
+    assert [[tuple(d) for d in found] for found in single] == plain
     assert parallel == single and sum(map(bool, single)) > 10
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from audit import load_target
 from audit.cli import main
 from privacy.pii import spacy_model_available
+from privacy.probes import PII_PROMPTS
 from tests.test_leakage import train_causal_lm
 from tests.tiny import make_tiny_model
 
@@ -51,7 +53,7 @@ PLANTED = [*GENERATED, *DATA_VALUES]
 def memorising_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("leak")
     base = make_tiny_model("causal-lm", root / "base")
-    return train_causal_lm(base, list(GENERATED.values()), root / "memorised", steps=200)
+    return train_causal_lm(base, list(GENERATED.values()), root / "memorised", steps=200, bos=False)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,14 @@ def _audit(model: Path, data: Path, out: Path, *extra: str) -> int:
     return main(["run", "--model", str(model), "--data", str(data), "--text-column", "text",
                  "--probe", "pii_data", "--probe", "pii_generation", "--out", str(out), "--device", "cpu",
                  "--no-progress", "--seed", "0", *extra])
+
+
+def test_the_model_really_emits_the_planted_values(memorising_model):
+    target = load_target(memorising_model, progress=False, device="cpu")
+    prompts = [sentence.split(value)[0].strip() for value, sentence in GENERATED.items()]
+    assert set(prompts) <= set(PII_PROMPTS)
+    outputs = target.generate(prompts, max_new_tokens=32)
+    assert [value in text for value, text in zip(GENERATED, outputs, strict=True)] == [True] * len(GENERATED)
 
 
 def test_no_planted_value_reaches_any_file_or_log(memorising_model, dataset, tmp_path, capfd, caplog):
@@ -104,7 +114,10 @@ def test_no_planted_value_reaches_any_file_or_log(memorising_model, dataset, tmp
 
 def test_show_pii_puts_the_values_in_the_report(memorising_model, dataset, tmp_path, capfd):
     out = tmp_path / "report-with-pii"
-    assert _audit(memorising_model, dataset, out, "--show-pii") == 0, capfd.readouterr().err
+    config = tmp_path / "audit.yaml"
+    config.write_text("probes:\n  pii_data:\n    params: {n_examples: 20}\n"
+                      "  pii_generation:\n    params: {n_examples: 25}\n", encoding="utf-8")
+    assert _audit(memorising_model, dataset, out, "--show-pii", "--config", str(config)) == 0, capfd.readouterr().err
     html = (out / "model_card.html").read_text(encoding="utf-8")
     payload = (out / "results.json").read_text(encoding="utf-8")
     for value in PLANTED:

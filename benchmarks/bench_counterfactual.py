@@ -1,0 +1,125 @@
+"""Benchmark: the counterfactual probe against a bare batched forward pass over the same inputs.
+
+The model is the bundled all-MiniLM-L6-v2 with a (random) sequence-classification head. The probe
+runs on the built-in gender, race and nationality axes (2,560 inputs); the baseline tokenizes the
+same texts in batches of 32 (padding to the longest text of each batch, in input order) and runs
+the model under ``torch.inference_mode``, nothing else. Both are timed in the same process,
+alternating, after one warm-up each; the medians are compared. Each probe run gets a fresh target,
+so no forward pass is served from the target's cache.
+
+Run: ``python benchmarks/bench_counterfactual.py`` (about 2 minutes on 2 CPU cores). It rewrites
+only its own section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                     "MPLBACKEND": "Agg"}.items():
+    os.environ.setdefault(_key, _value)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from audit import load_target  # noqa: E402
+from audit.context import AuditContext  # noqa: E402
+from probes.counterfactual import CounterfactualProbe, builtin_axes, builtin_templates, fill_template  # noqa: E402
+
+AXES = ["gender", "race", "nationality"]
+BATCH = 32
+REPEATS = 3
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+START, END = "<!-- bench:counterfactual start -->", "<!-- bench:counterfactual end -->"
+
+
+def inputs() -> list[str]:
+    axes = builtin_axes()
+    texts = [fill_template(t, term) for name in AXES for terms in axes[name].groups.values()
+             for term in terms for t in builtin_templates()]
+    return list(dict.fromkeys(texts))
+
+
+def bare_forward(target, texts: list[str]) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(texts), BATCH):
+            batch = target.tokenizer(texts[i: i + BATCH], padding=True, truncation=True, return_tensors="pt")
+            torch.softmax(target.model(**batch).logits, dim=-1)
+    return time.perf_counter() - start
+
+
+def probe_run() -> tuple[float, float, str]:
+    target = load_target(kind="sequence-classification", device="cpu", progress=False, batch_size=BATCH)
+    probe = CounterfactualProbe(axes=AXES)
+    forward = {"s": 0.0}
+    original = target.predict_proba
+
+    def timed(texts):
+        t0 = time.perf_counter()
+        out = original(texts)
+        forward["s"] += time.perf_counter() - t0
+        return out
+
+    target.predict_proba = timed  # type: ignore[method-assign]
+    start = time.perf_counter()
+    result = probe.run(target, AuditContext(seed=0).for_probe("counterfactual"))
+    return time.perf_counter() - start, forward["s"], result.status
+
+
+def write_section(text: str) -> None:
+    current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
+    block = f"{START}\n{text.rstrip()}\n{END}"
+    if START in current and END in current:
+        before, rest = current.split(START, 1)
+        after = rest.split(END, 1)[1]
+        updated = before + block + after
+    else:
+        updated = current.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(updated, encoding="utf-8")
+
+
+def main() -> None:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    texts = inputs()
+    baseline_target = load_target(kind="sequence-classification", device="cpu", progress=False, batch_size=BATCH)
+    bare_forward(baseline_target, texts[:256])  # warm-up
+    probe_run()  # warm-up: imports (fairlearn, matplotlib, scipy) and first-call costs
+    bare, probe, forward = [], [], []
+    for _ in range(REPEATS):
+        bare.append(bare_forward(baseline_target, texts))
+        total, fwd, status = probe_run()
+        probe.append(total)
+        forward.append(fwd)
+    b, p, f = statistics.median(bare), statistics.median(probe), statistics.median(forward)
+    ratio = p / b
+    lines = [
+        "## Counterfactual probe vs a bare batched forward pass",
+        "",
+        f"MiniLM-L6 classifier (random head), {len(texts):,} counterfactual inputs (axes {', '.join(AXES)}), "
+        f"batch size {BATCH}, CPU ({platform.processor() or platform.machine()}, torch threads "
+        f"{torch.get_num_threads()}), median of {REPEATS} alternating runs after a warm-up.",
+        "",
+        "| what | seconds |",
+        "|---|---|",
+        f"| bare batched forward pass (tokenize + model + softmax) | {b:.2f} |",
+        f"| counterfactual probe, total | {p:.2f} |",
+        f"| of which the model (`predict_proba`, length-sorted batches) | {f:.2f} |",
+        f"| of which statistics, fairlearn, figures, report | {p - f:.2f} |",
+        "",
+        f"**Ratio probe / bare forward: {ratio:.3f}** (aim: at most 1.15). Probe status on this model: {status}.",
+        f"All runs (bare / probe): {', '.join(f'{x:.2f}' for x in bare)} / {', '.join(f'{x:.2f}' for x in probe)}.",
+    ]
+    write_section("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

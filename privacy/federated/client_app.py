@@ -1,0 +1,162 @@
+"""The Flower ``ClientApp`` (Message API): local fine-tuning and evaluation at one site.
+
+``train``: load the global weights, fine-tune on this client's training rows (with FedProx's
+proximal term when the server sends ``"proximal-mu"``, with DP-SGD when the run asks for it),
+reply with the new weights and the number of training rows (the FedAvg weight).
+``evaluate``: score the global weights on this client's held-out rows; reply with accuracy, loss
+and per-group counts when the run names sensitive features.
+
+``app`` reads its settings from the Flower run config (deployment: ``flwr run``);
+:func:`build_client_app` binds settings directly (simulation: ``run_simulation``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from privacy.federated.task import (
+    ClientData,
+    Settings,
+    client_seed,
+    evaluate,
+    float_state,
+    load_client_data,
+    load_model,
+    load_tokenizer,
+    set_state,
+    train_local,
+)
+
+__all__ = ["app", "build_client_app"]
+
+_MODEL_CACHE: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+
+def _settings(bound: Settings | None, context: Context) -> Settings:
+    return bound if bound is not None else Settings.from_run_config(context.run_config)
+
+
+def _model(settings: Settings, context: Context) -> tuple[Any, Any]:
+    """The model skeleton and tokenizer, cached per process (a simulation actor serves many messages)."""
+    path = str(context.node_config.get("model-path", "") or settings.model)
+    key = (path, settings.labels)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = (load_model(path, settings.labels, seed=settings.seed), load_tokenizer(path))
+    return _MODEL_CACHE[key]
+
+
+def _client_record(data: ClientData, **extra: Any) -> ConfigRecord:
+    details = {"partition_id": data.partition_id, "rows": data.rows, "train_rows": len(data.train_y),
+               "eval_rows": len(data.eval_y), "label_counts": data.label_counts, "group_counts": data.group_counts}
+    return ConfigRecord({"name": data.name, "details": json.dumps(details), **extra})
+
+
+def _train_dp(model: Any, tokenizer: Any, data: ClientData, settings: Settings, seed: int) -> tuple[Any, dict[str, float]]:
+    """One round of DP-SGD on this client's rows through :class:`privacy.dp.DPFineTuner`.
+
+    The noise multiplier is calibrated once for all rounds (``num_rounds * local_epochs`` epochs at
+    this client's sampling rate), so the client's epsilon after the whole run stays within
+    ``target_epsilon``; each round is one ``fit`` with that fixed noise.
+    """
+    import pandas as pd
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from privacy.dp import DPFineTuner, default_delta
+
+    n = len(data.train_y)
+    batches = math.ceil(n / settings.batch_size)
+    sample_rate = 1.0 / batches
+    delta = settings.target_delta if settings.target_delta is not None else default_delta(n)
+    assert settings.target_epsilon is not None
+    sigma = get_noise_multiplier(target_epsilon=settings.target_epsilon, target_delta=delta,
+                                 sample_rate=sample_rate, steps=settings.num_rounds * settings.local_epochs * batches,
+                                 accountant="prv", epsilon_tolerance=0.01)
+    frame = pd.DataFrame({"text": data.train_texts, "label": [settings.labels[i] for i in data.train_y]})
+    tuner = DPFineTuner(target_epsilon=settings.target_epsilon, target_delta=delta,
+                        max_grad_norm=settings.max_grad_norm, epochs=settings.local_epochs,
+                        batch_size=settings.batch_size, max_physical_batch_size=settings.batch_size,
+                        learning_rate=settings.learning_rate, noise_multiplier=sigma, accountant="prv",
+                        task="sequence-classification", text_column="text", label_column="label",
+                        max_length=settings.max_length, eval_fraction=0.0, seed=seed, device=settings.device)
+    tuner.fit(model, frame, tokenizer=tokenizer)
+    return tuner.model_, {"loss": float(tuner.history_[-1]["loss"]) if tuner.history_ else math.nan,
+                          "dp-steps": float(tuner.steps_), "dp-noise-multiplier": float(tuner.noise_multiplier_),
+                          "dp-sample-rate": float(tuner.sample_rate_), "dp-delta": float(tuner.target_delta_)}
+
+
+def handle_train(msg: Message, context: Context, bound: Settings | None = None) -> Message:
+    """Fine-tune the received global model on this client's training rows."""
+    settings = _settings(bound, context)
+    started = time.perf_counter()
+    data = load_client_data(settings, context.node_config)
+    model, tokenizer = _model(settings, context)
+    set_state(model, msg.content["arrays"].to_torch_state_dict())
+    config = msg.content.get("config", {})
+    server_round = int(config.get("server-round", 0))
+    mu = float(config.get("proximal-mu", 0.0))
+    seed = client_seed(settings.seed, server_round, data.partition_id if data.partition_id is not None else data.name)
+    metrics: dict[str, float]
+    if settings.target_epsilon is not None:
+        trained, metrics = _train_dp(model, tokenizer, data, settings, seed)
+        state = float_state(trained)
+    else:
+        stats = train_local(model, tokenizer, data.train_texts, data.train_y, epochs=settings.local_epochs,
+                            batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                            max_length=settings.max_length, proximal_mu=mu, seed=seed, device=settings.device)
+        metrics = {"loss": stats["loss"], "proximal": stats["proximal"]}
+        state = float_state(model)
+    reply_metrics = {"num-examples": len(data.train_y), "train-loss": metrics.pop("loss"),
+                     "duration-s": time.perf_counter() - started, **metrics}
+    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(reply_metrics),
+                          "client": _client_record(data)})
+    return Message(content=content, reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context, bound: Settings | None = None) -> Message:
+    """Score the received global model on this client's held-out rows."""
+    settings = _settings(bound, context)
+    data = load_client_data(settings, context.node_config)
+    model, tokenizer = _model(settings, context)
+    set_state(model, msg.content["arrays"].to_torch_state_dict())
+    pos_index = settings.labels.index(settings.pos_label) if settings.pos_label is not None else None
+    stats = evaluate(model, tokenizer, data.eval_texts, data.eval_y, groups=data.eval_groups, pos_index=pos_index,
+                     max_length=settings.max_length, device=settings.device)
+    metrics = {"num-examples": stats.n, "accuracy": stats.accuracy if stats.n else 0.0,
+               "loss": stats.loss if stats.n else 0.0}
+    content = RecordDict({"metrics": MetricRecord(metrics),
+                          "client": _client_record(data, groups=json.dumps(stats.groups))})
+    return Message(content=content, reply_to=msg)
+
+
+def build_client_app(settings: Settings | None = None, *, mods: Sequence[Any] = ()) -> ClientApp:
+    """A ``ClientApp`` for ``settings`` (``None``: read them from the run config).
+
+    Parameters
+    ----------
+    settings : Settings, optional
+    mods : sequence of Flower client mods
+        Wrap every message handler (Flower's ``Mod`` hook), e.g. to add logging or to inject faults
+        in a test.
+    """
+    client = ClientApp(mods=list(mods))
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        return handle_train(msg, context, settings)
+
+    @client.evaluate()
+    def evaluate_(msg: Message, context: Context) -> Message:
+        return handle_evaluate(msg, context, settings)
+
+    return client
+
+
+app = build_client_app()

@@ -1,0 +1,685 @@
+"""Federated fine-tuning as an estimator: ``FederatedFineTuner(...).fit(model, data).save(out)``."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from audit._io import write_json_atomic
+from audit.data import AuditDataset, fingerprint_path, load_dataset
+from audit.errors import ConfigError, DataError, ModelLoadError, NotFittedError, OutputError
+from audit.target import RECORD_FILENAME, AuditTarget, fingerprint_files
+from privacy.federated.partition import parse_partition
+from privacy.federated.runner import FederationError
+from privacy.federated.task import (
+    ClientData,
+    Settings,
+    build_client_data,
+    check_model_dir,
+    client_seed,
+    evaluate,
+    group_metrics,
+    json_safe,
+    load_model,
+    load_tokenizer,
+    select_client_rows,
+    set_state,
+    sort_labels,
+    train_local,
+)
+
+__all__ = ["ENGINES", "STRATEGY_NAMES", "FederatedFineTuner"]
+
+Engine = Literal["simulation", "deployment"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+StrategyName = Literal["fedavg", "fedprox"]
+STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
+DEFAULT_PROXIMAL_MU = 0.01
+
+
+def _positive(name: str, value: Any, *, integer: bool = False, hint: str = "") -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if integer:
+        ok = ok and isinstance(value, int)
+    if not ok:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}. {hint}".rstrip())
+
+
+def _fraction(name: str, value: Any, hint: str) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
+        raise ConfigError(f"{name} must be in (0, 1], got {value!r}. {hint}")
+
+
+class FederatedFineTuner:
+    """Fine-tune a Hugging Face sequence classifier across clients with Flower, and record how each fared.
+
+    The federation runs on Flower's Message API (``ServerApp`` / ``ClientApp``) with Flower's own
+    FedAvg (McMahan et al. 2017) or FedProx (Li et al. 2020) strategy. One dataset is split into
+    ``num_clients`` clients (IID, Dirichlet non-IID by label, or by a sensitive attribute); every
+    client holds out ``eval_fraction`` of its rows, and after every round every client scores the
+    global model on them, by group when ``sensitive_features`` is given. A client that crashes or
+    times out in a round is recorded and the round aggregates the others when at least
+    ``min_completed_fraction`` of the clients asked completed.
+
+    The model given is never changed: :meth:`fit` builds the global model and :meth:`save` writes
+    a new directory (safetensors and tokenizer) with ``rai_audit_record.json`` holding a
+    ``"federated"`` section beside any sections the input model already had.
+
+    Parameters
+    ----------
+    num_clients : int, default=5
+        Clients (Flower SuperNodes).
+    num_rounds : int, default=3
+        Federated rounds (Flower's ``num_rounds``).
+    partition : str, default="iid"
+        ``"iid"``, ``"dirichlet:ALPHA"`` (e.g. ``"dirichlet:0.5"``) or ``"by:COLUMN"``; see
+        :mod:`privacy.federated.partition`.
+    strategy : {"fedavg", "fedprox"}, default="fedavg"
+    proximal_mu : float, optional
+        FedProx's ``mu`` in the client loss term ``(mu / 2) * ||w - w_global||^2``; default 0.01.
+        Only for ``strategy="fedprox"``.
+    fraction_train : float, default=1.0
+        Share of clients sampled to train in each round (Flower's ``fraction_train``).
+    min_completed_fraction : float, default=0.5
+        Share of the sampled clients that must return an update for a round to be aggregated;
+        otherwise the round's update is discarded and the global model kept.
+    local_epochs : int, default=1
+        Passes over its training rows each client makes per round.
+    batch_size : int, default=16
+    learning_rate : float, default=5e-5
+        AdamW (no weight decay), re-initialised every round.
+    max_length : int, default=128
+        Token limit; longer texts are truncated.
+    eval_fraction : float, default=0.2
+        Share of each client's rows held out (stratified by label) to evaluate the global model.
+    text_column, label_column : str, default="text", "label"
+    sensitive_features : str or sequence of str, optional
+        Columns naming each row's group (fairlearn's vocabulary); per-client and overall accuracy,
+        selection rate and true-positive rate by group, and their gaps, are recorded.
+    pos_label : str, optional
+        The positive class for selection and true-positive rates (binary tasks); default the
+        second label in sorted order.
+    target_epsilon : float, optional
+        Turn on client-side DP-SGD (through :class:`privacy.dp.DPFineTuner`): every client's
+        rows are protected with this epsilon over the whole run. FedAvg only.
+    target_delta : float, optional
+        Delta of the client-side guarantee; default :func:`privacy.dp.default_delta` of each
+        client's training rows.
+    max_grad_norm : float, default=1.0
+        Per-example clipping norm of client-side DP-SGD.
+    engine : {"simulation", "deployment"}, default="simulation"
+        ``run_simulation`` on Ray, or Flower's deployment runtime (SuperLink, SuperNodes,
+        ``flwr run``); see :mod:`privacy.federated.runner`.
+    superlink : str, optional
+        Deployment only: ``host:port`` of a running SuperLink with its SuperNodes connected.
+        ``None``: a SuperLink and ``num_clients`` SuperNodes are started on 127.0.0.1.
+    round_timeout : float, default=3600
+        Seconds the server waits for replies in a round (Flower's ``timeout``); a client that has
+        not answered by then is recorded as failed.
+    baseline : bool, default=False
+        Also train one model centrally on the union of the clients' training rows (same initial
+        weights, ``num_rounds * local_epochs`` epochs) and score it on the union of their held-out
+        rows, to report what federation cost.
+    seed : int, default=0
+    device : str, default="cpu"
+    num_cpus : int, optional
+        Simulation: CPUs Ray may use (default one per client, at most the machine's).
+    client_mods : sequence of Flower mods, default=()
+        Simulation: wrapped around the client's handlers (Flower's ``Mod`` hook).
+    progress : bool, default=False
+        Print one line per round to stderr.
+    deployment_timeout : float, optional
+        Deployment: seconds for the whole run.
+
+    Attributes
+    ----------
+    model_ : transformers.PreTrainedModel
+        The final global model (evaluation mode, CPU).
+    tokenizer_ : tokenizer
+    labels_ : tuple of str
+    accuracy_ : float
+        Accuracy of the final global model on the union of the clients' held-out rows.
+    centralized_accuracy_ : float or None
+        The centralized baseline's accuracy on the same rows (``baseline=True``).
+    history_ : dict
+        What the server recorded: rounds, per-client rows, failures.
+    record_ : dict
+        The ``"federated"`` section :meth:`save` writes.
+
+    Examples
+    --------
+    >>> from privacy.federated import FederatedFineTuner
+    >>> fed = FederatedFineTuner(num_clients=5, num_rounds=3, partition="dirichlet:0.5")  # doctest: +SKIP
+    >>> fed.fit("path/to/model", "train.csv").save("model-federated")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        num_clients: int = 5,
+        num_rounds: int = 3,
+        partition: str = "iid",
+        strategy: StrategyName = "fedavg",
+        proximal_mu: float | None = None,
+        fraction_train: float = 1.0,
+        min_completed_fraction: float = 0.5,
+        local_epochs: int = 1,
+        batch_size: int = 16,
+        learning_rate: float = 5e-5,
+        max_length: int = 128,
+        eval_fraction: float = 0.2,
+        text_column: str = "text",
+        label_column: str = "label",
+        sensitive_features: str | Sequence[str] | None = None,
+        pos_label: str | None = None,
+        target_epsilon: float | None = None,
+        target_delta: float | None = None,
+        max_grad_norm: float = 1.0,
+        engine: Engine = "simulation",
+        superlink: str | None = None,
+        round_timeout: float = 3600.0,
+        baseline: bool = False,
+        seed: int = 0,
+        device: str = "cpu",
+        num_cpus: int | None = None,
+        client_mods: Sequence[Any] = (),
+        progress: bool = False,
+        deployment_timeout: float | None = None,
+    ) -> None:
+        self.num_clients = num_clients
+        self.num_rounds = num_rounds
+        self.partition = partition
+        self.strategy = strategy
+        self.proximal_mu = proximal_mu
+        self.fraction_train = fraction_train
+        self.min_completed_fraction = min_completed_fraction
+        self.local_epochs = local_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.max_length = max_length
+        self.eval_fraction = eval_fraction
+        self.text_column = text_column
+        self.label_column = label_column
+        self.sensitive_features = sensitive_features
+        self.pos_label = pos_label
+        self.target_epsilon = target_epsilon
+        self.target_delta = target_delta
+        self.max_grad_norm = max_grad_norm
+        self.engine = engine
+        self.superlink = superlink
+        self.round_timeout = round_timeout
+        self.baseline = baseline
+        self.seed = seed
+        self.device = device
+        self.num_cpus = num_cpus
+        self.client_mods = client_mods
+        self.progress = progress
+        self.deployment_timeout = deployment_timeout
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments, as given."""
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                if name != "self"}
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _sensitive(self) -> tuple[str, ...]:
+        value = self.sensitive_features
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, Sequence) and all(isinstance(c, str) and c for c in value):
+            return tuple(value)
+        raise ConfigError(f"sensitive_features must be a column name or a list of them, got {value!r}.")
+
+    def _validate_params(self) -> float:
+        """Check every setting; return the proximal mu to use."""
+        _positive("num_clients", self.num_clients, integer=True, hint="Use e.g. 5.")
+        if not isinstance(self.num_rounds, int) or isinstance(self.num_rounds, bool) or self.num_rounds < 1:
+            raise ConfigError(f"num_rounds must be a positive integer, got {self.num_rounds!r}. "
+                              "Train for at least one round, e.g. --num-rounds 3.")
+        if self.strategy not in STRATEGY_NAMES:
+            raise ConfigError(f"Unknown strategy {self.strategy!r}. Use one of {list(STRATEGY_NAMES)}.")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"Unknown engine {self.engine!r}. Use one of {list(ENGINES)}.")
+        if self.superlink is not None and self.engine != "deployment":
+            raise ConfigError(f"superlink={self.superlink!r} applies to engine='deployment' only, got "
+                              f"engine={self.engine!r}. Drop superlink or use the deployment engine.")
+        mu = self.proximal_mu
+        if self.strategy == "fedavg":
+            if mu is not None:
+                raise ConfigError(f"proximal_mu={mu!r} applies to strategy='fedprox' only. Use strategy='fedprox' "
+                                  "(--strategy fedprox) or drop proximal_mu (--mu).")
+            mu = 0.0
+        else:
+            mu = DEFAULT_PROXIMAL_MU if mu is None else mu
+            if not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and math.isfinite(mu) and mu >= 0):
+                raise ConfigError(f"proximal_mu must be a non-negative number, got {mu!r}. Use e.g. 0.01.")
+        parse_partition(self.partition)
+        _fraction("fraction_train", self.fraction_train, "Use e.g. 1.0 (every client trains every round).")
+        _fraction("min_completed_fraction", self.min_completed_fraction,
+                  "Use e.g. 0.5 (a round needs half its clients).")
+        _positive("local_epochs", self.local_epochs, integer=True, hint="Use e.g. 1.")
+        _positive("batch_size", self.batch_size, integer=True, hint="Use e.g. 16.")
+        _positive("learning_rate", self.learning_rate, hint="Use e.g. 5e-5.")
+        _positive("max_length", self.max_length, integer=True, hint="Use e.g. 128.")
+        _positive("round_timeout", self.round_timeout, hint="Use e.g. 3600 (seconds).")
+        _positive("max_grad_norm", self.max_grad_norm, hint="Use e.g. 1.0.")
+        if not (isinstance(self.eval_fraction, (int, float)) and 0 <= self.eval_fraction < 1):
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}. Use e.g. 0.2.")
+        if self.target_epsilon is not None:
+            _positive("target_epsilon", self.target_epsilon, hint="Use e.g. 8.0.")
+            if self.strategy != "fedavg":
+                raise ConfigError("Client-side DP (target_epsilon) works with strategy='fedavg' only: DP-SGD's "
+                                  "trainer has no proximal term. Use --strategy fedavg or drop --target-epsilon.")
+        if self.target_delta is not None and not (isinstance(self.target_delta, float) and 0 < self.target_delta < 1):
+            raise ConfigError(f"target_delta must be in (0, 1), got {self.target_delta!r}. Use e.g. 1e-5.")
+        if self.num_cpus is not None:
+            _positive("num_cpus", self.num_cpus, integer=True, hint="Use e.g. 2.")
+        self._sensitive()
+        return float(mu)
+
+    # -- fit -------------------------------------------------------------------------------------
+    def fit(self, model: Any, dataset: Any) -> FederatedFineTuner:
+        """Run the federation and build the global model.
+
+        Parameters
+        ----------
+        model : path or AuditTarget
+            A directory written by ``save_pretrained`` (safetensors) holding a text encoder or
+            classifier and its tokenizer. It is never changed.
+        dataset : path, AuditDataset or pandas.DataFrame
+            Labelled rows (CSV, JSONL, Parquet or a saved Hugging Face dataset).
+
+        Returns
+        -------
+        self
+        """
+        mu = self._validate_params()
+        started = time.perf_counter()
+        model_dir = check_model_dir(model.path if isinstance(model, AuditTarget) else model)
+        self.input_records_ = _read_records(model_dir)
+        staging = Path(tempfile.mkdtemp(prefix="rai-federate-"))
+        try:
+            frame, data_path, fingerprint = self._read_data(dataset, staging)
+            labels = sort_labels(frame[self.label_column].tolist())
+            if len(labels) < 2:
+                raise DataError(f"Label column {self.label_column!r} of {data_path} has one class ({labels[0]!r}); "
+                                "a classifier needs at least two. Give data with examples of every class.")
+            pos_label = self._pos_label(labels)
+            settings = Settings(
+                model=str(model_dir), data=str(data_path), text_column=self.text_column,
+                label_column=self.label_column, labels=labels, num_clients=self.num_clients,
+                num_rounds=self.num_rounds, sensitive_features=self._sensitive(), pos_label=pos_label,
+                partition=parse_partition(self.partition).spec, strategy=self.strategy, proximal_mu=mu,
+                fraction_train=float(self.fraction_train), min_completed_fraction=float(self.min_completed_fraction),
+                round_timeout=float(self.round_timeout), local_epochs=self.local_epochs, batch_size=self.batch_size,
+                learning_rate=float(self.learning_rate), max_length=self.max_length,
+                eval_fraction=float(self.eval_fraction),
+                target_epsilon=None if self.target_epsilon is None else float(self.target_epsilon),
+                target_delta=self.target_delta, max_grad_norm=float(self.max_grad_norm), seed=int(self.seed),
+                device=self.device, output_dir=str(staging / "out"), engine=self.engine, progress=bool(self.progress),
+            )
+            local_clients = self.superlink is None
+            clients = self._client_data(frame, settings) if local_clients else []
+            if self.target_epsilon is not None:
+                self._check_dp(clients, labels)
+            self._run(settings)
+            history = json.loads((staging / "out" / "history.json").read_text(encoding="utf-8"))
+            if not history.get("aggregated_rounds"):
+                raise FederationError(self._no_round_message(history))
+            from safetensors.torch import load_file
+
+            final_state = load_file(str(staging / "out" / "global.safetensors"))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.labels_ = labels
+        self.tokenizer_ = load_tokenizer(model_dir)
+        self.model_ = load_model(model_dir, labels, seed=settings.seed)
+        set_state(self.model_, final_state)
+        self.history_ = history
+        self.accuracy_, self.centralized_accuracy_ = None, None
+        central = None
+        if clients:
+            self.accuracy_, central = self._score(clients, settings, model_dir)
+            self.centralized_accuracy_ = central["accuracy"] if central else None
+        self.duration_s_ = time.perf_counter() - started
+        self.record_ = json_safe(self._build_record(settings, model_dir, data_path, fingerprint, len(frame), history,
+                                                    central))
+        return self
+
+    def _pos_label(self, labels: tuple[str, ...]) -> str | None:
+        if self.pos_label is not None:
+            if str(self.pos_label) not in labels:
+                raise ConfigError(f"pos_label {self.pos_label!r} is not a label of the data {list(labels)}. "
+                                  "Give one of them.")
+            return str(self.pos_label)
+        return labels[1] if len(labels) == 2 else None
+
+    def _read_data(self, dataset: Any, staging: Path) -> tuple[Any, Path, str]:
+        import pandas as pd
+
+        wanted = [self.text_column, self.label_column, *self._sensitive()]
+        if isinstance(dataset, AuditDataset):
+            frame, path, fingerprint = dataset.frame, dataset.path, dataset.fingerprint
+        elif isinstance(dataset, (str, os.PathLike)):
+            loaded = load_dataset(dataset, text_column=self.text_column, label_column=self.label_column,
+                                  sensitive_features=self._sensitive())
+            frame, path, fingerprint = loaded.frame, loaded.path, loaded.fingerprint
+        elif isinstance(dataset, pd.DataFrame):
+            frame, path, fingerprint = dataset, "", ""
+        else:
+            raise DataError(f"fit() needs a data file path, an AuditDataset or a pandas DataFrame, got "
+                            f"{type(dataset).__name__}. Pass one of those.")
+        columns = [str(c) for c in frame.columns]
+        for column in wanted:
+            if column not in columns:
+                raise DataError(f"Column {column!r} is not in {path or 'the DataFrame'}. Columns: {columns}. "
+                                "Set text_column, label_column and sensitive_features to columns of the data.")
+        parsed = parse_partition(self.partition)
+        if parsed.method == "by" and parsed.column not in columns:
+            raise DataError(f"Partition column {parsed.column!r} (partition='by:{parsed.column}') is not in "
+                            f"{path or 'the DataFrame'}. Columns: {columns}. Give one of them.")
+        if len(frame) == 0:
+            raise DataError(f"The data {path or 'DataFrame'} has no rows. Give labelled rows to train on.")
+        for column in (self.text_column, self.label_column):
+            series = frame[column]
+            missing = int(series.isna().sum()) + int((series.astype(str).str.strip() == "").sum())
+            if missing:
+                raise DataError(f"Column {column!r} of {path or 'the DataFrame'} has {missing} missing value(s). "
+                                "Drop or fill those rows.")
+        if not path or not Path(path).exists():
+            # Clients read a file: an in-memory frame is written for them (simulation and loopback only).
+            target = staging / "data.parquet"
+            frame.reset_index(drop=True).to_parquet(target, index=False)
+            path = str(target)
+            fingerprint = fingerprint or fingerprint_path(target)
+        return frame.reset_index(drop=True), Path(path).resolve(), fingerprint
+
+    def _client_data(self, frame: Any, settings: Settings) -> list[ClientData]:
+        """Every client's rows as the clients will compute them (checks the partition before any engine starts)."""
+        out = []
+        for i in range(settings.num_clients):
+            rows = select_client_rows(frame, settings, i, settings.num_clients, source=repr(settings.data))
+            out.append(build_client_data(frame, rows, settings, name=str(i), partition_id=i,
+                                         source=repr(settings.data)))
+        return out
+
+    def _check_dp(self, clients: list[ClientData], labels: tuple[str, ...]) -> None:
+        try:
+            from privacy.dp import DPFineTuner, compute_epsilon  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"Client-side DP needs privacy.dp.DPFineTuner, which cannot be imported ({exc}). "
+                              "Drop target_epsilon or install rai-audit with its DP support.") from None
+        for client in clients:
+            present = sorted({labels[y] for y in client.train_y})
+            if len(present) < len(labels):
+                raise ConfigError(f"Client-side DP needs every client to train on every class ({list(labels)}), but "
+                                  f"client {client.name} has only {present}. Use IID partitioning, a larger "
+                                  "Dirichlet alpha or fewer clients.")
+
+    def _run(self, settings: Settings) -> None:
+        from privacy.federated.runner import run_deployment_engine, run_simulation_engine
+
+        if self.engine == "simulation":
+            run_simulation_engine(settings, num_cpus=self.num_cpus, client_mods=self.client_mods)
+            if not (Path(settings.output_dir) / "history.json").is_file():
+                raise FederationError("The simulation ended without a result. Run again with progress=True "
+                                      "to see the rounds.")
+        else:
+            if self.client_mods:
+                raise ConfigError("client_mods apply to the simulation engine only; a deployment's SuperNodes load "
+                                  "the ClientApp themselves. Drop client_mods or use engine='simulation'.")
+            say = _stderr_progress if self.progress else None
+            run_deployment_engine(settings, superlink=self.superlink, progress=say,
+                                  timeout=self.deployment_timeout)
+
+    @staticmethod
+    def _no_round_message(history: dict[str, Any]) -> str:
+        failures = history.get("failures") or []
+        first = failures[0] if failures else None
+        detail = (f"first: round {first['round']}, client {first.get('client') or first.get('node_id')}: "
+                  f"{first['reason']}" if first else "no client replied")
+        return (f"No round was aggregated ({len(failures)} client failure(s); {detail}). "
+                "Fix the failing clients or lower min_completed_fraction.")
+
+    def _score(self, clients: list[ClientData], settings: Settings,
+               model_dir: Path) -> tuple[float | None, dict[str, Any] | None]:
+        """Accuracy of the global model on the union of held-out rows, and the centralized baseline's."""
+        texts = [t for c in clients for t in c.eval_texts]
+        ys = [y for c in clients for y in c.eval_y]
+        if not ys:
+            return None, None
+        fed = evaluate(self.model_, self.tokenizer_, texts, ys, max_length=settings.max_length,
+                       device=settings.device).accuracy
+        if not self.baseline:
+            return fed, None
+        started = time.perf_counter()
+        central = load_model(model_dir, settings.labels, seed=settings.seed)
+        epochs = settings.num_rounds * settings.local_epochs
+        train_texts = [t for c in clients for t in c.train_texts]
+        train_y = [y for c in clients for y in c.train_y]
+        train_local(central, self.tokenizer_, train_texts, train_y, epochs=epochs, batch_size=settings.batch_size,
+                    learning_rate=settings.learning_rate, max_length=settings.max_length,
+                    seed=client_seed(settings.seed, 0, "centralized"), device=settings.device)
+        acc = evaluate(central, self.tokenizer_, texts, ys, max_length=settings.max_length,
+                       device=settings.device).accuracy
+        return fed, {"accuracy": acc, "federated_accuracy": fed, "gap": fed - acc, "epochs": epochs,
+                     "train_rows": len(train_y), "eval_rows": len(ys), "duration_s": time.perf_counter() - started,
+                     "description": "one model trained centrally on the union of the clients' training rows, from the "
+                                    "same initial weights, for num_rounds x local_epochs epochs, scored on the union "
+                                    "of their held-out rows; not released"}
+
+    # -- record ----------------------------------------------------------------------------------
+    def _build_record(self, settings: Settings, model_dir: Path, data_path: Path, fingerprint: str, rows: int,
+                      history: dict[str, Any], central: dict[str, Any] | None) -> dict[str, Any]:
+        import flwr
+        import torch
+        import transformers
+
+        parsed = parse_partition(settings.partition)
+        client_rows = history.get("client_rounds", [])
+        failures = history.get("failures", [])
+        info = history.get("clients", {})
+        names = sorted({str(r["client"]) for r in client_rows if r.get("client") is not None} | set(info),
+                       key=lambda n: (0, int(n)) if n.lstrip("-").isdigit() else (1, n))
+        rounds = []
+        for r in history.get("rounds", []):
+            entry = {k: r.get(k) for k in ("round", "aggregated", "accuracy", "loss", "train_loss",
+                                           "client_accuracy_min", "client_accuracy_max", "duration_s")}
+            entry.update(clients_asked=r.get("asked_train"), clients_completed=r.get("completed_train"),
+                         failures=sum(1 for f in failures if f["round"] == r["round"]))
+            if r.get("fairness"):
+                entry["fairness"] = r["fairness"]
+            if r.get("note"):
+                entry["note"] = r["note"]
+            rounds.append(entry)
+        clients = []
+        by_round: dict[str, list[float | None]] = {}
+        for name in names:
+            evals = [r for r in client_rows if r.get("client") == name and r["phase"] == "evaluate"
+                     and r.get("num_examples", 0) > 0]
+            trains = [r for r in client_rows if r.get("client") == name and r["phase"] == "train"]
+            details = info.get(name, {})
+            row: dict[str, Any] = {
+                "client": name, "rows": details.get("rows"), "train_rows": details.get("train_rows"),
+                "eval_rows": details.get("eval_rows"), "label_counts": details.get("label_counts"),
+                "group_counts": details.get("group_counts") or None,
+                "rounds_trained": len(trains),
+                "failures": sum(1 for f in failures if f.get("client") == name),
+            }
+            if evals:
+                last = evals[-1]
+                row.update(evaluated_round=last["round"], accuracy=last.get("accuracy"), loss=last.get("loss"))
+                if last.get("group_counts"):
+                    fairness = group_metrics(last["group_counts"])
+                    row.update(groups=fairness["groups"], accuracy_gap=fairness["accuracy_gap"],
+                               selection_rate_gap=fairness["selection_rate_gap"],
+                               true_positive_rate_gap=fairness["true_positive_rate_gap"])
+            by_round[name] = [next((e.get("accuracy") for e in evals if e["round"] == r["round"]), None)
+                              for r in rounds]
+            clients.append(row)
+        scored = [c for c in clients if isinstance(c.get("accuracy"), float)]
+        best_worst = None
+        if scored:
+            best = max(scored, key=lambda c: c["accuracy"])
+            worst = min(scored, key=lambda c: c["accuracy"])
+            best_worst = {"metric": "accuracy", "best_client": best["client"], "best": best["accuracy"],
+                          "worst_client": worst["client"], "worst": worst["accuracy"],
+                          "gap": best["accuracy"] - worst["accuracy"]}
+        last_round = rounds[-1] if rounds else {}
+        record: dict[str, Any] = {
+            "framework": f"Flower {flwr.__version__} (Message API: ServerApp / ClientApp)",
+            "engine": settings.engine,
+            "superlink": self.superlink if self.superlink else (
+                "127.0.0.1, started for this run" if settings.engine == "deployment" else None),
+            "strategy": settings.strategy,
+            "strategy_description": _strategy_text(settings.strategy),
+            "proximal_mu": settings.proximal_mu if settings.strategy == "fedprox" else None,
+            "num_rounds": settings.num_rounds,
+            "rounds_aggregated": history.get("aggregated_rounds"),
+            "num_clients": settings.num_clients,
+            "fraction_train": settings.fraction_train,
+            "min_completed_fraction": settings.min_completed_fraction,
+            "local_epochs": settings.local_epochs, "batch_size": settings.batch_size,
+            "learning_rate": settings.learning_rate, "optimizer": "AdamW (no weight decay), new every round",
+            "max_length": settings.max_length, "eval_fraction": settings.eval_fraction, "seed": settings.seed,
+            "partitioning": {"spec": parsed.spec, "method": parsed.method, "alpha": parsed.alpha,
+                             "column": parsed.column, "description": parsed.describe()},
+            "base_model": {"path": str(model_dir), "fingerprint": fingerprint_files(sorted(model_dir.glob("*.safetensors")))},
+            "dataset": {"path": str(data_path), "fingerprint": fingerprint, "rows": rows,
+                        "text_column": settings.text_column, "label_column": settings.label_column,
+                        "sensitive_features": list(settings.sensitive_features)},
+            "labels": list(settings.labels), "pos_label": settings.pos_label,
+            "final": {"accuracy": last_round.get("accuracy"), "loss": last_round.get("loss"),
+                      "evaluation": "every client scores the global model on its held-out rows; the accuracy is "
+                                    "their example-weighted mean (the accuracy on the union of those rows)"},
+            "rounds": rounds,
+            "clients": clients,
+            "client_accuracy_by_round": by_round,
+            "best_worst_gap": best_worst,
+            "failures": failures,
+            "failures_per_round": {str(r["round"]): r["failures"] for r in rounds},
+            "centralized": central,
+            "duration_s": self.duration_s_,
+            "versions": {"flwr": flwr.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                         "python": sys.version.split()[0]},
+        }
+        if last_round.get("fairness"):
+            record["fairness"] = last_round["fairness"]
+        if settings.target_epsilon is not None:
+            record["client_dp"] = _dp_summary(settings, client_rows)
+        return record
+
+    # -- save --------------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "record_"):
+            raise NotFittedError("This FederatedFineTuner is not fitted yet. Call fit(model, dataset) first.")
+
+    def save(self, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the global model (safetensors), its tokenizer and ``rai_audit_record.json``.
+
+        The record keeps every section of the input model's record and adds ``"federated"``; an
+        earlier ``"federated"`` section is kept inside the new one as ``earlier``.
+
+        Returns
+        -------
+        pathlib.Path
+            The output directory.
+        """
+        self._check_fitted()
+        out = Path(out_dir).expanduser()
+        source = Path(self.record_["base_model"]["path"])
+        if out.exists() and out.resolve() == source.resolve():
+            raise OutputError(f"Output directory {str(out)!r} is the input model's directory; trainers never change "
+                              "the model they were given. Choose another --out.")
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"Output path {str(out)!r} is a file. Choose a directory with --out.")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise OutputError(f"Output directory {str(out)!r} is not empty. Choose a new directory or pass "
+                              "overwrite=True (--overwrite).")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"Output directory {str(out)!r} cannot be created ({exc.strerror or exc}). "
+                              "Choose another --out or fix its permissions.") from None
+        records = dict(self.input_records_)
+        section = dict(self.record_)
+        if isinstance(records.get("federated"), dict):
+            section["earlier"] = records["federated"]
+        records["federated"] = section
+        self.model_.save_pretrained(out, safe_serialization=True)
+        self.tokenizer_.save_pretrained(out)
+        write_json_atomic(out / RECORD_FILENAME, json_safe(records))
+        return out
+
+
+def _stderr_progress(line: str) -> None:
+    from privacy.federated.server_app import PROGRESS_PREFIX
+
+    sys.stderr.write(PROGRESS_PREFIX + line + "\n")
+    sys.stderr.flush()
+
+
+def _strategy_text(name: str) -> str:
+    from privacy.federated.strategy import STRATEGY_DESCRIPTIONS
+
+    return STRATEGY_DESCRIPTIONS[name]
+
+
+def _read_records(path: Path) -> dict[str, Any]:
+    record_path = path / RECORD_FILENAME
+    if not record_path.is_file():
+        return {}
+    try:
+        records = json.loads(record_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"Training record {str(record_path)!r} is not valid JSON ({exc}). "
+                             "Restore it or remove it.") from None
+    if not isinstance(records, dict):
+        raise ModelLoadError(f"Training record {str(record_path)!r} holds {type(records).__name__}, not an object "
+                             "of sections. Restore it or remove it.")
+    return records
+
+
+def _dp_summary(settings: Settings, client_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each client's epsilon over every round it trained: one accountant over all its DP-SGD steps."""
+    from privacy.dp import compute_epsilon
+
+    per_client: dict[str, dict[str, Any]] = {}
+    for row in client_rows:
+        if row["phase"] != "train" or row.get("dp_steps") is None:
+            continue
+        entry = per_client.setdefault(str(row["client"]), {"steps": 0, "rounds": 0})
+        entry["steps"] += int(row["dp_steps"])
+        entry["rounds"] += 1
+        entry.update(noise_multiplier=row["dp_noise_multiplier"], sample_rate=row["dp_sample_rate"],
+                     delta=row["dp_delta"])
+    for entry in per_client.values():
+        entry["epsilon"] = compute_epsilon(noise_multiplier=entry["noise_multiplier"],
+                                           sample_rate=entry["sample_rate"], steps=entry["steps"],
+                                           target_delta=entry["delta"], accountant="prv")
+    epsilons = [e["epsilon"] for e in per_client.values()]
+    return {
+        "mechanism": "DP-SGD at every client (Abadi et al. 2016; Opacus through privacy.dp.DPFineTuner): per-example "
+                     "clipping and Gaussian noise in every local step",
+        "unit_of_privacy": "one training row of one client",
+        "target_epsilon": settings.target_epsilon, "max_grad_norm": settings.max_grad_norm,
+        "accountant": "PRV (Gopi et al. 2021) over all of a client's steps in every round",
+        "epsilon_max": max(epsilons) if epsilons else None,
+        "clients": per_client,
+        "notes": ["Each row belongs to one client, so the guarantee for any row is its client's epsilon.",
+                  "The held-out rows each client scores the global model on are not trained on, but their accuracy "
+                  "is reported without DP."],
+    }
+
