@@ -994,6 +994,8 @@ class DPFineTuner:
             names = [str(id2label.get(i, i)) for i in range(len(classes))]
             by_name = {str(c): c for c in classes}
             classes = [by_name[n] for n in names] if sorted(names) == sorted(by_name) else classes
+            model.config.id2label = {i: str(c) for i, c in enumerate(classes)}
+            model.config.label2id = {str(c): i for i, c in enumerate(classes)}
         self.classes_ = classes
         train_idx, eval_idx = self._split(data, rng)
         train_texts = [data.texts[i] for i in train_idx]
@@ -1187,11 +1189,14 @@ class DPFineTuner:
         finally:
             bar.close()
             dp_model.to_standard_module()  # removes Opacus' hooks and per-example attributes
+        self.accountant_history_ = [list(h) for h in engine.accountant.history]
+        if any((h[0], h[1]) != (sigma, sample_rate) for h in self.accountant_history_):
+            raise RuntimeError(f"Opacus accounted {self.accountant_history_}, not sigma={sigma}, q={sample_rate}; "
+                               "the recorded guarantee would be wrong.")
         self.steps_ = accounted()
         self.empty_batches_ = empty
         self.epochs_completed_ = self.steps_ / steps_per_epoch
         self.epsilon_ = float(engine.accountant.get_epsilon(self.target_delta_))
-        self.accountant_history_ = [list(h) for h in engine.accountant.history]
         self.history_ = history
 
     def _zero_grads(self, params: list[torch.nn.Parameter]) -> None:

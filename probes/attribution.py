@@ -39,19 +39,28 @@ from audit.stats import bootstrap_ci
 from audit.target import AuditTarget
 
 __all__ = [
+    "EXPLAINABLE_KINDS",
     "METHODS",
+    "TITLES",
     "AttributionProbe",
     "Encoded",
     "Example",
     "Explainer",
     "TokenAttribution",
     "builtin_examples",
+    "check_common_params",
     "collect_examples",
     "counterfactual_pairs",
     "demographic_mask",
     "demographic_terms",
     "encode",
+    "encode_examples",
     "heat_colors",
+    "redact_for_display",
+    "resolve_targets",
+    "target_label",
+    "transformer_blocks",
+    "word_scores",
 ]
 
 Method = Literal["integrated_gradients", "saliency", "input_x_gradient"]

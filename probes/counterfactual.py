@@ -559,6 +559,12 @@ class CounterfactualProbe(Probe):
                 "give your own with groups."
             )
         specs = [available[n] for n in names]
+        clash = sorted(set(names) & set(self.groups or {}))
+        if clash:
+            raise ConfigError(
+                f"Probe {self.name!r}: axis name(s) {clash} are both built-in axes and keys of groups. "
+                "Rename your axes in groups, or drop them from axes."
+            )
         for axis, members in (self.groups or {}).items():
             n_terms = len(next(iter(members.values())))
             specs.append(AxisSpec(name=str(axis), groups={str(g): tuple(t) for g, t in members.items()},

@@ -289,6 +289,7 @@ def test_default_run_on_tiny_classifier_and_not_applicable_elsewhere(tiny_target
         ({"groups": {"g": {"a": ["x"]}}}, "at least two groups"),
         ({"templates": ["no slot here"]}, "no {person} slot"),
         ({"axes": ["height"]}, "unknown built-in axis"),
+        ({"axes": ["gender"], "groups": GROUPS}, "both built-in axes and keys of groups"),
         ({"axes": "gender"}, "must be a list of strings"),
         ({"source": "web"}, "source must be one of"),
         ({"unit": "word"}, "unit must be one of"),
@@ -317,3 +318,16 @@ def test_bad_labels_and_missing_data(tiny_dirs, tiny_targets, tmp_path):
         CounterfactualProbe(axes=["age"]).run(three, context)
     result = CounterfactualProbe(axes=["age"], positive_label="LABEL_2", n_boot=50).run(three, context)
     assert "LABEL_2" in result.tables[1].caption
+
+
+def test_card_shows_the_reading_and_escapes_terms(tokenizer, tmp_path):
+    from reports.model_card import render_html_card
+
+    clf = train_classifier(tokenizer, seed=0, planted=True)
+    groups = {"gender": {"female": ["<script>alert(1)</script>", *FEMALE[1:]], "male": MALE}}  # shown in "terms"
+    probe = CounterfactualProbe(groups=groups, templates=TEMPLATES, n_boot=100)
+    results = Auditor(probes=[probe]).run(as_target(tokenizer, clf, tmp_path))
+    html = render_html_card(results)
+    assert "What this means." in html and "percentage points" in html
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html

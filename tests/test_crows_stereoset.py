@@ -363,3 +363,13 @@ def test_stereoset_skips_without_a_path_and_reports_bad_files(tiny_targets, tmp_
         StereoSetProbe(path=str(flat), domains=["height"]).run(target, context)
     (other,) = Auditor(AuditConfig(select=["stereoset"])).run(tiny_targets["sequence-classification"]).results
     assert other.status == "not_applicable"
+
+
+def test_cards_render_the_readings(tiny_targets, tmp_path):
+    from reports.model_card import render_html_card
+
+    crows = _write_crows(tmp_path / "crows.csv", VOCAB_PAIRS)
+    flat, _ = _stereoset_files(tmp_path, VOCAB_ITEMS)
+    probes = [CrowsPairsProbe(path=str(crows), n_boot=50), StereoSetProbe(path=str(flat), n_boot=50)]
+    html = render_html_card(Auditor(probes=probes).run(tiny_targets["masked-lm"]))
+    assert "50 is the ideal" in html and "stereotype score (SS)" in html

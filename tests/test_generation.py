@@ -155,3 +155,13 @@ def test_unknown_axis_or_group_and_other_kinds(tiny_targets):
     for kind in ("encoder", "masked-lm", "sequence-classification"):
         (other,) = Auditor(AuditConfig(select=["generation"])).run(tiny_targets[kind]).results
         assert other.status == "not_applicable"
+
+
+def test_card_renders_the_reading_and_escapes_continuations(tiny_targets):
+    from reports.model_card import render_html_card
+
+    target = ScriptedTarget(tiny_targets["causal-lm"], lambda p: "<b>terrible</b> " + _planted(p))
+    results = Auditor(probes=[GenerationProbe(axes=["gender"], n_boot=50)]).run(target)
+    html = render_html_card(results)
+    assert "What this means." in html and "VADER" in html
+    assert "<b>terrible</b>" not in html and "&lt;b&gt;terrible&lt;/b&gt;" in html

@@ -225,3 +225,14 @@ def test_skipped_without_data_and_not_applicable_to_language_models(tiny_targets
     assert skipped.status == "skipped"
     (other,) = Auditor(AuditConfig(select=["group_fairness"])).run(tiny_targets["causal-lm"]).results
     assert other.status == "not_applicable"
+
+
+def test_card_renders_the_reading(tiny_targets, tmp_path):
+    from reports.model_card import render_html_card
+
+    path = tmp_path / "eval.csv"
+    _frame(n=80).to_csv(path, index=False)
+    data = load_dataset(path, label_column="label", sensitive_features=["sex", "race"])
+    html = render_html_card(Auditor(probes=[GroupFairnessProbe(n_boot=5)]).run(tiny_targets["sequence-classification"],
+                                                                               data=data))
+    assert "Equalized odds asks" in html and "Groups by sex x race" in html

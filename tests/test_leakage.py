@@ -277,6 +277,8 @@ def test_membership_probe_skips_and_rejects_bad_input(tiny_targets, tmp_path):
     target = tiny_targets["causal-lm"]
     skipped = MembershipInferenceProbe().run(target, AuditContext())
     assert skipped.status == "skipped" and "members and non_members" in skipped.summary
+    no_data = MembershipInferenceProbe(member_column="split").run(target, AuditContext())
+    assert no_data.status == "skipped" and "no dataset" in no_data.summary
     with pytest.raises(ConfigError, match="both members and non_members"):
         MembershipInferenceProbe(members="a.jsonl")
     bad = tmp_path / "bad.jsonl"

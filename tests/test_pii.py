@@ -304,3 +304,12 @@ def test_pii_data_probe_config_errors():
         PIIDataProbe(columns="note")
     with pytest.raises(ConfigError, match="max_pii_rate must be between 0 and 1"):
         PIIDataProbe(max_pii_rate=5)
+
+
+@pytest.mark.parametrize("name", ["privacy.pii", "privacy.redact", "privacy.leakage"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -1,0 +1,116 @@
+"""The ``rai-audit federate`` command: federated fine-tuning with Flower from the command line.
+
+Registered in the ``rai_audit.commands`` entry-point group; the core CLI knows it only from there.
+Importing this module imports neither Flower nor torch, so ``rai-audit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["FederateCommand"]
+
+
+def _whole_number(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    return number
+
+
+class FederateCommand:
+    """Fine-tune a classifier across simulated or real clients and save it with its federated record."""
+
+    name = "federate"
+    help = "fine-tune a classifier with federated learning (Flower: FedAvg/FedProx, simulation or deployment)"
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = (
+            "Split the data into clients (IID, Dirichlet non-IID by label, or by a sensitive attribute), fine-tune "
+            "the model with Flower's FedAvg or FedProx, and write a new model directory (safetensors) with "
+            "rai_audit_record.json, whose 'federated' section 'rai-audit run' shows in the model card: accuracy per "
+            "round, every client's accuracy and fairness gaps, the best-worst client gap and failures."
+        )
+        parser.add_argument("--model", required=True, help="model directory written by save_pretrained")
+        parser.add_argument("--data", required=True, type=Path, help="labelled data (CSV, JSONL, Parquet or saved HF dataset)")
+        parser.add_argument("--text-column", default="text")
+        parser.add_argument("--label-column", default="label")
+        parser.add_argument("--sensitive-feature", action="append", dest="sensitive_features", metavar="COLUMN",
+                            help="column naming each row's group; per-client fairness gaps are recorded (repeatable)")
+        parser.add_argument("--pos-label", help="positive class for selection rates (binary; default: second label)")
+        parser.add_argument("--num-clients", type=_whole_number, default=5)
+        parser.add_argument("--num-rounds", type=_whole_number, default=3)
+        parser.add_argument("--partition", default="iid", metavar="SPEC",
+                            help="iid, dirichlet:ALPHA (non-IID by label, e.g. dirichlet:0.5) or by:COLUMN")
+        parser.add_argument("--strategy", choices=["fedavg", "fedprox"], default="fedavg")
+        parser.add_argument("--mu", type=float, dest="proximal_mu",
+                            help="FedProx proximal weight mu (default 0.01; fedprox only)")
+        parser.add_argument("--fraction-train", type=float, default=1.0, help="share of clients that train each round")
+        parser.add_argument("--min-completed", type=float, default=0.5, dest="min_completed_fraction",
+                            help="share of sampled clients that must finish for a round to count (default 0.5)")
+        parser.add_argument("--local-epochs", type=_whole_number, default=1)
+        parser.add_argument("--batch-size", type=_whole_number, default=16)
+        parser.add_argument("--learning-rate", type=float, default=5e-5)
+        parser.add_argument("--max-length", type=_whole_number, default=128)
+        parser.add_argument("--eval-fraction", type=float, default=0.2, help="held-out share of each client's rows")
+        parser.add_argument("--baseline", action="store_true",
+                            help="also train centrally on the same rows and epochs to report what federation cost")
+        parser.add_argument("--target-epsilon", type=float, help="client-side DP-SGD with this epsilon per client (fedavg)")
+        parser.add_argument("--target-delta", type=float)
+        parser.add_argument("--max-grad-norm", type=float, default=1.0)
+        parser.add_argument("--engine", choices=["simulation", "deployment"], default="simulation",
+                            help="simulation: Flower's run_simulation on Ray; deployment: SuperLink + SuperNodes + flwr run")
+        parser.add_argument("--superlink", metavar="HOST:PORT",
+                            help="deployment: a running SuperLink with its SuperNodes (default: start them on 127.0.0.1)")
+        parser.add_argument("--round-timeout", type=float, default=3600.0, help="seconds to wait for clients each round")
+        parser.add_argument("--timeout", type=float, dest="deployment_timeout", help="deployment: seconds for the whole run")
+        parser.add_argument("--num-cpus", type=_whole_number, help="simulation: CPUs Ray may use")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", default="cpu")
+        parser.add_argument("--out", required=True, type=Path, help="new directory for the federated model")
+        parser.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+        parser.add_argument("--no-progress", action="store_true", help="no per-round progress lines")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from privacy.federated.trainer import FederatedFineTuner
+
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
+            from audit.errors import OutputError
+
+            raise OutputError(f"Output directory {str(out)!r} is not empty. Choose a new --out or pass --overwrite.")
+        tuner = FederatedFineTuner(
+            num_clients=args.num_clients, num_rounds=args.num_rounds, partition=args.partition,
+            strategy=args.strategy, proximal_mu=args.proximal_mu, fraction_train=args.fraction_train,
+            min_completed_fraction=args.min_completed_fraction, local_epochs=args.local_epochs,
+            batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=args.max_length,
+            eval_fraction=args.eval_fraction, text_column=args.text_column, label_column=args.label_column,
+            sensitive_features=args.sensitive_features, pos_label=args.pos_label,
+            target_epsilon=args.target_epsilon, target_delta=args.target_delta, max_grad_norm=args.max_grad_norm,
+            engine=args.engine, superlink=args.superlink, round_timeout=args.round_timeout, baseline=args.baseline,
+            seed=args.seed, device=args.device, num_cpus=args.num_cpus, progress=not args.no_progress,
+            deployment_timeout=args.deployment_timeout,
+        )
+        tuner.fit(args.model, args.data)
+        saved = tuner.save(out, overwrite=args.overwrite)
+        record = tuner.record_
+        final = record["final"]["accuracy"]
+        line = (f"Federated {record['strategy']} over {record['num_clients']} clients, "
+                f"{record['rounds_aggregated']}/{record['num_rounds']} rounds aggregated")
+        if isinstance(final, float):
+            line += f"; held-out accuracy {final:.4f}"
+        if record.get("centralized"):
+            line += f" (centralized {record['centralized']['accuracy']:.4f})"
+        print(line + ".")
+        gap = record.get("best_worst_gap")
+        if gap:
+            print(f"Best-served client {gap['best_client']} ({gap['best']:.4f}), worst {gap['worst_client']} "
+                  f"({gap['worst']:.4f}): gap {gap['gap']:.4f}.")
+        if record["failures"]:
+            print(f"Client failures: {len(record['failures'])} (see the record).")
+        if record.get("client_dp"):
+            print(f"Client-side DP: epsilon at most {record['client_dp']['epsilon_max']:.3f} per client.")
+        print(f"Model and federated record: {saved}")
+        return 0
