@@ -44,7 +44,7 @@ lint: install
 	$(BIN)/ruff check audit probes privacy reports tests benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/bench_inference.py
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache build dist *.egg-info

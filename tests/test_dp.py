@@ -180,7 +180,7 @@ def test_save_writes_a_new_model_that_the_core_loads_with_its_record(fitted, tmp
 def test_dp_card_section_explains_the_guarantee_and_escapes_the_record(fitted):
     from reports.model_card import _environment
 
-    template = _environment().get_template("dp.html.j2")
+    template = _environment().get_template("records/dp.html.j2")
     record = dict(fitted.record_, dataset=dict(fitted.record_["dataset"], path="<script>alert(1)</script>.csv"))
     html = template.render(record=record, section="dp")
     assert "<script>alert(1)" not in html and "&lt;script&gt;" in html

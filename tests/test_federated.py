@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -254,7 +256,7 @@ def test_estimator_rejects_bad_settings_before_training(fed_setup) -> None:
         FederatedFineTuner(partition="random").fit(fed_setup["model"], fed_setup["data"])
     with pytest.raises(DataError, match=r"Column 'gender' \(sensitive_features\) is not in"):
         FederatedFineTuner(sensitive_features="gender").fit(fed_setup["model"], fed_setup["data"])
-    with pytest.raises(ConfigError, match="Client-side DP .* works with strategy='fedavg' only"):
+    with pytest.raises(ConfigError, match=r"Client-side DP .* works with strategy='fedavg' only"):
         FederatedFineTuner(strategy="fedprox", target_epsilon=8.0).fit(fed_setup["model"], fed_setup["data"])
     with pytest.raises(NotFittedError, match="Call fit"):
         FederatedFineTuner().save(fed_setup["root"] / "never")
@@ -394,6 +396,8 @@ def test_failed_client_is_recorded_and_rounds_aggregate_the_others_exactly(fed_s
     tokenizer = load_tokenizer(fed_setup["model"])
     model = load_model(fed_setup["model"], tuple(rec["labels"]), seed=0)
     global_state = {k: v.double() for k, v in float_state(model).items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the one-CPU Ray actors, so local training is bit-for-bit the same
     for server_round, members in ((1, [0, 1, 2]), (2, [0, 2])):
         updates, sizes = [], []
         for i in members:
@@ -402,10 +406,20 @@ def test_failed_client_is_recorded_and_rounds_aggregate_the_others_exactly(fed_s
                         learning_rate=3e-3, max_length=16, proximal_mu=mu, seed=client_seed(0, server_round, i))
             updates.append({k: v.double() for k, v in float_state(model).items()})
             sizes.append(len(clients[i].train_y))
+        unweighted = {k: sum(u[k] for u in updates) / len(updates) for k in global_state}
         global_state = {k: sum(u[k] * n for u, n in zip(updates, sizes)) / sum(sizes) for k in global_state}
+    torch.set_num_threads(threads)
     final = float_state(fed.model_)
-    worst = max(float((final[k].double() - global_state[k]).abs().max()) for k in final)
-    assert worst < 1e-4, worst
+    # Attention key biases get no true gradient (softmax ignores a constant shift), so what Adam does
+    # with them is float rounding noise scaled to the learning rate; every other weight must agree.
+    checked = [k for k in final if not k.endswith("attention.self.key.bias")]
+    assert len(checked) > 20 and sizes[0] != sizes[1]
+
+    def distance(state: dict) -> float:
+        return max(float((final[k].double() - state[k]).abs().max()) for k in checked)
+
+    assert distance(global_state) < 2e-5, distance(global_state)
+    assert distance(unweighted) > 20 * 2e-5  # an unweighted mean would be caught
 
 
 # -- deployment engine -----------------------------------------------------------------------------
@@ -461,10 +475,8 @@ def test_deployment_superlink_and_two_supernodes_on_loopback(fed_setup, tmp_path
         for proc in procs:  # stop what we started, by process id, children (SuperExec, app processes) included
             pids.extend([*_children(proc.pid), proc.pid])
         for pid in pids:
-            try:
-                os.kill(pid, 15)
-            except ProcessLookupError:
-                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         for proc in procs:
             try:
                 proc.wait(timeout=15)

@@ -117,7 +117,7 @@ def run_simulation_engine(settings: Settings, *, num_cpus: int | None = None, cl
                       "object_store_memory": 256 * 1024 * 1024},
     }
     with offline_environment(), _flower_logging(logging.INFO if verbose else logging.ERROR), \
-            _quiet_ray_warnings():
+            _quiet_ray_warnings(), _reap_started_processes():
         run_simulation(server_app=build_server_app(settings),
                        client_app=build_client_app(settings, mods=client_mods),
                        num_supernodes=settings.num_clients, backend_config=backend_config)
@@ -131,6 +131,53 @@ def _quiet_ray_warnings() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         yield
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def _reap_started_processes(poll_s: float = 0.5, grace_s: float = 10.0) -> Iterator[None]:
+    """Stop every process started under this one while the block runs (Ray's GCS, raylet, workers).
+
+    Ray shuts its processes down itself, but its actor workers, orphaned when the raylet exits, can
+    linger for a minute on a busy machine. They are noted while the block runs (Linux /proc) and
+    stopped by process id afterwards; a noted id is signalled only while it still names the same
+    process (same start time).
+    """
+    before = set(_children(os.getpid()))
+    seen: dict[int, str | None] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for pid in _children(os.getpid()):
+                if pid not in before and pid not in seen:
+                    seen[pid] = _start_time(pid)
+            stop.wait(poll_s)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+        mine = [pid for pid, started in seen.items() if started is not None and _start_time(pid) == started]
+        for pid in mine:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_alive(p) and _start_time(p) == seen[p] for p in mine):
+            time.sleep(0.2)
+        for pid in mine:
+            if _alive(pid) and _start_time(pid) == seen[pid]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 # -- deployment ------------------------------------------------------------------------------
@@ -245,23 +292,31 @@ def _tail(path: Path, lines: int = 40) -> list[str]:
 
 
 def _last_error(lines: Sequence[str]) -> str:
+    boxed = [line.strip().strip("│").strip() for line in lines if line.lstrip().startswith("│")]
+    if boxed:  # the Flower CLI prints its errors in a box
+        return " ".join(b for b in boxed if b)[:300]
     for line in reversed(lines):
         if re.search(r"(Error|Exception)\b", line) and not line.lstrip().startswith("File "):
             return line.strip()[:300]
     return (lines[-1].strip()[:300] if lines else "no output")
 
 
-def _wait_for_port(port: int, procs: _Processes, timeout_s: float) -> None:
+def _wait_for_port(host: str, port: int, procs: _Processes, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         procs.check_alive()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(1.0)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
+            return
         time.sleep(0.5)
-    raise FederationError(f"The SuperLink did not open 127.0.0.1:{port} within {timeout_s:.0f} s. "
-                          "Raise startup_timeout on a slow machine.")
+    raise FederationError(f"No SuperLink is listening on {host}:{port} after {timeout_s:.0f} s. Start it (flower-superlink "
+                          "--insecure --port PORT), check the address, or raise startup_timeout on a slow machine.")
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"SuperLink address {address!r} is not HOST:PORT. Give e.g. 127.0.0.1:9093.")
+    return host.strip("[]"), int(port)
 
 
 def write_app_project(directory: Path, settings: Settings) -> Path:
@@ -318,7 +373,7 @@ def run_deployment_engine(settings: Settings, *, superlink: str | None = None, i
     root_certificates : str, optional
         PEM file of the CA that signed the SuperLink's certificate.
     startup_timeout : float, default=180
-        Seconds to wait for a started SuperLink to listen.
+        Seconds to wait for the SuperLink (started here or given) to accept connections.
     timeout : float, optional
         Seconds for the whole run; ``None``: no limit beyond each round's timeout.
     progress : callable, optional
@@ -339,7 +394,7 @@ def run_deployment_engine(settings: Settings, *, superlink: str | None = None, i
                 port = _free_port()
                 procs.start("superlink", [_executable("flower-superlink"), "--insecure", "--host", "127.0.0.1",
                                           "--port", str(port)])
-                _wait_for_port(port, procs, startup_timeout)
+                _wait_for_port("127.0.0.1", port, procs, startup_timeout)
                 for i in range(settings.num_clients):
                     procs.start(f"supernode-{i}", [
                         _executable("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
@@ -350,6 +405,7 @@ def run_deployment_engine(settings: Settings, *, superlink: str | None = None, i
                     on_started([p.pid for _, p, _ in procs.started])
             else:
                 address = superlink
+                _wait_for_port(*_split_address(superlink), procs, startup_timeout)
             _write_connection(root / "flwr-home", address, insecure, root_certificates)
             app_dir = write_app_project(root / "app", settings)
             lines = _stream_run(procs, [flwr, "run", str(app_dir), CONNECTION_NAME, "--stream"], env,

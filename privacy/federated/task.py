@@ -256,7 +256,7 @@ def float_state(model: Any) -> OrderedDict[str, torch.Tensor]:
 
     Integer buffers (position and token-type ids) are the same everywhere and are not sent.
     """
-    return OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items() if v.is_floating_point())
+    return OrderedDict((k, v.detach().cpu().clone()) for k, v in model.state_dict().items() if v.is_floating_point())
 
 
 def set_state(model: Any, state: Mapping[str, Any]) -> None:
