@@ -445,10 +445,15 @@ class AuditTarget:
             encoded = self.tokenizer(
                 list(missing), add_special_tokens=True, truncation=False
             )["input_ids"]
+            too_long = [t for t, ids in zip(missing, encoded) if len(ids) > self.max_length]
+            if too_long:
+                # the tokenizer's own truncation keeps the closing special tokens ([SEP], </s>)
+                self.truncated_texts += len(too_long)
+                cut = self.tokenizer(too_long, add_special_tokens=True, truncation=True,
+                                     max_length=self.max_length)["input_ids"]
+                shortened = dict(zip(too_long, cut))
+                encoded = [shortened.get(t, ids) for t, ids in zip(missing, encoded)]
             for text, ids in zip(missing, encoded):
-                if len(ids) > self.max_length:
-                    self.truncated_texts += 1
-                    ids = ids[: self.max_length]
                 self._token_cache[text] = list(ids)
         return [self._token_cache[t] for t in texts]
 

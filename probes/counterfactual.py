@@ -49,7 +49,7 @@ PLACEHOLDER = "{person}"
 MIN_TERM_UNITS = 8
 _SOURCES = ("auto", "templates", "data")
 _UNITS = ("auto", "term", "input")
-# Paired permutation tests hold n_resamples x n_units floats at once; cap the texts taken from data.
+# Each swapped text costs two forward passes and one unit in every test of its axis: cap them.
 _DEFAULT_MAX_TEXTS = 2000
 
 

@@ -195,7 +195,8 @@ class FaithfulnessProbe(Probe):
     of the model from the top down and reports the Spearman rank correlation of each method's
     |attributions| with the original ones; a method still correlated above ``max_rank_correlation``
     after the whole stack is randomised is flagged: its maps describe the input, not the model.
-    A method is trusted when it beats random removal and does not survive randomisation.
+    A method is trusted when it beats random removal and does not survive randomisation. The
+    cascade works on a deep copy of the model, so it needs memory for a second copy.
 
     Parameters
     ----------
@@ -210,7 +211,8 @@ class FaithfulnessProbe(Probe):
     n_random : int, default=5
         Random removal orders per example for the baseline.
     n_steps, max_n_steps, max_delta, internal_batch_size, baselines
-        Integrated Gradients settings, as in the attribution probe (Captum's names).
+        Integrated Gradients settings, as in the attribution probe (Captum's names). The cascade
+        uses ``n_steps`` as given, without raising it.
     randomization : bool, default=True
         Run the model-randomisation cascade.
     randomization_examples : int, default=4
@@ -277,15 +279,17 @@ class FaithfulnessProbe(Probe):
             raise ConfigError(f"Probe 'faithfulness': alpha must be in (0, 1) and max_rank_correlation in [-1, 1], "
                               f"got {alpha!r}, {max_rank_correlation!r}.")
 
-    def _attribute(self, explainer: Explainer, encs: list[Encoded], targets: list[Any]) -> dict[str, list[TokenAttribution]]:
+    def _attribute(self, explainer: Explainer, encs: list[Encoded], targets: list[Any], *,
+                   raise_steps: bool = True) -> dict[str, list[TokenAttribution]]:
         out = {}
         for method in self.methods:
-            if method == "integrated_gradients":
+            if method == "integrated_gradients" and raise_steps:
                 out[method] = explainer.integrated_gradients(
                     encs, targets, n_steps=self.n_steps, max_delta=self.max_delta, max_n_steps=self.max_n_steps,
                     internal_batch_size=self.internal_batch_size)
             else:
-                out[method] = explainer.attribute(encs, targets, method, internal_batch_size=self.internal_batch_size)
+                out[method] = explainer.attribute(encs, targets, method, n_steps=self.n_steps,
+                                                  internal_batch_size=self.internal_batch_size)
         return out
 
     def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
@@ -413,7 +417,9 @@ class FaithfulnessProbe(Probe):
         for name, params in stages:
             randomize_(params, std=std, generator=generator)
             names.append(name)
-            fresh = self._attribute(copy_explainer, encs[:n], targets[:n])
+            # n_steps is not raised here: only the rank order matters, and a randomised model's
+            # output path is rough enough that raising it would multiply the cost of every stage.
+            fresh = self._attribute(copy_explainer, encs[:n], targets[:n], raise_steps=False)
             for method, rows in fresh.items():
                 rhos = [rank_correlation(attributions[method][i].scores[encs[i].content], r.scores[encs[i].content])
                         for i, r in enumerate(rows)]

@@ -170,7 +170,7 @@ def test_bad_parameters():
 @pytest.mark.slow
 def test_minilm_faithfulness():
     target = load_target(None, kind="sequence-classification", progress=False, device="cpu")
-    result = FaithfulnessProbe(max_examples=4, randomization_examples=1, n_random=2, max_n_steps=100).run(
+    result = FaithfulnessProbe(max_examples=4, randomization_examples=1, n_random=2).run(
         target, AuditContext().for_probe("faithfulness"))
     assert result.status in ("passed", "warned")
     assert len(next(t for t in result.tables if t.title.startswith("Model randomisation")).rows) == 7

@@ -262,6 +262,44 @@ def test_estimator_rejects_bad_settings_before_training(fed_setup) -> None:
         FederatedFineTuner().save(fed_setup["root"] / "never")
 
 
+# -- client-side DP through privacy.dp.DPFineTuner ---------------------------------------------------
+
+
+def test_client_side_dp_noise_is_calibrated_for_all_rounds(fed_setup) -> None:
+    from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+    from opacus.accountants import PRVAccountant
+
+    from privacy.federated.client_app import handle_train
+    from privacy.federated.task import Settings, float_state, load_client_data, load_model
+    from privacy.federated.trainer import _dp_summary
+
+    pytest.importorskip("privacy.dp").DPFineTuner  # noqa: B018 - the DP trainer must exist
+    settings = Settings(model=str(fed_setup["model"]), data=str(fed_setup["data"]), text_column="text",
+                        label_column="label", labels=("0", "1"), num_clients=2, num_rounds=3, target_epsilon=4.0,
+                        local_epochs=1, batch_size=16, learning_rate=1e-3, max_length=16)
+    initial = float_state(load_model(fed_setup["model"], settings.labels))
+    message = _instruction(7, 1)
+    message.content = RecordDict({"arrays": ArrayRecord(initial), "config": ConfigRecord({"server-round": 1})})
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                      run_config={})
+    reply = handle_train(message, context, settings)
+    metrics = reply.content["metrics"]
+    n_train = len(load_client_data(settings, context.node_config).train_y)
+    batches = math.ceil(n_train / 16)
+    assert metrics["num-examples"] == n_train
+    assert metrics["dp-sample-rate"] == pytest.approx(1 / batches) and metrics["dp-steps"] == batches
+    trained = reply.content["arrays"].to_torch_state_dict()
+    assert max(float((trained[k] - initial[k]).abs().max()) for k in initial) > 0
+    # Independently: Opacus' PRV accountant over every round's steps at that noise stays within the budget,
+    # and the calibration is tight (a noise multiplier for one round only would overshoot it).
+    prv = PRVAccountant()
+    prv.history = [(metrics["dp-noise-multiplier"], metrics["dp-sample-rate"], 3 * batches)]
+    epsilon = prv.get_epsilon(delta=metrics["dp-delta"])
+    assert 3.5 < epsilon <= 4.0 + 0.02
+    rows = [{"phase": "train", "client": "0", **{k.replace("-", "_"): v for k, v in metrics.items()}}] * 3
+    assert _dp_summary(settings, rows)["epsilon_max"] == pytest.approx(epsilon, abs=0.02)
+
+
 # -- the card's section ----------------------------------------------------------------------------
 
 

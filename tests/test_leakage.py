@@ -235,6 +235,7 @@ def _run(probe, model_dir: Path, tmp_path: Path, **context):
     return results.results[0], target
 
 
+@pytest.mark.slow  # trains a tiny model until it memorises (10-20 s on 2 shared cores)
 def test_overfit_lm_leaks_membership_and_unseen_model_does_not(base_causal, overfit_causal, members_and_others, tmp_path):
     members, others = members_and_others
     probe = MembershipInferenceProbe(members=_write_jsonl(tmp_path / "m.jsonl", members),
@@ -253,6 +254,7 @@ def test_overfit_lm_leaks_membership_and_unseen_model_does_not(base_causal, over
     assert _run(failing, overfit_causal, tmp_path)[0].status == "failed"
 
 
+@pytest.mark.slow  # trains a tiny model until it memorises (10-20 s on 2 shared cores)
 def test_classifier_membership_with_member_column(tiny_dirs, tmp_path):
     members = random_sentences(24, seed=3, length=6)
     others = random_sentences(24, seed=4, length=6)
@@ -313,6 +315,7 @@ def canary_model(base_causal, tmp_path_factory) -> tuple[Path, CanarySet]:
     return out, canaries
 
 
+@pytest.mark.slow  # trains a tiny model until it memorises (10-20 s on 2 shared cores)
 def test_exact_exposure_matches_direct_rank(canary_model):
     model_dir, canaries = canary_model
     target = load_target(model_dir, progress=False, device="cpu")
@@ -331,6 +334,7 @@ def test_exact_exposure_matches_direct_rank(canary_model):
     assert results[0].exposure < results[1].exposure
 
 
+@pytest.mark.slow  # trains a tiny model until it memorises (10-20 s on 2 shared cores)
 def test_sampled_exposure_is_bounded_and_probe_reads_the_record(canary_model):
     model_dir, canaries = canary_model
     target = load_target(model_dir, progress=False, device="cpu")

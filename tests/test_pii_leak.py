@@ -24,6 +24,9 @@ from privacy.probes import PII_PROMPTS
 from tests.test_leakage import train_causal_lm
 from tests.tiny import make_tiny_model
 
+# Trains a tiny model and runs the CLI audit twice: 10-30 s on 2 shared cores.
+pytestmark = pytest.mark.slow
+
 HAS_SPACY = spacy_model_available()
 
 # What the model memorises, each sentence starting with one of the built-in PII_PROMPTS.

@@ -160,6 +160,8 @@ def test_long_inputs_are_truncated_and_counted(tiny_dirs):
     long_text = " ".join(["family"] * 50)
     assert target.embed([long_text]).shape == (1, 32)
     assert target.truncated_texts == 1
+    ids = target.tokenize([long_text])[0]
+    assert len(ids) == 8 and ids[-1] == target.tokenizer.sep_token_id  # closing [SEP] kept
 
 
 # -- refusing what is unsafe or broken ---------------------------------------------------
