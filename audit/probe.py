@@ -155,6 +155,7 @@ class ProbeResult(BaseModel):
     error: ErrorInfo | None = None
     duration_s: float = 0.0
     cached: bool = False
+    category: str = "other"
 
     @field_validator("examples", mode="before")
     @classmethod
@@ -165,6 +166,15 @@ class ProbeResult(BaseModel):
     def headline_metric(self) -> Metric | None:
         """The metric named by ``headline``, or ``None``."""
         return self.metrics.get(self.headline) if self.headline else None
+
+
+def redacted_digest(value: Any) -> str:
+    """A stable stand-in for a sensitive parameter value: ``"redacted sha256:<hex>"``."""
+    import hashlib
+    import json
+
+    blob = json.dumps(_plain(value), sort_keys=True, ensure_ascii=False, default=str)
+    return "redacted sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def _plain(value: Any) -> Any:
@@ -213,6 +223,11 @@ class Probe(abc.ABC):
     after: ClassVar[tuple[str, ...]] = ()
     #: Whether the probe needs the audit's dataset; without one it is skipped.
     requires_data: ClassVar[bool] = False
+    #: Where the card shows the probe: "bias", "privacy", "transparency" or "other".
+    category: ClassVar[str] = "other"
+    #: Parameters that may hold sensitive values (deny lists, prompts): reports and the manifest
+    #: show a sha256 digest instead, which still changes the cache key when the value changes.
+    sensitive_params: ClassVar[tuple[str, ...]] = ()
 
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments as JSON-serialisable values."""
@@ -224,6 +239,9 @@ class Probe(abc.ABC):
             ):
                 continue
             params[parameter.name] = _plain(getattr(self, parameter.name, None))
+        for name in self.sensitive_params:
+            if params.get(name) not in (None, (), [], {}, ""):
+                params[name] = redacted_digest(params[name])
         return params
 
     def applies_to(self, target: AuditTarget) -> bool:
@@ -237,4 +255,4 @@ class Probe(abc.ABC):
     def result(self, *, status: Status, summary: str, **fields: Any) -> ProbeResult:
         """Build a :class:`ProbeResult` for this probe with its parameters filled in."""
         return ProbeResult(probe=self.name, status=status, summary=summary,
-                           params=self.get_params(), **fields)
+                           params=self.get_params(), category=self.category, **fields)

@@ -258,7 +258,7 @@ class Auditor:
                 text_column=dataset.text_column, label_column=dataset.label_column,
                 sensitive_features=list(dataset.sensitive_features),
             ),
-            config=self.config.model_dump(mode="json", exclude={"card"}),
+            config=self._manifest_config(plan),
             records=target.records,
             notes=target.notes,
             truncated_texts=target.truncated_texts,
@@ -273,6 +273,19 @@ class Auditor:
         updated = [r.model_copy(update={"status": "failed"}) if r.probe in worse and r.status in ("passed", "warned")
                    else r for r in audit.results]
         return audit.model_copy(update={"results": updated, "gates": [*audit.gates, *regressions]})
+
+    def _manifest_config(self, plan: Sequence[tuple[str, Probe | None, ProbeSpec]]) -> dict[str, Any]:
+        """The configuration for the manifest, with probes' sensitive parameters replaced by digests."""
+        from audit.probe import redacted_digest
+
+        config = self.config.model_dump(mode="json", exclude={"card"})
+        for name, _probe, spec in plan:
+            sensitive = getattr(spec.cls, "sensitive_params", ()) if spec.cls is not None else ()
+            params = config.get("probes", {}).get(name, {}).get("params", {})
+            for key in sensitive:
+                if params.get(key) not in (None, (), [], {}, ""):
+                    params[key] = redacted_digest(params[key])
+        return config
 
     # -- one probe --------------------------------------------------------------------
     def _cache_path(self, probe: Probe, target: AuditTarget, context: AuditContext) -> Path | None:
@@ -302,6 +315,12 @@ class Auditor:
         if probe is None:
             error = spec.error or ErrorInfo(type="PluginLoadError", message=f"Plugin {name!r} did not load.")
             return ProbeResult(probe=name, status="errored", summary=error.message, error=error)
+        result = self._execute(name, probe, target, context)
+        if result.category != probe.category:  # a probe that built its ProbeResult by hand
+            result = result.model_copy(update={"category": probe.category})
+        return result
+
+    def _execute(self, name: str, probe: Probe, target: AuditTarget, context: AuditContext) -> ProbeResult:
         if not probe.applies_to(target):
             return probe.result(
                 status="not_applicable",

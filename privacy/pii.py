@@ -608,8 +608,8 @@ class PIIScanner:
         Texts per ``nlp.pipe`` batch.
     n_process : int, default=1
         Worker processes (forked, so they share the loaded engine without reloading it). They pay
-        off only where cores are idle: on two cores shared with other work, two workers were
-        slower than one batched process (``benchmarks/RESULTS.md``).
+        off only where cores are idle; on two cores shared with other work they ranged from
+        slower than one batched process to about 1.8 times faster (``benchmarks/RESULTS.md``).
     progress : bool, default=True
         Progress bar on stderr (only on a terminal).
 

@@ -176,6 +176,8 @@ class PIIDataProbe(Probe):
     """
 
     name: ClassVar[str] = "pii_data"
+    category: ClassVar[str] = "privacy"
+    sensitive_params: ClassVar[tuple[str, ...]] = ("recognizers", "allow_list")
     kinds: ClassVar[frozenset[str]] = frozenset(KINDS)
     description: ClassVar[str] = "Personal data (PII) in the audit dataset, found with Presidio; examples redacted"
     requires_data: ClassVar[bool] = True
@@ -263,6 +265,8 @@ class PIIGenerationProbe(Probe):
     """
 
     name: ClassVar[str] = "pii_generation"
+    category: ClassVar[str] = "privacy"
+    sensitive_params: ClassVar[tuple[str, ...]] = ("prompts", "recognizers", "allow_list")
     kinds: ClassVar[frozenset[str]] = frozenset({"causal-lm"})
     description: ClassVar[str] = "Personal data in generated text for PII-eliciting prompts (Presidio); examples redacted"
 
@@ -396,6 +400,7 @@ class MembershipInferenceProbe(Probe):
     """
 
     name: ClassVar[str] = "membership_inference"
+    category: ClassVar[str] = "privacy"
     kinds: ClassVar[frozenset[str]] = frozenset({"causal-lm", "masked-lm", "sequence-classification"})
     description: ClassVar[str] = "Loss-threshold membership inference attack (Yeom et al. 2018): AUC with bootstrap CI"
 
@@ -588,6 +593,7 @@ class CanaryExposureProbe(Probe):
     """
 
     name: ClassVar[str] = "canary_exposure"
+    category: ClassVar[str] = "privacy"
     kinds: ClassVar[frozenset[str]] = frozenset({"causal-lm", "masked-lm"})
     description: ClassVar[str] = "Exposure of canaries planted during training (Carlini et al. 2019)"
 

@@ -181,6 +181,7 @@ class AttentionProbe(Probe):
     """
 
     name: ClassVar[str] = "attention"
+    category: ClassVar[str] = "transparency"
     kinds: ClassVar[frozenset[str]] = frozenset(KINDS)
     description: ClassVar[str] = "Attention maps per layer and head, head averages and attention rollout"
     version: ClassVar[str] = "1"

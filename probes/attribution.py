@@ -798,6 +798,7 @@ class AttributionProbe(Probe):
     """
 
     name: ClassVar[str] = "attribution"
+    category: ClassVar[str] = "transparency"
     kinds: ClassVar[frozenset[str]] = EXPLAINABLE_KINDS
     description: ClassVar[str] = "Token attributions (Integrated Gradients, Saliency, Input x Gradient) with Captum"
     version: ClassVar[str] = "1"

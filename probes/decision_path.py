@@ -130,6 +130,7 @@ class DecisionPathProbe(Probe):
     """
 
     name: ClassVar[str] = "decision_path"
+    category: ClassVar[str] = "transparency"
     kinds: ClassVar[frozenset[str]] = frozenset({"sequence-classification", "causal-lm"})
     description: ClassVar[str] = "Class probabilities per layer (classifiers) and the logit lens (causal LMs)"
     version: ClassVar[str] = "1"

@@ -225,6 +225,7 @@ class FaithfulnessProbe(Probe):
     """
 
     name: ClassVar[str] = "faithfulness"
+    category: ClassVar[str] = "transparency"
     kinds: ClassVar[frozenset[str]] = EXPLAINABLE_KINDS
     description: ClassVar[str] = "ERASER comprehensiveness/sufficiency vs random and the model-randomisation check"
     version: ClassVar[str] = "1"

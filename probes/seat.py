@@ -152,6 +152,7 @@ class SEATProbe(Probe):
     """
 
     name: ClassVar[str] = "seat"
+    category: ClassVar[str] = "bias"
     kinds: ClassVar[frozenset[str]] = frozenset(KINDS)
     description: ClassVar[str] = "Sentence embedding association tests (SEAT/WEAT effect sizes, permutation p-values)"
     version: ClassVar[str] = "1"

@@ -12,6 +12,7 @@ import re
 from huggingface_hub import ModelCard, ModelCardData
 
 from audit.results import AuditResults
+from reports.model_card import group_by_category
 
 __all__ = ["md_escape", "render_markdown_card"]
 
@@ -95,9 +96,12 @@ def render_markdown_card(results: AuditResults) -> str:
         for g in results.gates:
             lines.append(f"| {md_escape(g.probe)} | {md_escape(g.metric)} | {g.bound} {_fmt(g.threshold)} | {_fmt(g.value)} | {'yes' if g.passed else 'no'} |")
     lines += ["", "## Quantitative analyses", ""]
-    for r in results.results:
-        lines += [f"### {md_escape(r.probe)} ({r.status})", "", md_escape(r.summary), ""]
-        if r.metrics:
+    for _category, title, members in group_by_category(results):
+        lines += [f"### {title}", ""]
+        for r in members:
+            lines += [f"#### {md_escape(r.probe)} ({r.status})", "", md_escape(r.summary), ""]
+            if not r.metrics:
+                continue
             lines += ["| Metric | Value | 95% CI | p | Meaning |", "|---|---|---|---|---|"]
             for name, metric in r.metrics.items():
                 ci = f"[{_fmt(metric.ci[0])}, {_fmt(metric.ci[1])}]" if metric.ci else ""

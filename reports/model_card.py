@@ -24,6 +24,18 @@ from audit.results import SCHEMA_VERSION, AuditResults
 __all__ = ["render_html_card", "write_reports"]
 
 _STATUS_ORDER = ("errored", "failed", "warned", "passed", "skipped", "not_applicable")
+#: The card's groups of probes, in order; a probe with an unknown category goes under "other".
+CATEGORIES = (("bias", "Bias and fairness"), ("privacy", "Privacy"), ("transparency", "Transparency"),
+              ("other", "Other probes"))
+
+
+def group_by_category(results: AuditResults) -> list[tuple[str, str, list[Any]]]:
+    """Probe results grouped for the card: ``(category, title, results)``, empty groups left out."""
+    known = {key for key, _ in CATEGORIES}
+    groups: dict[str, list[Any]] = {key: [] for key, _ in CATEGORIES}
+    for r in results.results:
+        groups[r.category if r.category in known else "other"].append(r)
+    return [(key, title, groups[key]) for key, title in CATEGORIES if groups[key]]
 
 
 def _load_template(name: str) -> str | None:
@@ -172,6 +184,7 @@ def render_html_card(results: AuditResults) -> str:
         caveats=_caveats(results),
         factors=_factors(results),
         partials=partials,
+        categories=group_by_category(results),
         record_templates=record_templates,
         schema_version=results.schema_version or SCHEMA_VERSION,
         config_json=json.dumps(results.manifest.config, indent=2, ensure_ascii=False),

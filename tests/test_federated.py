@@ -324,12 +324,27 @@ def test_federated_template_shows_rounds_clients_gap_and_failures_escaped() -> N
         "failures": [{"round": 1, "phase": "train", "client": "<script>x</script>", "reason": "boom <b>"}],
         "dataset": {"sensitive_features": ["sex"]},
     }
-    html = _environment().get_template("federated.html.j2").render(record=record)
+    html = _environment().get_template("records/federated.html.j2").render(record=record)
     assert "<script>" not in html and "&lt;script&gt;" in html and "boom &lt;b&gt;" in html
     assert "0.8125" in html and "0.8438" in html and "0.125" in html and "Gap between them" in html
     assert html.count("<polyline") == 1
-    fallback = _environment().get_template("federated.html.j2").render(record={"odd": 1})
+    fallback = _environment().get_template("records/federated.html.j2").render(record={"odd": 1})
     assert "odd" in fallback and "Accuracy per round" not in fallback
+
+
+def test_model_card_shows_the_federated_section() -> None:
+    from audit.results import AuditResults, Manifest
+    from reports.model_card import render_html_card
+
+    record = {"strategy": "fedprox", "num_clients": 2, "num_rounds": 1, "rounds_aggregated": 1,
+              "rounds": [{"round": 1, "accuracy": 0.7}], "clients": [{"client": "site-a", "accuracy": 0.7}],
+              "failures": []}
+    manifest = Manifest(rai_audit_version="0", model_id="m", model_path="/m", fingerprint="sha256:0",
+                        kind="sequence-classification", n_parameters=1, device="cpu", max_length=16, seed=0,
+                        started_at="t0", finished_at="t1", duration_s=0.0, library_versions={},
+                        records={"federated": record})
+    html = render_html_card(AuditResults(manifest=manifest, results=[]))
+    assert "Training record: federated" in html and "Federated fine-tuning." in html and "site-a" in html
 
 
 # -- simulation engine ------------------------------------------------------------------------------

@@ -115,3 +115,12 @@ def test_card_renders_in_headless_chromium(hostile_results, tmp_path):
                          check=True, timeout=60, capture_output=True, text=True).stdout
     assert shot.stat().st_size > 10_000
     assert "<script>alert(1)</script>" not in dom and "Audit summary" in dom
+
+
+def test_analyses_are_grouped_by_category(hostile_results):
+    html = render_html_card(hostile_results)
+    analyses = html.split('id="analyses"')[1]
+    assert analyses.index("Bias and fairness") < analyses.index('id="probe-seat"')
+    assert analyses.index("Other probes") < analyses.index('id="probe-third_party"')
+    markdown = render_markdown_card(hostile_results)
+    assert "### Bias and fairness" in markdown and "#### seat" in markdown

@@ -246,3 +246,32 @@ def test_probe_result_rejects_nan():
     with pytest.raises(ValueError, match="not finite"):
         Metric(value=float("nan"))
     assert ProbeResult(probe="x", status="passed", summary="s.", examples=[{"a": float("nan")}]).examples == [{"a": None}]
+
+
+class SecretProbe(GapProbe):
+    """Takes a deny list that must not reach reports."""
+
+    name = "secret"
+    category = "privacy"
+    sensitive_params = ("deny_list",)
+
+    def __init__(self, *, gap: float = 0.1, deny_list: tuple[str, ...] = ()) -> None:
+        self.gap = gap
+        self.deny_list = deny_list
+
+
+def test_sensitive_params_are_digested_everywhere(tiny_targets):
+    import hashlib
+    import json as _json
+
+    secret = ("Project Nightingale",)
+    config = AuditConfig(probes={"secret": {"params": {"deny_list": list(secret)}}})
+    results = Auditor(config, probes=[SecretProbe(deny_list=secret)]).run(tiny_targets["encoder"])
+    dumped = results.to_json()
+    assert "Nightingale" not in dumped
+    expected = "redacted sha256:" + hashlib.sha256(_json.dumps(list(secret), sort_keys=True).encode()).hexdigest()[:16]
+    assert results.results[0].params["deny_list"] == expected
+    assert results.manifest.config["probes"]["secret"]["params"]["deny_list"] == expected
+    assert results.results[0].category == "privacy"
+    other = SecretProbe(deny_list=("Project Kestrel",)).get_params()["deny_list"]
+    assert other != expected  # a different value is a different cache key

@@ -147,8 +147,9 @@ class FederatedFineTuner:
         The final global model (evaluation mode, CPU).
     tokenizer_ : tokenizer
     labels_ : tuple of str
-    accuracy_ : float
-        Accuracy of the final global model on the union of the clients' held-out rows.
+    accuracy_ : float or None
+        Accuracy of the final global model on the union of the clients' held-out rows (with an
+        existing SuperLink: as the clients reported it).
     centralized_accuracy_ : float or None
         The centralized baseline's accuracy on the same rows (``baseline=True``).
     history_ : dict
@@ -255,6 +256,10 @@ class FederatedFineTuner:
         if self.superlink is not None and self.engine != "deployment":
             raise ConfigError(f"superlink={self.superlink!r} applies to engine='deployment' only, got "
                               f"engine={self.engine!r}. Drop superlink or use the deployment engine.")
+        if self.superlink is not None and self.baseline:
+            raise ConfigError("baseline=True needs every client's rows in one place, but with an existing SuperLink "
+                              "the sites keep their data. Drop baseline (--baseline) or let rai-audit start the "
+                              "federation on 127.0.0.1 (no --superlink).")
         mu = self.proximal_mu
         if self.strategy == "fedavg":
             if mu is not None:
@@ -353,6 +358,9 @@ class FederatedFineTuner:
         if clients:
             self.accuracy_, central = self._score(clients, settings, model_dir)
             self.centralized_accuracy_ = central["accuracy"] if central else None
+        else:
+            scored = [r["accuracy"] for r in history.get("rounds", []) if isinstance(r.get("accuracy"), float)]
+            self.accuracy_ = scored[-1] if scored else None
         self.duration_s_ = time.perf_counter() - started
         self.record_ = json_safe(self._build_record(settings, model_dir, data_path, fingerprint, len(frame), history,
                                                     central))
@@ -562,7 +570,7 @@ class FederatedFineTuner:
                         "sensitive_features": list(settings.sensitive_features)},
             "labels": list(settings.labels), "pos_label": settings.pos_label,
             "final": {"accuracy": last_round.get("accuracy"), "loss": last_round.get("loss"),
-                      "evaluation": "every client scores the global model on its held-out rows; the accuracy is "
+                      "evaluation": "Every client scores the global model on its held-out rows; the accuracy is "
                                     "their example-weighted mean (the accuracy on the union of those rows)"},
             "rounds": rounds,
             "clients": clients,
