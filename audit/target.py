@@ -25,7 +25,9 @@ from audit.probe import KINDS, Kind
 
 __all__ = [
     "DEFAULT_MODEL_ID",
+    "PROJECTION_FILENAME",
     "RECORD_FILENAME",
+    "THRESHOLDS_FILENAME",
     "AuditTarget",
     "TokenLogProbs",
     "default_model_path",
@@ -36,6 +38,10 @@ __all__ = [
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 RECORD_FILENAME = "rai_audit_record.json"
+#: A projection saved beside an encoder by SentenceDebias/INLP; ``embed`` applies it (see :func:`load_target`).
+PROJECTION_FILENAME = "rai_audit_projection.safetensors"
+#: Group thresholds saved beside a classifier by ThresholdOptimizer post-processing; ``predict`` applies them.
+THRESHOLDS_FILENAME = "rai_audit_thresholds.json"
 SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 Pooling = Literal["mean", "cls", "last"]
@@ -312,6 +318,18 @@ def load_target(
                 f"Training record {str(record_path)!r} is not valid JSON ({exc}). "
                 "Restore it or remove it."
             ) from None
+    projection = _read_projection(path, config)
+    if projection is not None:
+        notes.append(
+            f"A {projection['technique']} projection ({PROJECTION_FILENAME}) saved beside the model is applied "
+            f"to every embedding of hidden-state layer {projection['layer']}; other operations see the raw model."
+        )
+    thresholds = _read_thresholds(path)
+    if thresholds is not None:
+        notes.append(
+            f"Group thresholds ({THRESHOLDS_FILENAME}, {thresholds.get('constraints', 'post-processing')}) saved "
+            "beside the model are applied by predict() when group values are given; predict_proba is unchanged."
+        )
     dev = _resolve_device(device)
     loaded.to(dev)
     loaded.eval()
@@ -329,7 +347,58 @@ def load_target(
         revision=revision,
         progress=progress,
         notes=notes,
+        projection=projection,
+        thresholds=thresholds,
     )
+
+
+def _read_projection(path: Path, config: Any) -> dict[str, Any] | None:
+    file = path / PROJECTION_FILENAME
+    if not file.is_file():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            matrix = handle.get_tensor("projection").double().numpy()
+        layer = int(metadata.get("layer", "-1"))
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise ModelLoadError(
+            f"Projection file {str(file)!r} cannot be read ({type(exc).__name__}: {str(exc)[:120]}). "
+            "Re-create it with rai-audit debias, or remove it to audit the model without it."
+        ) from None
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or (hidden and matrix.shape[0] != hidden):
+        raise ModelLoadError(
+            f"Projection file {str(file)!r} holds a {'x'.join(map(str, matrix.shape))} matrix, but the model's "
+            f"hidden size is {hidden}. Remove the file or re-create it for this model."
+        )
+    return {"matrix": matrix, "layer": layer, "technique": metadata.get("technique", "projection"),
+            "pooling": metadata.get("pooling")}
+
+
+def _read_thresholds(path: Path) -> dict[str, Any] | None:
+    file = path / THRESHOLDS_FILENAME
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        groups = data["groups"]
+        for spec in groups.values():
+            for key in ("p0", "operation0", "p1", "operation1"):
+                spec[key]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"Thresholds file {str(file)!r} is not valid ({type(exc).__name__}: {exc}). "
+            "Re-create it with rai-audit debias --technique threshold, or remove it."
+        ) from None
+    return data
+
+
+def _threshold_rule(operation: Sequence[Any], scores: np.ndarray) -> np.ndarray:
+    operator, threshold = operation
+    return scores > threshold if operator == ">" else scores < threshold
 
 
 @dataclass(frozen=True)
@@ -374,6 +443,8 @@ class AuditTarget:
         revision: str | None = None,
         progress: bool = True,
         notes: list[str] | None = None,
+        projection: dict[str, Any] | None = None,
+        thresholds: dict[str, Any] | None = None,
     ) -> None:
         self.model_id = model_id
         self.path = Path(path)
@@ -387,6 +458,10 @@ class AuditTarget:
         self.revision = revision
         self.progress = progress
         self.notes = list(notes or [])
+        #: ``{"matrix", "layer", "technique", "pooling"}`` from ``rai_audit_projection.safetensors``, or None.
+        self.projection = projection
+        #: The group thresholds from ``rai_audit_thresholds.json`` (applied by :meth:`predict`), or None.
+        self.thresholds = thresholds
         self.max_length = max_length or self._model_max_length()
         self.truncated_texts = 0
         self._cache: dict[Hashable, Any] = {}
@@ -556,10 +631,20 @@ class AuditTarget:
             else:
                 last = mask.sum(1) - 1
                 pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-            return list(pooled.cpu().numpy())
+            rows = pooled.cpu().numpy()
+            if self._projects(layer):
+                # P is linear, so projecting the pooled vector equals pooling projected token states.
+                rows = (rows.astype(np.float64) @ self.projection["matrix"]).astype(np.float32)
+            return list(rows)
 
         rows = self._batched(("embed", pooling, layer), texts, compute, desc="embed")
         return np.stack(rows) if rows else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+
+    def _projects(self, layer: int) -> bool:
+        if self.projection is None:
+            return False
+        n = self.num_layers + 1
+        return layer % n == self.projection["layer"] % n
 
     def hidden_states(self, texts: Sequence[str]) -> list[np.ndarray]:
         """All hidden states of each text: an array (layers + 1, tokens, hidden) per text."""
@@ -583,6 +668,53 @@ class AuditTarget:
 
         rows = self._batched(("proba",), texts, compute, desc="classify")
         return np.stack(rows) if rows else np.zeros((0, self._num_labels()))
+
+    def predict(self, texts: Sequence[str], *, sensitive_features: Sequence[Any] | None = None) -> np.ndarray:
+        """Predicted class index of each text.
+
+        Without ``sensitive_features``, or when no thresholds were saved beside the model, the
+        argmax of :meth:`predict_proba`. With both, the saved group thresholds of fairlearn's
+        ``ThresholdOptimizer`` (Hardt et al. 2016) are applied exactly as its ``predict`` does:
+        the positive class is predicted with probability
+        ``p0 * [s op0 t0] + p1 * [s op1 t1]`` of the positive-class score ``s``, drawn against
+        ``numpy.random.RandomState(seed).rand(n)`` with the seed saved in the file, so the same
+        call with the same texts in the same order gives the same labels as fairlearn.
+
+        Parameters
+        ----------
+        texts : sequence of str
+        sensitive_features : sequence, optional
+            One group value per text (compared as strings with the saved groups).
+        """
+        proba = self.predict_proba(texts)
+        if sensitive_features is None or self.thresholds is None:
+            return proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
+        groups = np.asarray([str(v) for v in sensitive_features], dtype=object)
+        if groups.shape != (len(texts),):
+            raise ConfigError(
+                f"sensitive_features must hold one group value per text ({len(texts)}), got {groups.shape[0]}. "
+                "Pass the group column of the same rows."
+            )
+        saved = self.thresholds["groups"]
+        unknown = sorted(set(groups) - set(saved))
+        if unknown:
+            raise ConfigError(
+                f"Group value(s) {unknown[:5]} have no saved threshold in {THRESHOLDS_FILENAME}; it holds "
+                f"{sorted(saved)}. Pass values of the feature the thresholds were fitted on."
+            )
+        positive = int(self.thresholds.get("positive_label", 1))
+        scores = proba[:, positive]
+        positive_probs = np.zeros(len(texts))
+        for group, spec in saved.items():
+            rows = groups == group
+            mixed = spec["p0"] * _threshold_rule(spec["operation0"], scores) + spec["p1"] * _threshold_rule(
+                spec["operation1"], scores)
+            if "p_ignore" in spec:
+                mixed = spec["p_ignore"] * spec["prediction_constant"] + (1 - spec["p_ignore"]) * mixed
+            positive_probs[rows] = mixed[rows]
+        draws = np.random.RandomState(int(self.thresholds.get("seed", 0))).rand(len(texts))
+        negative = 1 - positive if proba.shape[1] == 2 else int(self.thresholds.get("negative_label", 0))
+        return np.where(positive_probs >= draws, positive, negative)
 
     def token_log_likelihoods(self, texts: Sequence[str]) -> list[TokenLogProbs]:
         """Causal LM: log p(token_i | tokens before i) for every token of each text.

@@ -549,3 +549,12 @@ def test_deployment_superlink_and_two_supernodes_on_loopback(fed_setup, tmp_path
     assert sorted(c["client"] for c in rec["clients"]) == ["0", "1"]
     assert all(math.isfinite(c["accuracy"]) and c.get("groups") for c in rec["clients"])
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["privacy.federated.partition", "privacy.federated.task"])
+def test_docstring_examples_run(name) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

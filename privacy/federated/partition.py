@@ -278,15 +278,16 @@ def partition_rows(frame: Any, spec: str | Partitioning, num_partitions: int, *,
 def split_rows(labels: Sequence[Any], eval_fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Hold out ``eval_fraction`` of one client's rows, stratified by label, for evaluation.
 
-    Every class keeps at least one training row; a class with a single row is never held out.
-    Returns positions into ``labels`` (training, evaluation), each sorted.
+    Each class with at least two rows holds out ``round(n_class * eval_fraction)`` of them, at least
+    one and never all; a class with a single row is never held out. Returns positions into
+    ``labels`` (training, evaluation), each sorted.
 
     Examples
     --------
     >>> from privacy.federated.partition import split_rows
     >>> train, held_out = split_rows(["a"] * 8 + ["b"] * 2, 0.2, seed=0)
     >>> len(train), len(held_out)
-    (8, 2)
+    (7, 3)
     """
     n = len(labels)
     if not (isinstance(eval_fraction, (int, float)) and 0 <= eval_fraction < 1):

@@ -1,0 +1,59 @@
+"""Writing a debiased model directory: a fresh copy, never the input, with the merged training record."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from audit._io import write_json_atomic
+from audit.errors import ModelLoadError, OutputError
+from audit.target import PROJECTION_FILENAME, RECORD_FILENAME, THRESHOLDS_FILENAME, AuditTarget
+
+_OWN_FILES = (RECORD_FILENAME, PROJECTION_FILENAME, THRESHOLDS_FILENAME)
+
+
+def check_output_dir(out: str | Path, *, source: Path, overwrite: bool = False) -> Path:
+    """Refuse to write into the source model or into a non-empty directory unless ``overwrite``."""
+    directory = Path(out).expanduser()
+    if directory.exists() and directory.resolve() == Path(source).resolve():
+        raise OutputError(f"--out {str(directory)!r} is the input model's directory; debiasing never changes the "
+                          "model it was given. Choose a new directory.")
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise OutputError(f"--out {str(directory)!r} is not empty. Choose a new directory, or pass --overwrite.")
+    return directory
+
+
+def copy_model_dir(source: Path, out: Path) -> None:
+    """Copy the model's files (weights, config, tokenizer) but not rai-audit's own side files."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in Path(source).iterdir():
+        if item.is_file() and item.name not in _OWN_FILES:
+            shutil.copy2(item, out / item.name)
+
+
+def read_records(path: Path) -> dict[str, Any]:
+    file = Path(path) / RECORD_FILENAME
+    if not file.is_file():
+        return {}
+    try:
+        records = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"Training record {str(file)!r} is not valid JSON ({exc}). Restore it or remove it.") from None
+    return records if isinstance(records, dict) else {}
+
+
+def write_record(out: Path, target: AuditTarget, section: dict[str, Any]) -> Path:
+    """Merge the ``debiasing`` section into the source model's record sections and write it beside ``out``.
+
+    A model debiased twice keeps the earlier step under ``debiasing.previous``.
+    """
+    records = dict(target.records)
+    section = {**section, "source_model": target.model_id, "source_fingerprint": target.fingerprint}
+    earlier = records.get("debiasing")
+    if isinstance(earlier, dict):
+        earlier = dict(earlier)
+        section["previous"] = [*earlier.pop("previous", []), earlier]
+    records["debiasing"] = section
+    return write_json_atomic(Path(out) / RECORD_FILENAME, records)
