@@ -1,14 +1,14 @@
 """Benchmark: the counterfactual probe against a bare batched forward pass over the same inputs.
 
 The model is the bundled all-MiniLM-L6-v2 with a (random) sequence-classification head. The probe
-runs on the built-in gender, race and nationality axes (2,560 inputs); the baseline tokenizes the
+runs on the built-in gender, race and nationality axes (2,540 distinct inputs); the baseline tokenizes the
 same texts in batches of 32 (padding to the longest text of each batch, in input order; and, for
 reference, sorted by length as the probe's target does) and runs the model under
 ``torch.inference_mode``, nothing else. Both are timed in the same process,
 alternating, after one warm-up each; the medians are compared. Each probe run gets a fresh target,
 so no forward pass is served from the target's cache.
 
-Run: ``python benchmarks/bench_counterfactual.py`` (about 2 minutes on 2 CPU cores). It rewrites
+Run: ``python benchmarks/bench_counterfactual.py`` (about 2 minutes on 2 idle CPU cores). It rewrites
 only its own section of ``benchmarks/RESULTS.md``.
 """
 
@@ -105,7 +105,7 @@ def main() -> None:
     b, p, f = statistics.median(bare), statistics.median(probe), statistics.median(forward)
     bs = statistics.median(bare_sorted)
     ratio = p / b
-    # Other processes share the machine; each probe run is compared with the bare run just before it.
+    # Other processes share the machine; each probe run is also compared with the bare run of its round.
     paired = [x / y for x, y in zip(probe, bare, strict=True)]
     lines = [
         "## Counterfactual probe vs a bare batched forward pass",
@@ -123,7 +123,7 @@ def main() -> None:
         f"| of which statistics, fairlearn, figures, report | {p - f:.2f} |",
         "",
         f"**Ratio probe / bare forward: {ratio:.3f}** (ratio of medians; aim: at most 1.15). Ratio of each probe run "
-        f"to the bare run just before it: {', '.join(f'{r:.3f}' for r in paired)}. Against the length-sorted bare pass "
+        f"to the input-order bare run of the same round: {', '.join(f'{r:.3f}' for r in paired)}. Against the length-sorted bare pass "
         f"(the probe sorts too, so this isolates its own overhead): {p / bs:.3f}. Probe status on this model: {status}.",
         f"All runs (bare / probe): {', '.join(f'{x:.2f}' for x in bare)} / {', '.join(f'{x:.2f}' for x in probe)}; "
         f"1-minute load average at the start and end: {load[0]:.1f}, {os.getloadavg()[0]:.1f} "

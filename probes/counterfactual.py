@@ -454,6 +454,7 @@ class CounterfactualProbe(Probe):
     """
 
     name: ClassVar[str] = "counterfactual"
+    category: ClassVar[str] = "bias"
     kinds: ClassVar[frozenset[str]] = frozenset({"sequence-classification"})
     description: ClassVar[str] = (
         "Counterfactual fairness: positive-rate and score gaps, flip rate when only a group term changes"

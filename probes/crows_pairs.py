@@ -183,6 +183,7 @@ class CrowsPairsProbe(Probe):
     """
 
     name: ClassVar[str] = "crows_pairs"
+    category: ClassVar[str] = "bias"
     kinds: ClassVar[frozenset[str]] = frozenset({"masked-lm", "causal-lm"})
     description: ClassVar[str] = "CrowS-Pairs stereotype preference of masked and causal LMs (50 is ideal)"
     version: ClassVar[str] = "1"

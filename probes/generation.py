@@ -190,6 +190,7 @@ class GenerationProbe(Probe):
     """
 
     name: ClassVar[str] = "generation"
+    category: ClassVar[str] = "bias"
     kinds: ClassVar[frozenset[str]] = frozenset({"causal-lm"})
     description: ClassVar[str] = "Sentiment (VADER) of generated continuations per group, gaps with intervals"
     version: ClassVar[str] = "1"

@@ -169,6 +169,7 @@ class GroupFairnessProbe(Probe):
     """
 
     name: ClassVar[str] = "group_fairness"
+    category: ClassVar[str] = "bias"
     kinds: ClassVar[frozenset[str]] = frozenset({"sequence-classification"})
     description: ClassVar[str] = (
         "Group fairness on labelled data: per-group error rates, parity and equalized odds, Borkan AUCs"

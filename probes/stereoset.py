@@ -263,6 +263,7 @@ class StereoSetProbe(Probe):
     """
 
     name: ClassVar[str] = "stereoset"
+    category: ClassVar[str] = "bias"
     kinds: ClassVar[frozenset[str]] = frozenset({"masked-lm", "causal-lm"})
     description: ClassVar[str] = "StereoSet intrasentence SS, LMS and ICAT per domain (SS 50 is ideal)"
     version: ClassVar[str] = "1"
