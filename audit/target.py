@@ -751,7 +751,8 @@ class AuditTarget:
         return np.array([t.total for t in self.token_log_likelihoods(texts)])
 
     def masked_token_log_probs(self, texts: Sequence[str]) -> list[TokenLogProbs]:
-        """Masked LM: log p(token_i | text with only token i masked), for every non-special token.
+        """Masked LM: log p(token_i | text with only token i masked), for every token but the markers
+        ([CLS], [SEP], padding); ``[UNK]`` positions are scored.
 
         Each text is copied once per token with that token masked (Salazar et al. 2020);
         the copies of all texts are batched together.
@@ -763,7 +764,8 @@ class AuditTarget:
                 f"Tokenizer of {self.model_id!r} has no mask token, so pseudo-log-likelihoods "
                 "cannot be computed. Use a masked LM's tokenizer."
             )
-        special = set(getattr(self.tokenizer, "all_special_ids", []))
+        # [UNK] is a real position of the text (official CrowS-Pairs scores it); markers are not.
+        special = set(getattr(self.tokenizer, "all_special_ids", [])) - {getattr(self.tokenizer, "unk_token_id", None)}
         op = ("mlm_token_lp",)
         todo = [t for t in dict.fromkeys(texts) if (op, t) not in self._cache]
         if todo:

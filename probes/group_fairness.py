@@ -244,6 +244,11 @@ class GroupFairnessProbe(Probe):
         proba = target.predict_proba(data.texts)
         scores = proba[:, positive]
         y_pred = scores >= self.threshold if self.threshold is not None else proba.argmax(axis=1) == positive
+        fitted_on = _threshold_feature(target)
+        if self.threshold is None and fitted_on is not None and fitted_on in frame.columns:
+            # A post-processed model (ThresholdOptimizer) decides per group: audit what it will do.
+            groups = frame[fitted_on].astype("string").fillna("(missing)").tolist()
+            y_pred = target.predict(data.texts, sensitive_features=groups) == positive
         analyses = [(f, sensitive[[f]]) for f in features]
         if self.intersections and len(features) > 1:
             analyses.append((" x ".join(features), sensitive[features]))
@@ -405,3 +410,13 @@ class GroupFairnessProbe(Probe):
             caption="Equal bars mean demographic parity; compare with the error rates in the table.",
         )
         return table, figure, metrics, verdicts
+
+
+def _threshold_feature(target: AuditTarget) -> str | None:
+    """The sensitive feature that saved group thresholds were fitted on, if the model has them."""
+    if getattr(target, "thresholds", None) is None:
+        return None
+    record = target.records.get("debiasing") if isinstance(target.records, dict) else None
+    parameters = record.get("parameters") if isinstance(record, dict) else None
+    feature = parameters.get("sensitive_feature") if isinstance(parameters, dict) else None
+    return str(feature) if feature else None

@@ -188,3 +188,35 @@ def test_cda_refuses_an_encoder(tiny_targets):
         CDAFineTuner().fit(tiny_targets["encoder"], ["she is here"], [0])
     with pytest.raises(DataError, match="No training text"):
         CDAFineTuner(epochs=1).fit(tiny_targets["sequence-classification"], ["the movie was good"], [1])
+
+
+@pytest.mark.slow
+def test_audit_applies_saved_thresholds_and_compare_reports_the_cost(biased_dir, tmp_path, capsys):
+    """End to end: debias with thresholds, audit both models with group_fairness, compare the audits."""
+    from fairlearn.metrics import demographic_parity_difference
+
+    train = write_csv(planted_data(0), tmp_path / "train.csv")
+    evaluation = planted_data(7)
+    data = write_csv(evaluation, tmp_path / "eval.csv")
+    out = tmp_path / "thr"
+    assert main(["debias", "--technique", "threshold", "--model", str(biased_dir), "--data", train,
+                 "--label-column", "label", "--sensitive-feature", "gender", "--out", str(out), "--seed", "3"]) == 0
+    config = tmp_path / "audit.yaml"
+    config.write_text("select: [group_fairness]\nprobes:\n  group_fairness:\n    params: {n_boot: 20}\n")
+    audits = {}
+    for name, model in (("base", biased_dir), ("thr", out)):
+        code = main(["run", "--model", str(model), "--config", str(config), "--out", str(tmp_path / name), "--data", data,
+                     "--label-column", "label", "--sensitive-feature", "gender", "--no-progress", "--quiet"])
+        assert code in (0, 1)
+        audits[name] = json.loads((tmp_path / name / "results.json").read_text())["results"][0]["metrics"]
+    # the audit of the post-processed model equals fairlearn's DPD of target.predict with the groups
+    target = load_target(out, progress=False, device="cpu")
+    labels = target.predict(evaluation["text"].tolist(), sensitive_features=evaluation["gender"].tolist())
+    expected = demographic_parity_difference(evaluation["label"], labels, sensitive_features=evaluation["gender"])
+    assert audits["thr"]["demographic_parity_difference[gender]"]["value"] == pytest.approx(expected)
+    assert audits["thr"]["demographic_parity_difference[gender]"]["value"] < audits["base"]["demographic_parity_difference[gender]"]["value"] / 2
+    code = main(["compare", str(tmp_path / "base" / "results.json"), str(tmp_path / "thr" / "results.json"),
+                 "--out", str(tmp_path / "cmp")])
+    assert code in (0, 1)
+    comparison = (tmp_path / "cmp" / "comparison.html").read_text()
+    assert "accuracy" in comparison

@@ -21,7 +21,7 @@ from audit import ConfigError, ModelLoadError, NotApplicableError, load_target
 from audit.target import detect_kind
 from tests.tiny import make_tiny_model
 
-TEXTS = ["he is a doctor .", "she works as a nurse", "john", "the family was very happy and the children were great",
+TEXTS = ["he is a doctor .", "she works as a nurse", "john", "zyxwv is unknown here", "the family was very happy and the children were great",
          "amy is an engineer", "he is a doctor ."]
 
 
@@ -137,7 +137,7 @@ def test_pseudo_log_likelihood_matches_direct_masking(tiny_dirs):
             ids = tok(text)["input_ids"]
             total = 0.0
             for pos in range(1, len(ids) - 1):
-                if ids[pos] in tok.all_special_ids:
+                if ids[pos] in tok.all_special_ids and ids[pos] != tok.unk_token_id:
                     continue
                 masked = list(ids)
                 masked[pos] = tok.mask_token_id
