@@ -220,3 +220,39 @@ def test_audit_applies_saved_thresholds_and_compare_reports_the_cost(biased_dir,
     assert code in (0, 1)
     comparison = (tmp_path / "cmp" / "comparison.html").read_text()
     assert "accuracy" in comparison
+
+
+@pytest.mark.slow
+def test_experiment_file_runs_every_audit_and_the_comparison(biased_dir, tmp_path):
+    """One experiment file: threshold post-processing on the planted-bias model, both audited, compared."""
+    write_csv(planted_data(0), tmp_path / "train.csv")
+    write_csv(planted_data(7), tmp_path / "eval.csv")
+    (tmp_path / "experiment.yaml").write_text(f"""
+baseline: {biased_dir}
+out: exp
+audit:
+  select: [group_fairness]
+  data: {{path: eval.csv, label_column: label, sensitive_features: [gender]}}
+  probes: {{group_fairness: {{params: {{n_boot: 20}}}}}}
+techniques:
+  - {{name: thresholds, technique: threshold, data: train.csv, label_column: label, sensitive_feature: gender, seed: 3}}
+""")
+    assert main(["experiment", str(tmp_path / "experiment.yaml")]) == 0
+    exp = tmp_path / "exp"
+    base = json.loads((exp / "audits" / "baseline" / "results.json").read_text())["results"][0]["metrics"]
+    thr = json.loads((exp / "audits" / "thresholds" / "results.json").read_text())["results"][0]["metrics"]
+    comparison = json.loads((exp / "comparison" / "comparison.json").read_text())
+    assert [i["name"] for i in comparison["inputs"]] == ["baseline", "thresholds"]
+    rows = {row["metric"]: row for p in comparison["probes"] for row in p["metrics"]}
+    dpd = rows["demographic_parity_difference[gender]"]
+    expected = thr["demographic_parity_difference[gender]"]["value"] - base["demographic_parity_difference[gender]"]["value"]
+    assert dpd["deltas"][1]["delta"] == pytest.approx(expected) and expected < 0
+    assert rows["accuracy"]["performance"] is True
+    assert (exp / "models" / "thresholds" / THRESHOLDS_FILENAME).exists()
+
+
+def test_experiment_file_errors_name_the_key(tmp_path, capsys):
+    (tmp_path / "e.yaml").write_text("baseline: m\ntechniques:\n  - {name: a, technique: dropout}\n")
+    assert main(["experiment", str(tmp_path / "e.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "techniques.0.technique" in err and len(err.strip().splitlines()) == 1

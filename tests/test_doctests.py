@@ -10,7 +10,8 @@ import pytest
 MODULES = ["audit", "audit.config", "audit.context", "audit.data", "audit.errors", "audit.figures", "audit.probe",
            "audit.registry", "audit.results", "audit.runner", "audit.stats", "audit.target",
            "reports.markdown_card", "reports.model_card", "privacy.dp", "privacy.pii", "privacy.redact",
-           "privacy.leakage", "privacy.federated.partition", "privacy.federated.task"]
+           "privacy.leakage", "privacy.federated.partition", "privacy.federated.task",
+           "probes.debias.experiment"]
 
 
 @pytest.mark.slow
