@@ -89,6 +89,15 @@ def read_table(path: str | os.PathLike[str]) -> Any:
 class AuditDataset:
     """The audit's evaluation data and the roles of its columns.
 
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from audit import AuditDataset
+    >>> ds = AuditDataset(frame=pd.DataFrame({"text": ["a", "b"], "sex": ["f", "m"]}), text_column="text",
+    ...                   sensitive_features=("sex",))
+    >>> len(ds), ds.texts
+    (2, ['a', 'b'])
+
     Attributes
     ----------
     frame : pandas.DataFrame

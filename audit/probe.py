@@ -94,7 +94,14 @@ class Metric(BaseModel):
 
 
 class Table(BaseModel):
-    """A titled table of JSON scalars; ``None`` cells render as a marked 'n/a'."""
+    """A titled table of JSON scalars; ``None`` cells render as a marked 'n/a'.
+
+    Examples
+    --------
+    >>> from audit import Table
+    >>> Table(title="Rates", columns=["group", "rate"], rows=[["a", 0.5], ["b", float("nan")]]).rows
+    [['a', 0.5], ['b', None]]
+    """
 
     model_config = _FROZEN
 
@@ -110,7 +117,16 @@ class Table(BaseModel):
 
 
 class Figure(BaseModel):
-    """An SVG figure made by the probe (matplotlib); embedded in the card as a data URI."""
+    """An SVG figure made by the probe (matplotlib); embedded in the card as a data URI.
+
+    Examples
+    --------
+    >>> from audit import Figure
+    >>> from audit.figures import interval_bar_chart
+    >>> fig = Figure(title="Gaps", svg=interval_bar_chart(["a"], [0.1], [(0.0, 0.2)], xlabel="gap"))
+    >>> "<svg" in fig.svg
+    True
+    """
 
     model_config = _FROZEN
 
@@ -120,7 +136,14 @@ class Figure(BaseModel):
 
 
 class ErrorInfo(BaseModel):
-    """What went wrong in a probe that errored: kept in the JSON, summarised in the card."""
+    """What went wrong in a probe that errored: kept in the JSON, summarised in the card.
+
+    Examples
+    --------
+    >>> from audit import ErrorInfo
+    >>> ErrorInfo(type="RuntimeError", message="boom").message
+    'boom'
+    """
 
     model_config = _FROZEN
 

@@ -216,7 +216,14 @@ def _renderer(name: str) -> Any:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of ``results.json`` (``rai-audit schema`` prints it)."""
+    """The JSON Schema of ``results.json`` (``rai-audit schema`` prints it).
+
+    Examples
+    --------
+    >>> from audit import json_schema
+    >>> json_schema()["title"]
+    'rai-audit results 1.0'
+    """
     schema = AuditResults.model_json_schema()
     schema["$id"] = f"urn:rai-audit:results:{SCHEMA_VERSION}"
     schema["title"] = f"rai-audit results {SCHEMA_VERSION}"

@@ -425,6 +425,15 @@ class AuditTarget:
     sorts them by length so batches carry little padding, runs under
     :func:`torch.inference_mode`, shows a progress bar on long work and caches each text's
     result in memory, so two probes asking for the same texts pay once.
+
+    Examples
+    --------
+    >>> from audit import load_target
+    >>> target = load_target(progress=False)
+    >>> a = target.embed(["The nurse is here."])
+    >>> b = target.embed(["The nurse is here."])     # served from the cache
+    >>> a.shape, bool((a == b).all()), target.n_parameters > 10_000_000
+    ((1, 384), True, True)
     """
 
     def __init__(
