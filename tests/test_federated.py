@@ -471,8 +471,11 @@ def test_failed_client_is_recorded_and_rounds_aggregate_the_others_exactly(fed_s
     def distance(state: dict) -> float:
         return max(float((final[k].double() - state[k]).abs().max()) for k in checked)
 
-    assert distance(global_state) < 2e-5, distance(global_state)
-    assert distance(unweighted) > 20 * 2e-5  # an unweighted mean would be caught
+    # Float32 training in two processes rounds differently in the last bits (seen up to 4e-5 after two
+    # rounds of Adam); the example-weighted mean must be far closer than the unweighted one.
+    weighted_gap, unweighted_gap = distance(global_state), distance(unweighted)
+    assert weighted_gap < 1e-4, weighted_gap
+    assert unweighted_gap > 10 * max(weighted_gap, 1e-5)  # an unweighted mean would be caught
 
 
 # -- deployment engine -----------------------------------------------------------------------------
