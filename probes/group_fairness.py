@@ -383,10 +383,12 @@ class GroupFairnessProbe(Probe):
             values = [(r[column], r[0]) for r in rows if r[column] is not None]
             if values:
                 lowest, group = min(values)
+                auc_ci = auc_interval(y_true, scores, _auc_mask(auc_key, y_true, labels == group), context.rng,
+                                      n_resamples=max(self.n_boot, 200), level=self.ci_level)
                 metrics[f"min_{auc_key}[{name}]"] = Metric(
-                    value=lowest, direction="higher_is_better",
+                    value=lowest, ci=auc_ci.as_tuple(), ci_level=self.ci_level, direction="higher_is_better",
                     description=f"{name}: lowest {auc_key.replace('_', ' ').upper().replace(' AUC', '')} AUC "
-                                f"(Borkan et al. 2019), group {group}",
+                                f"(Borkan et al. 2019), group {group}; interval: that AUC, bootstrap stratified by label",
                 )
             else:
                 metrics[f"min_{auc_key}[{name}]"] = Metric(value=None, note="no group has both outcomes",
@@ -420,3 +422,33 @@ def _threshold_feature(target: AuditTarget) -> str | None:
     parameters = record.get("parameters") if isinstance(record, dict) else None
     feature = parameters.get("sensitive_feature") if isinstance(parameters, dict) else None
     return str(feature) if feature else None
+
+
+def _auc_mask(kind: str, y_true: np.ndarray, in_group: np.ndarray) -> np.ndarray:
+    """Rows that enter one of Borkan et al.'s AUCs (see :func:`borkan_aucs`)."""
+    y = y_true.astype(bool)
+    if kind == "subgroup_auc":
+        return in_group
+    if kind == "bpsn_auc":
+        return (~in_group & y) | (in_group & ~y)
+    return (~in_group & ~y) | (in_group & y)
+
+
+def _mann_whitney_auc(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUC from ranks (Mann-Whitney U / (n1 n0), ties counted half), vectorised over leading axes."""
+    from scipy.stats import rankdata
+
+    pos = np.moveaxis(np.asarray(pos, dtype=float), axis, -1)
+    neg = np.moveaxis(np.asarray(neg, dtype=float), axis, -1)
+    n1, n0 = pos.shape[-1], neg.shape[-1]
+    ranks = rankdata(np.concatenate([pos, neg], axis=-1), axis=-1)
+    return (ranks[..., :n1].sum(axis=-1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def auc_interval(y_true: np.ndarray, scores: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
+                 n_resamples: int = 1000, level: float = 0.95) -> Interval:
+    """Percentile bootstrap interval of an AUC, resampling positives and negatives separately, so every
+    resample has both classes (the AUC is a two-sample statistic)."""
+    y = y_true[mask].astype(bool)
+    s = scores[mask].astype(float)
+    return bootstrap_ci((s[y], s[~y]), _mann_whitney_auc, rng=rng, n_resamples=n_resamples, confidence_level=level)

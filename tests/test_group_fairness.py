@@ -236,3 +236,23 @@ def test_card_renders_the_reading(tiny_targets, tmp_path):
     html = render_html_card(Auditor(probes=[GroupFairnessProbe(n_boot=5)]).run(tiny_targets["sequence-classification"],
                                                                                data=data))
     assert "Equalized odds asks" in html and "Groups by sex x race" in html
+
+
+def test_auc_interval_matches_sklearn_and_hanley_mcneil_width():
+    """The AUC behind the interval is sklearn's; its width is close to Hanley and McNeil's (1982) formula."""
+    from sklearn.metrics import roc_auc_score
+
+    from probes.group_fairness import _mann_whitney_auc, auc_interval
+
+    rng = np.random.default_rng(0)
+    y = rng.random(600) < 0.4
+    scores = np.round(np.where(y, rng.normal(1.0, 1.0, 600), rng.normal(0.0, 1.0, 600)), 1)  # ties on purpose
+    mask = np.ones(600, bool)
+    auc = roc_auc_score(y, scores)
+    assert float(_mann_whitney_auc(scores[y], scores[~y])) == pytest.approx(auc, abs=1e-12)
+    ci = auc_interval(y, scores, mask, np.random.default_rng(1), n_resamples=2000)
+    n1, n0 = y.sum(), (~y).sum()
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    se = np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc**2) + (n0 - 1) * (q2 - auc**2)) / (n1 * n0))
+    assert ci.low < auc < ci.high
+    assert (ci.high - ci.low) == pytest.approx(2 * 1.96 * se, rel=0.25)
