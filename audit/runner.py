@@ -190,9 +190,15 @@ class Auditor:
         self.on_result = on_result
         self.baseline = baseline
         self.allow_different_models = allow_different_models
+        self._plan: list[tuple[str, Probe | None, ProbeSpec]] | None = None
 
     def plan(self) -> list[tuple[str, Probe | None, ProbeSpec]]:
-        """Resolve which probes will run; raises :class:`ConfigError` before any work."""
+        """Resolve which probes will run; raises :class:`ConfigError` before any work. Computed once."""
+        if self._plan is None:
+            self._plan = self._make_plan()
+        return self._plan
+
+    def _make_plan(self) -> list[tuple[str, Probe | None, ProbeSpec]]:
         if self.probes is not None:
             specs = {p.name: ProbeSpec(name=p.name, source=type(p).__module__, dist=None, cls=type(p))
                      for p in self.probes}

@@ -34,6 +34,7 @@ __all__ = [
     "detect_kind",
     "fingerprint_files",
     "load_target",
+    "read_records",
 ]
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -79,6 +80,30 @@ def fingerprint_files(paths: Sequence[Path]) -> str:
                 inner.update(chunk)
         outer.update(path.name.encode("utf-8") + b"\0" + inner.hexdigest().encode("ascii") + b"\n")
     return "sha256:" + outer.hexdigest()
+
+
+def read_records(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The training record sections saved beside a model (``rai_audit_record.json``), or ``{}``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from audit.target import read_records
+    >>> read_records(tempfile.mkdtemp())
+    {}
+    """
+    record_path = Path(path) / RECORD_FILENAME
+    if not record_path.is_file():
+        return {}
+    try:
+        records = json.loads(record_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"Training record {str(record_path)!r} is not valid JSON ({exc}). "
+                             "Restore it or remove it.") from None
+    if not isinstance(records, dict):
+        raise ModelLoadError(f"Training record {str(record_path)!r} holds {type(records).__name__}, not an object "
+                             "of sections. Restore it or remove it.")
+    return records
 
 
 def detect_kind(config: Any) -> Kind:
@@ -308,16 +333,7 @@ def load_target(
             f"initialised at random (e.g. {', '.join(sorted(missing)[:3])}); results that depend "
             "on them describe an untrained head."
         )
-    record_path = path / RECORD_FILENAME
-    records: dict[str, Any] = {}
-    if record_path.is_file():
-        try:
-            records = json.loads(record_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(
-                f"Training record {str(record_path)!r} is not valid JSON ({exc}). "
-                "Restore it or remove it."
-            ) from None
+    records = read_records(path)
     projection = _read_projection(path, config)
     if projection is not None:
         notes.append(

@@ -44,7 +44,7 @@ import torch
 from audit._io import write_json_atomic
 from audit.data import AuditDataset, load_dataset
 from audit.errors import ConfigError, DataError, ModelLoadError, NotFittedError, OutputError
-from audit.target import RECORD_FILENAME, AuditTarget, detect_kind, fingerprint_files
+from audit.target import RECORD_FILENAME, AuditTarget, detect_kind, fingerprint_files, read_records
 
 __all__ = [
     "ACCOUNTANTS",
@@ -432,21 +432,6 @@ def _resolve_task(task: str, kind: str) -> str:
     return task
 
 
-def _read_records(path: Path) -> dict[str, Any]:
-    record_path = path / RECORD_FILENAME
-    if not record_path.is_file():
-        return {}
-    try:
-        records = json.loads(record_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"Training record {str(record_path)!r} is not valid JSON ({exc}). "
-                             "Restore it or remove it.") from None
-    if not isinstance(records, dict):
-        raise ModelLoadError(f"Training record {str(record_path)!r} holds {type(records).__name__}, not an object "
-                             "of sections. Restore it or remove it.")
-    return records
-
-
 def _load_from_path(path: Path, model_id: str, task: str, classes: list[Any] | None,
                     records: dict[str, Any] | None = None) -> _Source:
     import transformers
@@ -516,7 +501,7 @@ def _load_from_path(path: Path, model_id: str, task: str, classes: list[Any] | N
         finally:
             transformers.utils.logging.set_verbosity(verbosity)
     return _Source(model=model.float(), tokenizer=tokenizer, task=task, model_id=model_id, path=path,
-                   fingerprint=fingerprint_files(weights), records=records if records is not None else _read_records(path),
+                   fingerprint=fingerprint_files(weights), records=records if records is not None else read_records(path),
                    notes=notes, head_initialised=head_initialised)
 
 

@@ -34,6 +34,7 @@ import torch
 from audit.context import AuditContext
 from audit.errors import ConfigError, DataError, NotApplicableError
 from audit.figures import interval_bar_chart
+from audit.masking import PII_PATTERNS
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.stats import bootstrap_ci
 from audit.target import AuditTarget
@@ -178,13 +179,6 @@ def encode(tokenizer: Any, text: str, *, max_length: int, keep: Literal["start",
                    spans=spans)
 
 
-_PII_PATTERNS = (
-    (re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"), "<EMAIL>"),
-    (re.compile(r"https?://\S+|www\.\S+"), "<URL>"),
-    (re.compile(r"\+?\d[\d\s().-]{6,}\d"), "<NUMBER>"),
-)
-
-
 def redact_for_display(enc: Encoded) -> tuple[str, list[str]]:
     """The text and tokens of ``enc`` with e-mail addresses, URLs and long digit runs masked.
 
@@ -192,7 +186,7 @@ def redact_for_display(enc: Encoded) -> tuple[str, list[str]]:
     the card shows ``<EMAIL>`` (etc.) in the text and a block character for every token that
     overlaps one. Names are not masked, since they are often the demographic terms being measured.
     """
-    hits = sorted((m.start(), m.end(), label) for pattern, label in _PII_PATTERNS for m in pattern.finditer(enc.text))
+    hits = sorted((m.start(), m.end(), label) for pattern, label in PII_PATTERNS for m in pattern.finditer(enc.text))
     merged: list[list[Any]] = []
     for start, end, label in hits:
         if merged and start < merged[-1][1]:
@@ -1053,7 +1047,7 @@ class AttributionProbe(Probe):
                 total = np.abs(ws).sum()
                 for w, word in enumerate(enc.word_texts):
                     key = _normalise_word(word) or word
-                    if private[i] and any(p.search(word) for p, _ in _PII_PATTERNS):
+                    if private[i] and any(p.search(word) for p, _ in PII_PATTERNS):
                         key = "\u2588 (masked personal data)"
                     if total > 0:
                         mass[method][key] += float(abs(ws[w]) / total)

@@ -23,6 +23,7 @@ import numpy as np
 
 from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart
+from audit.masking import redact_text
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.stats import Interval, PermutationResult, bootstrap_ci, holm_bonferroni
 
@@ -38,7 +39,6 @@ __all__ = [
     "builtin_templates",
     "counterfactual_copies",
     "fill_template",
-    "redact_text",
     "resolve_positive_label",
     "sign_flip_tests",
 ]
@@ -211,24 +211,6 @@ def counterfactual_copies(texts: Sequence[str], axis: str = "gender") -> tuple[t
         if swapped is not None and swapped[1] != text:
             copies.append((index, swapped[0], text, swapped[1]))
     return groups, copies  # type: ignore[return-value]
-
-
-_PII_PATTERNS = (
-    (re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"), "<EMAIL>"),
-    (re.compile(r"https?://\S+|www\.\S+"), "<URL>"),
-    (re.compile(r"\+?\d[\d\s().-]{6,}\d"), "<NUMBER>"),
-)
-
-
-def redact_text(text: str, limit: int = 300) -> str:
-    """Mask e-mail addresses, URLs and long digit runs, and shorten, before a user text is shown.
-
-    A stop-gap for examples drawn from the user's data when ``show_pii`` is off; names are not
-    masked because they are what the probe swaps.
-    """
-    for pattern, token in _PII_PATTERNS:
-        text = pattern.sub(token, text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def resolve_positive_label(target: AuditTarget, positive_label: int | str | None, probe: str) -> int:

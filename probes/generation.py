@@ -20,9 +20,10 @@ import numpy as np
 
 from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart
+from audit.masking import redact_text
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.stats import Interval, bootstrap_ci, holm_bonferroni, permutation_test
-from probes.counterfactual import _abs_ci, redact_text
+from probes.counterfactual import _abs_ci
 
 if TYPE_CHECKING:
     from audit.context import AuditContext

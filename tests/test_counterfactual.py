@@ -21,6 +21,7 @@ from audit import AuditConfig, Auditor
 from audit.context import AuditContext
 from audit.data import load_dataset
 from audit.errors import ConfigError, DataError
+from audit.masking import redact_text
 from audit.stats import paired_permutation_test
 from audit.target import AuditTarget
 from probes.counterfactual import (
@@ -29,7 +30,6 @@ from probes.counterfactual import (
     builtin_templates,
     counterfactual_copies,
     fill_template,
-    redact_text,
     sign_flip_tests,
 )
 from tests.tiny import save_bert_tokenizer

@@ -16,8 +16,8 @@ from typing import Any, Literal, get_args
 
 from audit._io import write_json_atomic
 from audit.data import AuditDataset, fingerprint_path, load_dataset
-from audit.errors import ConfigError, DataError, ModelLoadError, NotFittedError, OutputError
-from audit.target import RECORD_FILENAME, AuditTarget, fingerprint_files
+from audit.errors import ConfigError, DataError, NotFittedError, OutputError
+from audit.target import RECORD_FILENAME, AuditTarget, fingerprint_files, read_records
 from privacy.federated.partition import parse_partition
 from privacy.federated.runner import FederationError
 from privacy.federated.task import (
@@ -313,7 +313,7 @@ class FederatedFineTuner:
         mu = self._validate_params()
         started = time.perf_counter()
         model_dir = check_model_dir(model.path if isinstance(model, AuditTarget) else model)
-        self.input_records_ = _read_records(model_dir)
+        self.input_records_ = read_records(model_dir)
         staging = Path(tempfile.mkdtemp(prefix="rai-federate-"))
         try:
             frame, data_path, fingerprint = self._read_data(dataset, staging)
@@ -643,21 +643,6 @@ def _strategy_text(name: str) -> str:
     from privacy.federated.strategy import STRATEGY_DESCRIPTIONS
 
     return STRATEGY_DESCRIPTIONS[name]
-
-
-def _read_records(path: Path) -> dict[str, Any]:
-    record_path = path / RECORD_FILENAME
-    if not record_path.is_file():
-        return {}
-    try:
-        records = json.loads(record_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"Training record {str(record_path)!r} is not valid JSON ({exc}). "
-                             "Restore it or remove it.") from None
-    if not isinstance(records, dict):
-        raise ModelLoadError(f"Training record {str(record_path)!r} holds {type(records).__name__}, not an object "
-                             "of sections. Restore it or remove it.")
-    return records
 
 
 def _dp_summary(settings: Settings, client_rows: list[dict[str, Any]]) -> dict[str, Any]:

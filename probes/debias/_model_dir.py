@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from audit._io import write_json_atomic
-from audit.errors import ModelLoadError, OutputError
+from audit.errors import OutputError
 from audit.target import PROJECTION_FILENAME, RECORD_FILENAME, THRESHOLDS_FILENAME, AuditTarget
 
 _OWN_FILES = (RECORD_FILENAME, PROJECTION_FILENAME, THRESHOLDS_FILENAME)
@@ -31,17 +30,6 @@ def copy_model_dir(source: Path, out: Path) -> None:
     for item in Path(source).iterdir():
         if item.is_file() and item.name not in _OWN_FILES:
             shutil.copy2(item, out / item.name)
-
-
-def read_records(path: Path) -> dict[str, Any]:
-    file = Path(path) / RECORD_FILENAME
-    if not file.is_file():
-        return {}
-    try:
-        records = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"Training record {str(file)!r} is not valid JSON ({exc}). Restore it or remove it.") from None
-    return records if isinstance(records, dict) else {}
 
 
 def write_record(out: Path, target: AuditTarget, section: dict[str, Any]) -> Path:
