@@ -1,0 +1,48 @@
+"""``python -m benchmarks.calibration``: run the calibration suite and write its reports."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                     "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                     "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "", "MPLBACKEND": "Agg"}.items():
+    os.environ.setdefault(_key, _value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.calibration import suite
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.calibration", description=__doc__)
+    parser.add_argument("--runs", type=int, default=40, help="independent runs per condition (default 40)")
+    parser.add_argument("--cases", nargs="*", help="probe names to run (default: all)")
+    parser.add_argument("--seed", type=int, default=2026, help="base seed of the runs")
+    parser.add_argument("--json", type=Path, default=suite.CALIBRATION_JSON,
+                        help="where to write the machine-readable results (default: reports/calibration.json)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only; write nothing")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    cases = suite.select(suite.all_cases(), args.cases)
+    data = suite.to_json(suite.run_suite(cases, runs=args.runs, base_seed=args.seed,
+                                         progress=lambda line: print(line, flush=True)))
+    print(suite.render_markdown(data))
+    if not args.no_write:
+        full = not args.cases and args.runs >= 40
+        if not full and args.json == suite.CALIBRATION_JSON:
+            print("A partial run (fewer cases or runs than the full suite) does not replace reports/calibration.json "
+                  "or RESULTS.md; pass --json PATH to keep it.", file=sys.stderr)
+            return 0
+        suite.write_outputs(data, json_path=args.json, results_md=full)
+        print(f"wrote {args.json}" + (" and benchmarks/RESULTS.md" if full else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

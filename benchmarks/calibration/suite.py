@@ -1,0 +1,159 @@
+"""The list of cases, the tiny real models they need, and the two reports the suite writes."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.calibration import SUITE_VERSION
+from benchmarks.calibration.core import Case, run_case
+
+__all__ = ["NOT_CALIBRATED", "all_cases", "render_markdown", "run_suite", "to_json"]
+
+#: Built-in probes the suite does not measure, and why; the card says "not calibrated" for them.
+NOT_CALIBRATED = {
+    "attention": "gives no verdict (its status is always passed); nothing to calibrate",
+    "pii_data": "a detection count against a threshold, not a statistical test; detection quality is in the PII benchmark",
+    "pii_generation": "a detection count against a threshold, not a statistical test; detection quality is in the PII benchmark",
+    "canary_exposure": "an exact rank among all candidate secrets: under no memorisation a canary ranks first with "
+                       "probability 1/|R| by construction; not measured by the suite",
+}
+
+CALIBRATION_JSON = Path(__file__).resolve().parents[2] / "reports" / "calibration.json"
+
+
+def tiny_causal_lm(seed: int) -> Any:
+    """A fresh random tiny GPT-2 (hidden 32, 2 layers) saved and loaded as an AuditTarget."""
+    from audit import load_target
+    from tests.tiny import make_tiny_model
+
+    directory = Path(tempfile.mkdtemp(prefix="rai-calibration-lm-"))
+    return load_target(make_tiny_model("causal-lm", directory, seed=seed % 2**31), progress=False, device="cpu")
+
+
+def all_cases() -> list[Case]:
+    from benchmarks.calibration.bias_cases import bias_cases
+    from benchmarks.calibration.privacy_cases import privacy_cases
+
+    cases = bias_cases(tiny_causal_lm) + privacy_cases()
+    try:
+        from benchmarks.calibration.transparency_cases import transparency_cases
+    except ImportError:
+        return cases
+    return cases + transparency_cases()
+
+
+def select(cases: Sequence[Case], names: Sequence[str] | None) -> list[Case]:
+    if not names:
+        return list(cases)
+    chosen = [c for c in cases if c.probe in names or f"{c.probe}:{c.verdict}" in names]
+    if not chosen:
+        raise SystemExit(f"no case matches {list(names)}; cases: {sorted({c.probe for c in cases})}")
+    return chosen
+
+
+def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026,
+              progress: Callable[[str], None] | None = print) -> dict[str, Any]:
+    load_before = os.getloadavg()
+    started = _dt.datetime.now(_dt.timezone.utc)
+    results = [run_case(c, runs=runs, base_seed=base_seed, progress=progress) for c in cases]
+    return {"results": results, "runs": runs, "base_seed": base_seed, "started": started,
+            "finished": _dt.datetime.now(_dt.timezone.utc), "load_before": load_before, "load_after": os.getloadavg()}
+
+
+def to_json(run: dict[str, Any]) -> dict[str, Any]:
+    probes: dict[str, list[dict[str, Any]]] = {}
+    for result in run["results"]:
+        probes.setdefault(result.case.probe, []).append(result.to_json())
+    return {
+        "suite": "benchmarks/calibration", "suite_version": SUITE_VERSION,
+        "date": run["started"].strftime("%Y-%m-%d %H:%M UTC"),
+        "duration_s": round((run["finished"] - run["started"]).total_seconds(), 1),
+        "runs_per_condition": run["runs"], "base_seed": run["base_seed"],
+        "load_average": {"before": [round(x, 2) for x in run["load_before"]],
+                         "after": [round(x, 2) for x in run["load_after"]]},
+        "machine": f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPUs",
+        "targets": {"false_alarm_rate_max": 0.05, "false_alarm_upper_bound_max": 0.10, "coverage_min": 0.93,
+                    "binomial_interval": "Clopper-Pearson 95%"},
+        "probes": probes, "not_calibrated": NOT_CALIBRATED,
+    }
+
+
+def _rate(k: int, n: int, ci: Sequence[float] | None) -> str:
+    if not n or ci is None:
+        return "n/a"
+    return f"{k}/{n} = {k / n:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]"
+
+
+def _mark(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**NOT met**")
+
+
+def _first_error(case: dict[str, Any]) -> str:
+    first = next(c["first_error"] for c in case["conditions"] if c["first_error"])
+    return first.splitlines()[0].replace("`", "'")
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    lines = [
+        "## Calibration",
+        "",
+        f"Suite `benchmarks/calibration` version {data['suite_version']}, run {data['date']} "
+        f"({data['duration_s']:.0f} s; load average before {data['load_average']['before']}, after "
+        f"{data['load_average']['after']}; {data['machine']}). {data['runs_per_condition']} independent runs per "
+        "condition; every run builds its model and data from its own seed and gives the probe a context seeded "
+        "from the same run. Models with a known truth: a null (nothing planted) and planted effects of known size.",
+        "",
+        "Targets: false-alarm rate on the null at most 5% with the upper end of its 95% Clopper-Pearson interval "
+        "at most 10%; 95% intervals cover the planted truth in at least 93% of runs. Alarm = the verdict the row "
+        "names (status warned or failed unless said otherwise). Rates: k/n = rate [95% Clopper-Pearson interval].",
+        "",
+        "| probe | verdict | null false alarms | power: small / medium / large (truth) | interval coverage per condition "
+        "(null / small / medium / large) | false-alarm target | coverage target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    details = []
+    for probe, cases in data["probes"].items():
+        for case in cases:
+            conds = {c["condition"]: c for c in case["conditions"]}
+            null = conds.get("null")
+            fa = _rate(null["alarms"], null["runs"], null["alarm_rate_ci95"]) if null else "n/a"
+            power = []
+            for name in ("small", "medium", "large"):
+                c = conds.get(name)
+                if c:
+                    truth = f" ({c['mean_truth']:.3g})" if c.get("mean_truth") is not None else ""
+                    power.append(f"{c['alarms']}/{c['runs']} = {c['alarm_rate']:.0%}{truth}" if c["runs"] else "n/a")
+            names = sorted({n for c in case["conditions"] for n in c["coverage"]})
+            coverage = "; ".join(
+                f"{n}: " + " / ".join(f"{c['coverage'][n]['rate']:.0%}" if n in c["coverage"] else "-"
+                                      for c in case["conditions"]) for n in names)
+            errors = sum(c["errors"] for c in case["conditions"])
+            verdict = case["verdict"] + (f" ({errors} runs errored)" if errors else "")
+            met = case["targets_met"]
+            lines.append(f"| {probe} | {verdict} | {fa} | {' / '.join(power)} | {coverage or 'n/a'} | "
+                         f"{_mark(met['false_alarm'])} | {_mark(met['coverage'])} |")
+            planted = ", ".join(f"{c['condition']} {c['effect']:g}" for c in case["conditions"])
+            details.append(f"- **{probe}, {case['verdict']}.** {case['description']} Effect unit: {case['effect_unit']}; "
+                           f"planted {planted}. "
+                           f"Interval checked: {case['interval']}. Settings: {case['settings'].get('probe params', '')}."
+                           + (f" First error: `{_first_error(case)}`" if errors else ""))
+    lines += ["", "How each model was built:", "", *details, ""]
+    lines += ["Not calibrated by this suite:", ""]
+    lines += [f"- **{p}**: {why}" for p, why in data["not_calibrated"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(data: dict[str, Any], *, json_path: Path = CALIBRATION_JSON, results_md: bool = True) -> None:
+    json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    if results_md:
+        from benchmarks._results import write_section
+
+        write_section("calibration", render_markdown(data))
+
