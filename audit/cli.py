@@ -72,6 +72,8 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--max-length", type=int)
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own Python code to run")
     p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pickle weights (*.bin, *.pt)")
+    p.add_argument("--allow-new-weights", action="store_true", default=None,
+                   help="allow newly initialised tensors beyond a new task head (audits random weights)")
     p.add_argument("--data", type=Path, help="evaluation dataset (CSV, JSONL, Parquet or saved HF dataset)")
     p.add_argument("--text-column")
     p.add_argument("--label-column")
@@ -94,7 +96,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     config = load_config(args.config) if args.config else AuditConfig()
     raw = config.model_dump()
     for key in ("model", "kind", "revision", "device", "batch_size", "max_length", "seed",
-                "trust_remote_code", "allow_pickle", "show_pii"):
+                "trust_remote_code", "allow_pickle", "show_pii", "show_examples", "allow_new_weights"):
         value = getattr(args, key, None)
         if value is not None:
             raw[key] = value
@@ -172,6 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     data = auditor.load_data()
     target = load_target(config.model, kind=config.kind, revision=config.revision, device=config.device,
                          trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
+                         allow_new_weights=config.allow_new_weights, seed=config.seed,
                          batch_size=config.batch_size, max_length=config.max_length,
                          progress=not args.no_progress)
     auditor.check_baseline(target)

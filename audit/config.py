@@ -100,6 +100,7 @@ class AuditConfig(BaseModel):
     device: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    allow_new_weights: bool = False
     batch_size: PositiveInt = 32
     max_length: PositiveInt | None = None
     seed: int = 0

@@ -67,7 +67,16 @@ class Manifest(BaseModel):
     model_id: str
     model_path: str
     revision: str | None = None
+    #: sha256 over everything that changes the model's behaviour (see ``fingerprint_parts``).
     fingerprint: str
+    #: The digests the fingerprint combines: weights (tensor contents), config, tokenizer, artefacts, record.
+    fingerprint_parts: dict[str, str] = Field(default_factory=dict)
+    #: sha256 of every file of the model directory that went into the fingerprint, by name.
+    files: dict[str, str] = Field(default_factory=dict)
+    #: dtypes of the audited model's parameters.
+    dtypes: list[str] = Field(default_factory=list)
+    #: Tensors the checkpoint lacked, newly initialised from the seed: results describe an untrained head.
+    new_weights: list[str] = Field(default_factory=list)
     kind: str
     n_parameters: int
     device: str

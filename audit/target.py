@@ -22,6 +22,7 @@ import torch
 
 from audit.errors import ConfigError, ModelLoadError, NotApplicableError
 from audit.probe import KINDS, Kind
+from audit.provenance import ARTEFACTS, check_links, fingerprint_model, tensors_digest, weight_files
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -45,6 +46,12 @@ PROJECTION_FILENAME = "rai_audit_projection.safetensors"
 THRESHOLDS_FILENAME = "rai_audit_thresholds.json"
 SAFE_WEIGHTS = ("*.safetensors",)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+NEW_WEIGHTS_REFUSED = (
+    "Model {model!r} loaded as {kind!r} would have {n} newly initialised (random) tensor(s) outside a new task "
+    "head: {names}.{unexpected} Check that config.json and --kind match the weights, or pass --allow-new-weights "
+    "(allow_new_weights=True) to audit them as random weights."
+)
+BAD_SEED = "seed must be a non-negative integer, got {seed!r}. Pass --seed 0 or another integer >= 0."
 Pooling = Literal["mean", "cls", "last"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
@@ -93,6 +100,7 @@ def read_records(path: str | os.PathLike[str]) -> dict[str, Any]:
     {}
     """
     record_path = Path(path) / RECORD_FILENAME
+    check_links(Path(path), [RECORD_FILENAME])
     if not record_path.is_file():
         return {}
     try:
@@ -179,10 +187,23 @@ def _download(model: str, revision: str | None, allow_pickle: bool) -> Path:
         ) from None
 
 
-def _check_weights(path: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
-    safe = sorted(p for pat in SAFE_WEIGHTS for p in path.glob(pat))
-    if safe:
-        return safe, True
+def _declared_weights(path: Path) -> str | None:
+    """The weight file config.json names in ``transformers_weights`` (from_pretrained honours it), if any."""
+    try:
+        value = json.loads((path / "config.json").read_text(encoding="utf-8")).get("transformers_weights")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None  # AutoConfig reports an unreadable config with its own message
+    return value if isinstance(value, str) else None
+
+
+def _check_weights(path: Path, allow_pickle: bool) -> tuple[list[Path], list[Path], bool]:
+    """The weight files from_pretrained will read, their shard indexes, and whether they are safetensors."""
+    own = set(ARTEFACTS.values())
+    declared = _declared_weights(path)
+    safe = [p for pat in SAFE_WEIGHTS for p in path.glob(pat) if p.name not in own]
+    if safe or (declared or "").endswith((".safetensors", ".safetensors.index.json")):
+        files, indexes = weight_files(path, use_safetensors=True, explicit=declared)
+        return files, indexes, True
     pickled = sorted(p for pat in PICKLE_WEIGHTS for p in path.glob(pat))
     if pickled and not allow_pickle:
         names = ", ".join(p.name for p in pickled[:3])
@@ -196,7 +217,65 @@ def _check_weights(path: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
             f"Model directory {str(path)!r} has a config.json but no weight files "
             "(*.safetensors). Save the model with model.save_pretrained(dir)."
         )
-    return pickled, False
+    files, indexes = weight_files(path, use_safetensors=False, explicit=declared)
+    return files, indexes, False
+
+
+def _names(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _load_weights(auto: Any, path: Path, *, use_safetensors: bool, trust_remote_code: bool,
+                  seed: int) -> tuple[Any, dict[str, Any]]:
+    """from_pretrained with its loading report; tensors it must initialise are drawn from ``seed``."""
+    import transformers
+
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()  # the loading report is ours (see _new_weights)
+    try:
+        # fork_rng: seeding the new tensors leaves the caller's global generator as it was
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore")
+            torch.manual_seed(seed)
+            return auto.from_pretrained(path, use_safetensors=use_safetensors, trust_remote_code=trust_remote_code,
+                                        output_loading_info=True, ignore_mismatched_sizes=True)
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+
+
+def _new_weights(model: Any, info: dict[str, Any], *, model_id: str, kind: str, seed: int,
+                 allow_new_weights: bool) -> tuple[list[str], list[str]]:
+    """The newly initialised tensors, refused unless they form a new task head (or ``allow_new_weights``),
+    and the notes that say what was initialised or ignored."""
+    mismatched = sorted({m[0] if isinstance(m, (tuple, list)) else str(m) for m in info.get("mismatched_keys") or ()})
+    new = sorted({*map(str, info.get("missing_keys") or ()), *mismatched})
+    unexpected = sorted(map(str, info.get("unexpected_keys") or ()))
+    base = getattr(model, "base_model", model)
+    prefix = getattr(model, "base_model_prefix", "")
+    # A task head is what lies outside the base model (BERT's classifier.*, GPT-2's score.*); a tensor
+    # inside it, or one whose checkpoint shape did not fit, means the checkpoint is not this model.
+    has_head = base is not model and bool(prefix)
+    # An encoder is audited through its hidden states only, so a new pooler (BERT's, absent from a
+    # BertForMaskedLM checkpoint) is never read: it counts as a head.
+    unread = {n for n in new if kind == "encoder" and ".pooler." in f".{n}" and n not in mismatched}
+    not_head = [n for n in new if n not in unread and (n in mismatched or not has_head or n.startswith(prefix + "."))]
+    if not_head and not allow_new_weights:
+        extra = (f" The checkpoint holds {len(unexpected)} tensor(s) this architecture does not use "
+                 f"({_names(unexpected, 3)}), so it may belong to another architecture." if unexpected else "")
+        if mismatched:
+            extra += f" Shapes differ from the checkpoint for: {_names(mismatched, 3)}."
+        raise ModelLoadError(NEW_WEIGHTS_REFUSED.format(model=model_id, kind=kind, n=len(not_head),
+                                                        names=_names(not_head), unexpected=extra))
+    notes = []
+    if new:
+        what = "random weights, not a trained model" if not_head else "an untrained head"
+        notes.append(f"{len(new)} tensor(s) were not in the checkpoint and were newly initialised from seed {seed} "
+                     f"({_names(new)}); results that depend on them describe {what}.")
+    if unexpected:
+        notes.append(f"The checkpoint holds {len(unexpected)} tensor(s) that a {kind} model does not use; they were "
+                     f"ignored ({_names(unexpected, 3)}).")
+    return new, notes
 
 
 def load_target(
@@ -210,6 +289,8 @@ def load_target(
     batch_size: int = 32,
     max_length: int | None = None,
     progress: bool = True,
+    seed: int = 0,
+    allow_new_weights: bool = False,
 ) -> AuditTarget:
     """Load a Hugging Face model and its tokenizer as an :class:`AuditTarget`.
 
@@ -235,6 +316,18 @@ def load_target(
         Truncation length in tokens; defaults to the model's own limit.
     progress : bool, default=True
         Show progress bars on long operations (only on a terminal).
+    seed : int, default=0
+        Seed of the tensors the checkpoint lacks (a new classification head), so two loads
+        audit the same numbers. Their names are in ``target.new_weights``.
+    allow_new_weights : bool, default=False
+        Allow newly initialised tensors other than a new task head (tensors outside the base
+        model). Without it such a checkpoint (e.g. another architecture's weights) is refused.
+
+    Raises
+    ------
+    ModelLoadError
+        For a missing, corrupt or mismatched checkpoint, unexpected new weights, or a file
+        read through a symlink that leaves the model directory.
 
     Examples
     --------
@@ -244,6 +337,7 @@ def load_target(
     ('encoder', (1, 384))
     """
     import transformers
+    from safetensors import SafetensorError
 
     transformers.utils.logging.disable_progress_bar()
     if kind is not None and kind not in KINDS:
@@ -274,7 +368,9 @@ def load_target(
             f"Directory {str(path)!r} has no config.json, so it is not a Hugging Face model "
             "directory. Give the directory written by model.save_pretrained()."
         )
-    weight_files, use_safetensors = _check_weights(path, allow_pickle)
+    check_links(path)  # before any file is read: every file here may reach a report
+    weights, indexes, use_safetensors = _check_weights(path, allow_pickle)
+    fingerprint = fingerprint_model(path, weights, safetensors=use_safetensors, indexes=indexes)
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as exc:
@@ -310,29 +406,27 @@ def load_target(
             f"Model directory {str(path)!r} has a tokenizer with no vocabulary ({len(tokenizer)} tokens). "
             "Save the real tokenizer beside the model with tokenizer.save_pretrained(dir)."
         )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(BAD_SEED.format(seed=seed))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loaded, info = _auto_class(resolved_kind).from_pretrained(
-                path,
-                use_safetensors=use_safetensors,
-                trust_remote_code=trust_remote_code,
-                output_loading_info=True,
-            )
+        loaded, info = _load_weights(_auto_class(resolved_kind), path, use_safetensors=use_safetensors,
+                                     trust_remote_code=trust_remote_code, seed=seed)
     except ValueError as exc:
         raise ModelLoadError(
             f"Model {model_id!r} cannot be loaded as kind {resolved_kind!r} "
             f"({str(exc).splitlines()[0][:200]}). Pass a kind that matches its architecture "
             f"({getattr(config, 'architectures', None)})."
         ) from None
-    notes = []
-    missing = list(info.get("missing_keys", []) or [])
-    if missing:
-        notes.append(
-            f"{len(missing)} weight tensor(s) were not in the checkpoint and were newly "
-            f"initialised at random (e.g. {', '.join(sorted(missing)[:3])}); results that depend "
-            "on them describe an untrained head."
-        )
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        raise ModelLoadError(
+            f"Model {model_id!r}: the weights cannot be loaded ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0][:200]}). Re-save the model with save_pretrained."
+        ) from None
+    new_weights, notes = _new_weights(loaded, info, model_id=model_id, kind=resolved_kind, seed=seed,
+                                      allow_new_weights=allow_new_weights)
+    if new_weights:
+        state = loaded.state_dict()
+        fingerprint = fingerprint.with_part("new_weights", tensors_digest((n, state[n]) for n in new_weights))
     records = read_records(path)
     projection = _read_projection(path, config)
     if projection is not None:
@@ -355,7 +449,10 @@ def load_target(
         kind=resolved_kind,
         model=loaded,
         tokenizer=tokenizer,
-        fingerprint=fingerprint_files(weight_files),
+        fingerprint=fingerprint.fingerprint,
+        fingerprint_parts=fingerprint.parts,
+        files=fingerprint.files,
+        new_weights=new_weights,
         records=records,
         device=dev,
         batch_size=batch_size,
@@ -461,6 +558,9 @@ class AuditTarget:
         model: Any,
         tokenizer: Any,
         fingerprint: str,
+        fingerprint_parts: dict[str, str] | None = None,
+        files: dict[str, str] | None = None,
+        new_weights: Sequence[str] = (),
         records: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
         batch_size: int = 32,
@@ -477,6 +577,12 @@ class AuditTarget:
         self.model = model
         self.tokenizer = tokenizer
         self.fingerprint = fingerprint
+        #: The digests the fingerprint is made of (weights, config, tokenizer, artefacts, record).
+        self.fingerprint_parts = dict(fingerprint_parts or {})
+        #: sha256 of each file that went into the fingerprint, by name.
+        self.files = dict(files or {})
+        #: Tensors the checkpoint lacked, initialised from the load seed (a new, untrained head).
+        self.new_weights = list(new_weights)
         self.records = records or {}
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -497,6 +603,11 @@ class AuditTarget:
     @property
     def n_parameters(self) -> int:
         return int(sum(p.numel() for p in self.model.parameters()))
+
+    @property
+    def dtypes(self) -> list[str]:
+        """The dtypes of the model's parameters, e.g. ``['float32']``."""
+        return sorted({str(p.dtype).removeprefix("torch.") for p in self.model.parameters()})
 
     @property
     def num_layers(self) -> int:

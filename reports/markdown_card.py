@@ -53,6 +53,7 @@ def render_markdown_card(results: AuditResults) -> str:
     data.rai_audit = {
         "schema_version": results.schema_version,
         "fingerprint": m.fingerprint,
+        "new_weights": list(m.new_weights),
         "seed": m.seed,
         "results": {r.probe: r.status for r in results.results},
     }
@@ -60,7 +61,7 @@ def render_markdown_card(results: AuditResults) -> str:
         f"# Model card: {md_escape(card.get('model_name') or m.model_id)}",
         "",
         f"Audited with rai-audit {md_escape(m.rai_audit_version)} on {md_escape(m.finished_at)}. "
-        f"Kind: {md_escape(m.kind)}; {m.n_parameters:,} parameters; weights `{m.fingerprint}`.",
+        f"Kind: {md_escape(m.kind)}; {m.n_parameters:,} parameters; model fingerprint `{m.fingerprint}`.",
         "",
     ]
     for title, key in (("Model details", "model_details"), ("Intended use", "intended_use"),
@@ -82,7 +83,12 @@ def render_markdown_card(results: AuditResults) -> str:
                 shown = ", ".join(f"{md_escape(k)}: {md_escape(v)}" for k, v in list(scalars.items())[:8])
                 lines.append(f"- **{md_escape(section)}**" + (f": {shown}" if shown else ""))
         lines += ["", "The full records are in `model_card.html` and `results.json`.", ""]
-    lines += ["## Audit summary", "", "| Probe | Status | Headline metric | Value [95% CI] | p | Finding |",
+    lines += ["## Audit summary", ""]
+    if m.new_weights:
+        lines += [f"**Untrained head:** {len(m.new_weights)} tensor(s) were not in the checkpoint and were newly "
+                  f"initialised from seed {m.seed} ({md_escape(', '.join(m.new_weights))}); every result below that "
+                  "depends on them describes an untrained head, not a trained model.", ""]
+    lines += ["| Probe | Status | Headline metric | Value [95% CI] | p | Finding |",
               "|---|---|---|---|---|---|"]
     for r in results.results:
         hm = r.headline_metric
@@ -108,7 +114,11 @@ def render_markdown_card(results: AuditResults) -> str:
                 p = _fmt(metric.p_value) if metric.p_value is not None else ""
                 lines.append(f"| {md_escape(name)} | {_fmt(metric.value)} | {ci} | {p} | {md_escape(metric.description)} |")
             lines.append("")
-    lines += ["## Provenance", "", f"- Seed: {m.seed}", f"- Weights fingerprint: `{m.fingerprint}`"]
+    lines += ["## Provenance", "", f"- Seed: {m.seed}", f"- Model fingerprint (weights, config, tokenizer, artefacts, record): `{m.fingerprint}`"]
+    if m.dtypes:
+        lines.append(f"- Parameter dtypes: {', '.join(m.dtypes)}")
+    if m.new_weights:
+        lines.append(f"- Newly initialised (untrained, seed {m.seed}): {md_escape(', '.join(m.new_weights))}")
     if m.data is not None:
         lines.append(f"- Data: {md_escape(m.data.path)} (`{m.data.fingerprint}`, {m.data.rows} rows)")
     lines += [f"- {md_escape(lib)}: {md_escape(v)}" for lib, v in m.library_versions.items()]

@@ -46,13 +46,23 @@ def test_detect_kind_from_architectures():
     assert detect_kind(GPT2Config(architectures=["GPT2ForSequenceClassification"])) == "sequence-classification"
 
 
-def test_fingerprint_is_sha256_of_weight_files(tiny_dirs):
+def test_fingerprint_weights_part_is_sha256_of_tensor_contents(tiny_dirs):
+    """Independent computation: every tensor's name, dtype, shape and bytes (decoded by safetensors), in name order."""
+    from safetensors import safe_open
+
     path = tiny_dirs["encoder"]
-    files = sorted(path.glob("*.safetensors"))
+    codes = {torch.float32: "F32", torch.int64: "I64"}
     outer = hashlib.sha256()
-    for f in files:
-        outer.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).hexdigest().encode() + b"\n")
-    assert load_target(path, progress=False).fingerprint == "sha256:" + outer.hexdigest()
+    with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+        for name in sorted(handle.keys()):
+            tensor = handle.get_tensor(name)
+            one = hashlib.sha256(f"{name}\0{codes[tensor.dtype]}\0{list(tensor.shape)}\0".encode())
+            one.update(tensor.numpy().tobytes())
+            outer.update(f"{name}\0{one.hexdigest()}\n".encode())
+    target = load_target(path, progress=False)
+    assert target.fingerprint_parts["weights"] == "tensors:sha256:" + outer.hexdigest()
+    assert target.files["model.safetensors"] == "sha256:" + hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    assert target.fingerprint.startswith("sha256:") and target.fingerprint != target.fingerprint_parts["weights"]
 
 
 def test_fingerprint_changes_with_weights(tmp_path):
