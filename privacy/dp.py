@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import datetime
 import hashlib
+import importlib.util
 import inspect
 import json
 import math
@@ -44,6 +45,7 @@ import torch
 from audit._io import write_json_atomic
 from audit.data import AuditDataset, load_dataset
 from audit.errors import ConfigError, DataError, ModelLoadError, NotFittedError, OutputError
+from audit.records import append_step, chain_entry, data_digest
 from audit.target import RECORD_FILENAME, AuditTarget, detect_kind, fingerprint_files, read_records
 
 __all__ = [
@@ -91,6 +93,33 @@ CONVERSION_NAMES = {
 # InstanceNorm's running statistics change what the model computes, so they are refused.
 _SOUND_FIXES = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN, torch.nn.MultiheadAttention)
 _PRV_EPS_ERROR = 0.01
+NOISE_RNG = "os-entropy"
+NOISE_RNG_DESCRIPTION = (
+    "The Gaussian noise and the Poisson sampling come from two PyTorch generators, each seeded with 64 bits from "
+    "os.urandom at the start of training; those seeds are never stored or recorded, so the released model cannot be "
+    "replayed from the record and --seed. PyTorch's generators are not cryptographically secure (Opacus' secure mode "
+    "needs torchcsprng)."
+)
+SEEDED_BY_SEED = "data split, canary positions, initialisation of new layers, dropout"
+SECURE_MODE_UNAVAILABLE = (
+    "secure_mode=True (--secure-mode) needs torchcsprng, which is not installed and has no release for this torch. "
+    "Drop --secure-mode: the DP noise and Poisson sampling already come from operating-system entropy, never from "
+    "--seed (only Opacus' hardening of the Gaussian sampler against floating-point attacks is missing)."
+)
+PRIVATE_STATS_LEFT_OUT = (
+    "Left out: the training-loss curve, the non-private baseline's score and the count of empty Poisson batches are "
+    "statistics of the private rows that the accountant does not cover (train with --record-private-stats to keep "
+    "them, labelled)."
+)
+PRIVATE_STATS_INCLUDED = (
+    "Included on request (--record-private-stats): the training-loss curve, the non-private baseline's score and the "
+    "count of empty Poisson batches are statistics of the private rows that the accountant does not cover."
+)
+DATA_FINGERPRINT_KIND = (
+    "keyed: HMAC-SHA256 of the training rows under the secret key of audit.records.secret_key(), kept apart from the "
+    "model; a plain hash would let a reader test candidate datasets"
+)
+NOT_COVERED = "not covered by the DP guarantee: a statistic of the private training rows, computed without DP"
 
 
 class PrivacyBudgetWarning(UserWarning):
@@ -658,6 +687,11 @@ class _CausalLMLoss(torch.nn.Module):
         return per_sequence.sum() if self.reduction == "sum" else per_sequence.mean()
 
 
+def _entropy_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from operating-system entropy; the seed is dropped at once, never recorded."""
+    return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
+
+
 def _finite(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
@@ -730,8 +764,18 @@ class DPFineTuner:
         ``(1, 10, 100)`` (:class:`privacy.leakage.CanarySet`, Carlini et al. 2019). They are
         recorded so the ``canary_exposure`` probe can measure what the model memorised.
     secure_mode : bool, default=False
-        Opacus' cryptographically secure noise (slower; results not reproducible from the seed).
+        Opacus' secure mode (noise from ``torchcsprng``, hardened Gaussian sampling). Refused with
+        a :class:`~audit.errors.ConfigError` when ``torchcsprng`` is not installed (it has no
+        release for current torch). Without it the noise and the Poisson sampling still come
+        from generators seeded by operating-system entropy, never from ``seed``.
+    record_private_stats : bool, default=False
+        Also write statistics of the private training rows that the accountant does not cover
+        (the training-loss curve, the non-private baseline's score, the count of empty Poisson
+        batches) into the saved record, labelled as not covered by the guarantee. They stay
+        available in memory (``history_``, ``utility_``, ``record_``) either way.
     seed : int, default=0
+        Fixes the data split, the canary positions, the initialisation of new layers and dropout;
+        never the DP noise, the Poisson sampling or the canary secrets.
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     progress : bool, default=False
@@ -753,10 +797,14 @@ class DPFineTuner:
         Whether the budget stopped training before the planned steps.
     history_ : list of dict
         Training curve: ``step``, ``epoch``, ``loss`` (mean since the previous point), ``epsilon``.
+        The loss is a statistic of the private batches that the accountant does not cover.
     utility_ : dict
-        Held-out metric with DP, and without DP when ``baseline=True``.
+        Held-out metric with DP, and without DP when ``baseline=True`` (the baseline is trained on
+        the private rows without DP: its score is not covered by the guarantee).
     record_ : dict
-        The ``"dp"`` section :meth:`save` writes.
+        The full ``"dp"`` section, every statistic included. :meth:`save` writes it without the
+        statistics the guarantee does not cover unless ``record_private_stats=True``, and with
+        the data fingerprint keyed (:func:`audit.records.data_digest`).
 
     Examples
     --------
@@ -789,6 +837,7 @@ class DPFineTuner:
         baseline: bool = False,
         canaries: Sequence[int] = (),
         secure_mode: bool = False,
+        record_private_stats: bool = False,
         seed: int = 0,
         device: str = "auto",
         progress: bool = False,
@@ -812,6 +861,7 @@ class DPFineTuner:
         self.baseline = baseline
         self.canaries = canaries
         self.secure_mode = secure_mode
+        self.record_private_stats = record_private_stats
         self.seed = seed
         self.device = device
         self.progress = progress
@@ -845,6 +895,8 @@ class DPFineTuner:
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
         _check_choice("grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
         _check_choice("task", self.task, TASKS)
+        if self.secure_mode and importlib.util.find_spec("torchcsprng") is None:
+            raise ConfigError(SECURE_MODE_UNAVAILABLE)
         if not (isinstance(self.eval_fraction, (int, float)) and 0 <= self.eval_fraction < 1):
             raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}. Use e.g. 0.2, "
                               "or 0 to skip the utility measurement.")
@@ -984,6 +1036,7 @@ class DPFineTuner:
         self.classes_ = classes
         train_idx, eval_idx = self._split(data, rng)
         train_texts = [data.texts[i] for i in train_idx]
+        self._private_texts = list(train_texts)  # the rows the guarantee covers, for the keyed data digest
         eval_texts = [data.texts[i] for i in eval_idx]
         label_index = {str(c): i for i, c in enumerate(classes or [])}
         train_y = [label_index[str(data.labels[i])] for i in train_idx] if classes else [0] * len(train_idx)
@@ -995,7 +1048,9 @@ class DPFineTuner:
                                   "log-perplexity. Drop canaries for a classifier.")
             from privacy.leakage import CanarySet
 
-            self.canaries_ = CanarySet.generate(repetitions=tuple(self.canaries), rng=rng)
+            # The secrets come from OS entropy: derived from the recorded seed, they would be no secret.
+            secret_rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+            self.canaries_ = CanarySet.generate(repetitions=tuple(self.canaries), rng=secret_rng)
             train_texts = self.canaries_.insert(train_texts, rng=rng)
             train_y = [0] * len(train_texts)
         n_train = len(train_texts)
@@ -1040,7 +1095,10 @@ class DPFineTuner:
         self.notes_ = list(source.notes)
         metric = "accuracy" if task == "sequence-classification" else "eval_loss"
         self.utility_ = {"metric": metric, "split": "held-out rows (never trained on)", "rows": len(eval_texts),
-                         "private": None, "non_private": None}
+                         "private": None, "non_private": None,
+                         "coverage": "The DP model's score on held-out rows that were never trained on: "
+                                     "post-processing of the DP model, but a statistic of those rows, which DP "
+                                     "does not protect."}
         if eval_ids is not None:
             eval_labels = torch.as_tensor(eval_y, dtype=torch.long)
             self.utility_["private"] = self._evaluate(self.model_, eval_ids, eval_mask, eval_labels, task, torch.device("cpu"))
@@ -1050,6 +1108,7 @@ class DPFineTuner:
             else:
                 self.utility_["private_perplexity"] = _finite(math.exp(min(self.utility_["private"], 700)))
         if self.baseline:
+            self.utility_["non_private_coverage"] = "The non-private baseline was trained on the private rows: " + NOT_COVERED
             base_model = copy.deepcopy(self.model_).to(device)
             base_model.load_state_dict(initial_state)
             self.baseline_history_ = self._train_non_private(base_model, ids, mask, labels_t, task, device)
@@ -1079,8 +1138,9 @@ class DPFineTuner:
         from opacus.utils.batch_memory_manager import BatchMemoryManager
         from torch.utils.data import DataLoader, TensorDataset
 
+        # Opacus' Poisson sampler draws from this loader's generator: it must not derive from the seed.
         loader = DataLoader(TensorDataset(ids, mask, labels), batch_size=self.batch_size,
-                            generator=torch.Generator().manual_seed(self.seed))
+                            generator=_entropy_generator())
         steps_per_epoch = len(loader)
         sample_rate = 1.0 / steps_per_epoch  # what Opacus' Poisson loader and accountant use
         planned = self.epochs * steps_per_epoch
@@ -1122,7 +1182,7 @@ class DPFineTuner:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=0.0)
         engine = PrivacyEngine(accountant=self.accountant, secure_mode=self.secure_mode)
-        noise_generator = None if self.secure_mode else torch.Generator(device=device).manual_seed(self.seed + 1)
+        noise_generator = None if self.secure_mode else _entropy_generator(device)
         prepared = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, criterion=self._criterion(task),
             noise_multiplier=sigma, max_grad_norm=float(self.max_grad_norm), poisson_sampling=True,
@@ -1294,7 +1354,10 @@ class DPFineTuner:
             "repaired_layers": self.repaired_layers_,
             "untied_embeddings": self.untied_embeddings_,
             "secure_rng": bool(self.secure_mode),
+            "noise_rng": "torchcsprng (Opacus secure mode)" if self.secure_mode else NOISE_RNG,
+            "noise_rng_description": NOISE_RNG_DESCRIPTION,
             "seed": self.seed,
+            "seed_fixes": SEEDED_BY_SEED,
             "dataset": {
                 "path": data.path,
                 "fingerprint": data.fingerprint,
@@ -1310,6 +1373,7 @@ class DPFineTuner:
             "base_model": {"id": source.model_id, "path": str(source.path) if source.path else None,
                            "fingerprint": source.fingerprint},
             "curve": self.history_,
+            "curve_coverage": "training loss of the private batches: " + NOT_COVERED,
             "utility": self.utility_,
             "notes": list(self.notes_),
             "library_versions": _versions(),
@@ -1351,7 +1415,8 @@ class DPFineTuner:
             raise OutputError(f"Output directory {str(out)!r} cannot be created ({exc.strerror or exc}). "
                               "Choose another --out or fix its permissions.") from None
         records = dict(self.input_records_)
-        dp = dict(self.record_)
+        digest = data_digest(self._private_texts)
+        dp = self._published_record(digest)
         if "dp" in records and isinstance(records["dp"], dict):
             earlier = records["dp"]
             dp["earlier_dp"] = earlier
@@ -1365,10 +1430,28 @@ class DPFineTuner:
             except (KeyError, TypeError, ValueError):
                 dp["composed_with_earlier"] = None
         records["dp"] = dp
+        records = append_step(records, chain_entry(step="dp", technique="dp-sgd", digest=digest,
+                                                   uses_user_data=True, private=True))
         self.model_.save_pretrained(out, safe_serialization=True)
         self.tokenizer_.save_pretrained(out)
         write_json_atomic(out / RECORD_FILENAME, records)
         return out
+
+    def _published_record(self, digest: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The ``dp`` section as saved: keyed data fingerprint; uncovered statistics only on request."""
+        record = copy.deepcopy(self.record_)
+        record["dataset"]["fingerprint"] = digest["fingerprint"] if digest else None
+        record["dataset"]["fingerprint_kind"] = DATA_FINGERPRINT_KIND
+        if self.record_private_stats:
+            record["private_stats"] = PRIVATE_STATS_INCLUDED
+            record["empty_batches_coverage"] = "how many Poisson batches were empty: " + NOT_COVERED
+            return record
+        for key in ("curve", "curve_coverage", "empty_batches"):
+            record.pop(key, None)
+        for key in ("non_private", "non_private_perplexity", "non_private_coverage"):
+            record["utility"].pop(key, None)
+        record["private_stats"] = PRIVATE_STATS_LEFT_OUT
+        return record
 
 
 def _check_output_dir(out_dir: str | os.PathLike[str], *, overwrite: bool, source: Path | None) -> Path:

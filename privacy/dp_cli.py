@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from audit._validate import device_arg, seed_arg
 from audit.errors import ConfigError
 
 __all__ = ["TrainDPCommand"]
@@ -72,9 +73,15 @@ class TrainDPCommand:
         parser.add_argument("--baseline", action="store_true", help="also train without DP to report the utility cost")
         parser.add_argument("--canaries", type=_repetitions, default=(), metavar="R1,R2,...",
                             help="causal LMs: plant one random canary per count, repeated that often (e.g. 1,10,100)")
-        parser.add_argument("--secure-mode", action="store_true", help="cryptographically secure noise (slower)")
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--device", default="auto")
+        parser.add_argument("--secure-mode", action="store_true",
+                            help="Opacus' secure mode; needs torchcsprng (refused when it is not installed). Without "
+                                 "it the noise and sampling still come from OS entropy, never from --seed")
+        parser.add_argument("--record-private-stats", action="store_true",
+                            help="also record the training-loss curve, the non-private baseline's score and the "
+                                 "empty-batch count, labelled as not covered by the DP guarantee")
+        parser.add_argument("--seed", type=seed_arg, default=0,
+                            help="fixes the data split, initialisation and dropout; never the DP noise or sampling")
+        parser.add_argument("--device", type=device_arg, default="auto")
         parser.add_argument("--no-progress", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -92,7 +99,8 @@ class TrainDPCommand:
             task="sequence-classification" if args.label_column else "causal-lm",
             text_column=args.text_column, label_column=args.label_column, max_length=args.max_length,
             eval_fraction=args.eval_fraction, baseline=args.baseline, canaries=args.canaries,
-            secure_mode=args.secure_mode, seed=args.seed, device=args.device,
+            secure_mode=args.secure_mode, record_private_stats=args.record_private_stats, seed=args.seed,
+            device=args.device,
             progress=not args.no_progress,
         )
         tuner._validate_params()  # a bad option fails before any file is read or written
@@ -109,6 +117,11 @@ class TrainDPCommand:
         print(f"Trained with DP-SGD: {_describe(record)}")
         print(_utility_line(record["utility"]))
         print(f"Model and privacy record: {out}")
+        if record.get("canaries"):
+            from audit.records import key_file_path
+
+            print(f"The canary secrets are sealed in the record with the key in {key_file_path()}: keep that file apart "
+                  "from the model (anyone holding both can read them); the canary_exposure probe needs it.")
         return 0
 
 
@@ -117,5 +130,5 @@ def _utility_line(utility: dict[str, Any]) -> str:
         return "Utility: not measured (eval_fraction=0)."
     line = f"Held-out {utility['metric']} ({utility['rows']} rows): {utility['private']:.4f} with DP"
     if utility["non_private"] is not None:
-        line += f", {utility['non_private']:.4f} without DP"
+        line += f", {utility['non_private']:.4f} without DP (not covered by the DP guarantee; not recorded by default)"
     return line + "."

@@ -15,16 +15,21 @@ ranked among all other values its secret could have taken (the randomness space 
 :class:`CanarySet` and records them beside the model, and the ``canary_exposure`` probe measures
 them, so the card shows what the privacy mechanism bought::
 
-    canaries = CanarySet.generate(repetitions=(1, 10, 100), rng=np.random.default_rng(seed))
+    secret_rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))  # never from a recorded seed
+    canaries = CanarySet.generate(repetitions=(1, 10, 100), rng=secret_rng)
     train_texts = canaries.insert(train_texts, rng=np.random.default_rng(seed))
-    ...  # train, then in the record written beside the model:
+    ...  # train, then in the record written beside the model (secrets sealed, see CanarySet.to_record):
     record["dp"]["canaries"] = canaries.to_record()
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from audit.errors import ConfigError, DataError, NotApplicableError
+from audit.records import KEY_FILE_ENV, key_file_path, key_id, secret_key
 from audit.stats import Interval, bootstrap_ci
 
 __all__ = [
@@ -280,20 +286,93 @@ class CanarySet:
         return out
 
     def to_record(self) -> dict[str, Any]:
-        """Plain data for the ``canaries`` entry of a training record (``rai_audit_record.json``)."""
-        return {"method": "Carlini et al. 2019 (The Secret Sharer)", "template": self.template,
-                "alphabet": self.alphabet, "secrets": list(self.secrets), "repetitions": list(self.repetitions)}
+        """The ``canaries`` entry of a training record (``rai_audit_record.json``), secrets sealed.
+
+        The secrets are encrypted and authenticated under the secret key of
+        :func:`audit.records.secret_key` (created on first use, kept outside every model and
+        report directory): the record, the card and ``results.json`` reveal the template, the
+        alphabet, the length and the repetitions, never a secret. :meth:`from_record` opens them
+        where the key is.
+        """
+        key = secret_key(create=True)
+        assert key is not None  # create=True either returns a key or raises OutputError
+        public = {"method": "Carlini et al. 2019 (The Secret Sharer)", "template": self.template,
+                  "alphabet": self.alphabet, "length": self.length, "space_size": self.space_size,
+                  "repetitions": list(self.repetitions)}
+        return {**public, "secrets": "sealed", "sealed": _seal(key, list(self.secrets), public)}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> CanarySet:
-        """Read the ``canaries`` entry of a training record."""
+        """Read the ``canaries`` entry of a training record (sealed), or a mapping with plain ``secrets``."""
         if not isinstance(record, Mapping) or not {"secrets", "repetitions"} <= set(record):
             raise DataError("A canaries record must be a mapping with 'secrets' and 'repetitions' (and optionally "
                             f"'template', 'alphabet'); got {sorted(record) if isinstance(record, Mapping) else type(record).__name__}.")
-        return cls(secrets=tuple(str(s) for s in record["secrets"]),
+        secrets = record["secrets"]
+        if secrets == "sealed":
+            secrets = _unseal(record)
+        if isinstance(secrets, (str, bytes)) or not isinstance(secrets, Sequence):
+            raise DataError(f"A canaries record's 'secrets' must be a list or 'sealed', got {type(secrets).__name__}.")
+        return cls(secrets=tuple(str(s) for s in secrets),
                    repetitions=tuple(int(r) for r in record["repetitions"]),
                    template=str(record.get("template", DEFAULT_CANARY_TEMPLATE)),
                    alphabet=str(record.get("alphabet", "0123456789")))
+
+
+CANARY_KEY_MISSING = ("The canary secrets in this training record are sealed with secret key {key_id}, and {reason}. "
+                      "Copy the key file of the machine that trained the model to {path} (or point {env} at it), "
+                      "or give the canaries to the probe with its 'canaries' parameter.")
+CANARY_SEAL_BROKEN = ("The sealed canary secrets in this training record do not authenticate under key {key_id} (the "
+                      "record was altered). Restore the record written by the trainer.")
+
+
+def _seal_keys(key: bytes) -> tuple[bytes, bytes]:
+    return (hmac.new(key, b"rai-audit canary encryption", hashlib.sha256).digest(),
+            hmac.new(key, b"rai-audit canary authentication", hashlib.sha256).digest())
+
+
+def _keystream(enc_key: bytes, nonce: bytes, size: int) -> bytes:
+    blocks = (hmac.new(enc_key, nonce + i.to_bytes(4, "big"), hashlib.sha256).digest() for i in range(size // 32 + 1))
+    return b"".join(blocks)[:size]
+
+
+def _bound(public: Mapping[str, Any]) -> bytes:
+    """What the tag authenticates besides the ciphertext: the public fields, canonically."""
+    return json.dumps({k: public[k] for k in ("template", "alphabet", "repetitions")}, sort_keys=True).encode()
+
+
+def _seal(key: bytes, secrets: list[str], public: Mapping[str, Any]) -> dict[str, str]:
+    """Encrypt-then-MAC with HMAC-SHA256 as the PRF (counter-mode keystream, then a tag)."""
+    enc_key, mac_key = _seal_keys(key)
+    nonce = os.urandom(16)
+    plain = json.dumps(secrets).encode("utf-8")
+    cipher = bytes(a ^ b for a, b in zip(plain, _keystream(enc_key, nonce, len(plain)), strict=True))
+    tag = hmac.new(mac_key, nonce + cipher + _bound(public), hashlib.sha256).hexdigest()
+    return {"scheme": "HMAC-SHA256 counter-mode stream cipher, encrypt-then-MAC", "key_id": key_id(key),
+            "nonce": nonce.hex(), "ciphertext": cipher.hex(), "tag": tag}
+
+
+def _unseal(record: Mapping[str, Any]) -> list[str]:
+    sealed = record.get("sealed")
+    if not isinstance(sealed, Mapping) or not all(isinstance(sealed.get(k), str)
+                                                  for k in ("key_id", "nonce", "ciphertext", "tag")):
+        raise DataError("A canaries record says its secrets are 'sealed' but has no valid 'sealed' entry "
+                        "(key_id, nonce, ciphertext, tag). Restore the record written by the trainer.")
+    key = secret_key(create=False)
+    if key is None or key_id(key) != sealed["key_id"]:
+        reason = "there is no key on this machine" if key is None else f"this machine's key is {key_id(key)}"
+        raise DataError(CANARY_KEY_MISSING.format(key_id=sealed["key_id"], reason=reason, path=str(key_file_path()),
+                                                  env=KEY_FILE_ENV))
+    enc_key, mac_key = _seal_keys(key)
+    try:
+        nonce, cipher = bytes.fromhex(sealed["nonce"]), bytes.fromhex(sealed["ciphertext"])
+        public = {k: record[k] for k in ("template", "alphabet", "repetitions")}
+    except (ValueError, KeyError):
+        raise DataError(CANARY_SEAL_BROKEN.format(key_id=sealed["key_id"])) from None
+    tag = hmac.new(mac_key, nonce + cipher + _bound(public), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(tag, sealed["tag"]):
+        raise DataError(CANARY_SEAL_BROKEN.format(key_id=sealed["key_id"]))
+    plain = bytes(a ^ b for a, b in zip(cipher, _keystream(enc_key, nonce, len(cipher)), strict=True))
+    return [str(s) for s in json.loads(plain.decode("utf-8"))]
 
 
 @dataclass(frozen=True)

@@ -229,15 +229,21 @@ def test_empty_poisson_batches_are_still_noisy_accounted_steps(tiny_dirs, mode):
     assert tuner.steps_ == tuner.planned_steps_ == 20 and tuner.accountant_history_ == [[5.0, 0.5, 20]]
 
 
-def test_ghost_clipping_equals_per_example_clipping(tiny_dirs):
+def test_ghost_clipping_equals_per_example_clipping(tiny_dirs, monkeypatch):
     """Ghost clipping (norms without per-example gradients) and hooks (materialised per-example
-    gradients) clip the same gradients; with the same seed the noise and result are the same.
+    gradients) clip the same gradients; with the same sampling and noise the result is the same.
+    The product draws those from OS entropy, so the test replaces them with seeded generators.
     Logical batches of 4 run as physical batches of 2, so gradient accumulation is covered too."""
     from transformers import AutoModelForSequenceClassification
+
+    import privacy.dp
 
     data = sentiment(24)
     models = []
     for mode in ("hooks", "ghost"):
+        seeds = iter([11, 12])  # sampling, then noise
+        monkeypatch.setattr(privacy.dp, "_entropy_generator",
+                            lambda device="cpu", seeds=seeds: torch.Generator(device=device).manual_seed(next(seeds)))
         tuner = DPFineTuner(noise_multiplier=1.0, accountant="rdp", batch_size=4, max_physical_batch_size=2, epochs=1,
                             learning_rate=1e-2, grad_sample_mode=mode, eval_fraction=0).fit(
             tiny_dirs["sequence-classification"], data)

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 from audit._io import write_json_atomic
 from audit.data import AuditDataset, fingerprint_path, load_dataset
 from audit.errors import ConfigError, DataError, NotFittedError, OutputError
+from audit.records import append_step, chain_entry, data_digest
 from audit.target import RECORD_FILENAME, AuditTarget, fingerprint_files, read_records
 from privacy.federated.partition import parse_partition
 from privacy.federated.runner import FederationError
@@ -363,7 +364,7 @@ class FederatedFineTuner:
             self.accuracy_ = scored[-1] if scored else None
         self.duration_s_ = time.perf_counter() - started
         self.record_ = json_safe(self._build_record(settings, model_dir, data_path, fingerprint, len(frame), history,
-                                                    central))
+                                                    central, texts=frame[self.text_column].astype(str).tolist()))
         return self
 
     def _pos_label(self, labels: tuple[str, ...]) -> str | None:
@@ -490,7 +491,7 @@ class FederatedFineTuner:
 
     # -- record ----------------------------------------------------------------------------------
     def _build_record(self, settings: Settings, model_dir: Path, data_path: Path, fingerprint: str, rows: int,
-                      history: dict[str, Any], central: dict[str, Any] | None) -> dict[str, Any]:
+                      history: dict[str, Any], central: dict[str, Any] | None, *, texts: list[str]) -> dict[str, Any]:
         import flwr
         import torch
         import transformers
@@ -587,6 +588,13 @@ class FederatedFineTuner:
             record["fairness"] = last_round["fairness"]
         if settings.target_epsilon is not None:
             record["client_dp"] = _dp_summary(settings, client_rows)
+        # The keyed digest goes into the record's chain (audit.records); under client-side DP the plain
+        # file hash would let a reader test candidate datasets, so only the keyed one is kept.
+        self.data_digest_ = data_digest(texts)
+        keyed = self.data_digest_["fingerprint"] if self.data_digest_ else None
+        record["dataset"]["keyed_fingerprint"] = keyed
+        if settings.target_epsilon is not None:
+            record["dataset"]["fingerprint"] = keyed
         return record
 
     # -- save --------------------------------------------------------------------------------------
@@ -626,6 +634,9 @@ class FederatedFineTuner:
         if isinstance(records.get("federated"), dict):
             section["earlier"] = records["federated"]
         records["federated"] = section
+        records = append_step(records, chain_entry(step="federated", technique=str(section.get("strategy")),
+                                                   digest=self.data_digest_, uses_user_data=True,
+                                                   private=isinstance(section.get("client_dp"), dict)))
         self.model_.save_pretrained(out, safe_serialization=True)
         self.tokenizer_.save_pretrained(out)
         write_json_atomic(out / RECORD_FILENAME, json_safe(records))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from audit._io import write_json_atomic
 from audit.errors import OutputError
+from audit.records import ASSESSED_FIELDS, append_step, chain_entry, data_digest
 from audit.target import PROJECTION_FILENAME, RECORD_FILENAME, THRESHOLDS_FILENAME, AuditTarget
 
 _OWN_FILES = (RECORD_FILENAME, PROJECTION_FILENAME, THRESHOLDS_FILENAME)
@@ -32,16 +34,25 @@ def copy_model_dir(source: Path, out: Path) -> None:
             shutil.copy2(item, out / item.name)
 
 
-def write_record(out: Path, target: AuditTarget, section: dict[str, Any]) -> Path:
+def write_record(out: Path, target: AuditTarget, section: dict[str, Any], *, texts: Sequence[str] | None) -> Path:
     """Merge the ``debiasing`` section into the source model's record sections and write it beside ``out``.
 
-    A model debiased twice keeps the earlier step under ``debiasing.previous``.
+    ``texts`` are the user's rows the technique read (``None`` when it read only built-in
+    sentences); their keyed digest goes into the section and into the record's chain, where it
+    tells whether a DP guarantee of the source model still holds. A model debiased twice keeps
+    the earlier step under ``debiasing.previous``.
     """
+    digest = data_digest(texts) if texts is not None else None
     records = dict(target.records)
-    section = {**section, "source_model": target.model_id, "source_fingerprint": target.fingerprint}
+    section = {**section, "source_model": target.model_id, "source_fingerprint": target.fingerprint,
+               "private": False}
+    if isinstance(section.get("data"), dict):
+        section["data"] = {**section["data"], "keyed_fingerprint": digest["fingerprint"] if digest else None}
     earlier = records.get("debiasing")
     if isinstance(earlier, dict):
-        earlier = dict(earlier)
+        earlier = {k: v for k, v in earlier.items() if k not in ASSESSED_FIELDS}
         section["previous"] = [*earlier.pop("previous", []), earlier]
     records["debiasing"] = section
-    return write_json_atomic(Path(out) / RECORD_FILENAME, records)
+    entry = chain_entry(step="debiasing", technique=str(section.get("technique")), digest=digest,
+                        uses_user_data=texts is not None, private=False)
+    return write_json_atomic(Path(out) / RECORD_FILENAME, append_step(records, entry))

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from audit._validate import seed_arg
 from audit.errors import ConfigError, DataError, NotApplicableError
 
 __all__ = ["TECHNIQUES", "DebiasCommand", "debias"]
@@ -152,7 +153,7 @@ def debias(technique: str, model: str | Path, out: str | Path, *, data: Any = No
         section.update(parameters=parameters, outcome={**outcome, "pairs": len(originals)},
                        word_lists=[{"name": w["name"], "fingerprint": w["fingerprint"], "pairs": len(w["pairs"])}
                                    for w in lists])
-    write_record(out_dir, target, section)
+    write_record(out_dir, target, section, texts=list(data.texts) if data is not None else None)
     return section
 
 
@@ -194,7 +195,7 @@ class DebiasCommand:
                             help="built-in list (gender_terms, names) or a JSON file with pairs; repeatable")
         parser.add_argument("--out", required=True, type=Path, help="new directory for the debiased model")
         parser.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=seed_arg, default=0)
         parser.add_argument("--n-components", type=int, default=1, help="sentence-debias: bias subspace dimension")
         parser.add_argument("--n-iterations", type=int, default=20, help="inlp: most classifiers to project out")
         parser.add_argument("--constraints", default="demographic_parity",
