@@ -26,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    # Tiny models on a shared machine: one thread is faster than two threads contending.
+    torch.set_num_threads(1)
     cases = suite.select(suite.all_cases(), args.cases)
     data = suite.to_json(suite.run_suite(cases, runs=args.runs, base_seed=args.seed,
                                          progress=lambda line: print(line, flush=True)))

@@ -35,6 +35,8 @@ class Outcome:
     covered: Mapping[str, bool | None] = field(default_factory=dict)
     #: The planted truth on the scale the probe reports (an effect size, a gap, a score).
     truth: float | None = None
+    #: Further per-run yes/no observations reported as rates without a target (e.g. which method was trusted).
+    flags: Mapping[str, bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class ConditionResult:
     statuses: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     truths: list[float] = field(default_factory=list)
+    flag_counts: dict[str, list[int]] = field(default_factory=dict)
 
     def mean_truth(self) -> float | None:
         return float(np.mean(self.truths)) if self.truths else None
@@ -88,6 +91,7 @@ class ConditionResult:
             "coverage": {name: {"rate": c[0], "ci95": [c[1], c[2]], "runs": c[3]}
                          for name, c in self.coverage().items()},
             "mean_truth": self.mean_truth(),
+            "flags": {name: {"count": k, "runs": n, "rate": k / n} for name, (k, n) in self.flag_counts.items() if n},
             "statuses": dict(sorted(self.statuses.items())), "errors": len(self.errors),
             "first_error": self.errors[0] if self.errors else None, "seconds": round(self.seconds, 2),
         }
@@ -164,6 +168,10 @@ def run_case(case: Case, *, runs: int, base_seed: int = 2026, conditions: Sequen
             result.runs += 1
             result.alarms += int(outcome.alarm)
             result.statuses[outcome.status] = result.statuses.get(outcome.status, 0) + 1
+            for name, flag in outcome.flags.items():
+                counts = result.flag_counts.setdefault(name, [0, 0])
+                counts[0] += int(flag)
+                counts[1] += 1
             if outcome.truth is not None:
                 result.truths.append(float(outcome.truth))
             for name, hit in outcome.covered.items():

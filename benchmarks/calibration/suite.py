@@ -140,9 +140,15 @@ def render_markdown(data: dict[str, Any]) -> str:
             lines.append(f"| {probe} | {verdict} | {fa} | {' / '.join(power)} | {coverage or 'n/a'} | "
                          f"{_mark(met['false_alarm'])} | {_mark(met['coverage'])} |")
             planted = ", ".join(f"{c['condition']} {c['effect']:g}" for c in case["conditions"])
+            flag_names = sorted({n for c in case["conditions"] for n in c.get("flags", {})})
+            flags = "; ".join(f"{n}: " + " / ".join(f"{c['flags'][n]['count']}/{c['flags'][n]['runs']}"
+                                                    if n in c.get("flags", {}) else "-" for c in case["conditions"])
+                              for n in flag_names)
             details.append(f"- **{probe}, {case['verdict']}.** {case['description']} Effect unit: {case['effect_unit']}; "
                            f"planted {planted}. "
                            f"Interval checked: {case['interval']}. Settings: {case['settings'].get('probe params', '')}."
+                           + (f" Per condition ({' / '.join(c['condition'] for c in case['conditions'])}): {flags}."
+                              if flags else "")
                            + (f" First error: `{_first_error(case)}`" if errors else ""))
     lines += ["", "How each model was built:", "", *details, ""]
     lines += ["Not calibrated by this suite:", ""]

@@ -1,0 +1,206 @@
+"""Calibration cases of the transparency verdicts, on tiny BERT classifiers wired by hand.
+
+The weights are set so that where the decision is made is known by construction:
+
+* a block whose attention-output and feed-forward-output projections are zero passes its input
+  through unchanged (each LayerNorm sees an already normalised vector), so the [CLS] state, and
+  with it the head's read-out, only changes in the blocks left working;
+* with every block's attention output zeroed, [CLS] never sees another token: the output does
+  not depend on the text at all, so no attribution method can be faithful to it;
+* a "keyword" model gives one word an embedding along a direction the head reads, and one block
+  with uniform attention (query and key weights zero) averages the tokens into [CLS]: the keyword
+  is the token that decides, by an amount set by its weight.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audit.context import AuditContext
+from benchmarks.calibration.core import Case, Outcome
+
+__all__ = ["build_classifier", "transparency_cases"]
+
+_KEYWORD = "terrible"
+_BASE_LOGIT = float(np.log(0.25))
+_FILLER = ["the", "a", "movie", "film", "food", "was", "very", "really", "it", "this", "that", "people", "office",
+           "home", "family", "science", "art", "poetry", "we", "talked", "about"]
+
+
+def build_classifier(seed: int, *, n_layers: int, working: Sequence[int], head_scale: float = 1.0,
+                     keyword_weight: float | None = None) -> Any:
+    """A tiny BERT classifier (hidden 32) saved and loaded as an AuditTarget; only the blocks in
+    ``working`` (1-based) change the hidden state. With ``keyword_weight``, the keyword model."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from audit import load_target
+    from tests.tiny import save_bert_tokenizer, word_vocab
+
+    torch.manual_seed(seed % 2**31)
+    directory = Path(tempfile.mkdtemp(prefix="rai-calibration-bert-"))
+    save_bert_tokenizer(directory)
+    config = BertConfig(vocab_size=len(word_vocab()), hidden_size=32, num_hidden_layers=n_layers,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128, num_labels=2)
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        for index, block in enumerate(model.bert.encoder.layer, start=1):
+            if index not in working:
+                for linear in (block.attention.output.dense, block.output.dense):
+                    linear.weight.zero_()
+                    linear.bias.zero_()
+        if keyword_weight is not None:
+            _wire_keyword(model, keyword_weight, head_scale)
+        else:
+            model.classifier.weight.mul_(head_scale)
+    model.save_pretrained(directory, safe_serialization=True)
+    return load_target(directory, progress=False, device="cpu")
+
+
+def _wire_keyword(model: Any, weight: float, head_scale: float) -> None:
+    import torch
+
+    from tests.tiny import word_vocab
+
+    hidden = model.config.hidden_size
+    direction = torch.zeros(hidden)
+    direction[0] = 1.0
+    emb = model.bert.embeddings
+    # Word vectors of unit scale whose other dimensions sum to zero, so each LayerNorm is close to
+    # linear in the keyword's weight; only the keyword carries the read direction (dimension 0).
+    words = emb.word_embeddings.weight
+    words[:, 1:] = torch.randn_like(words[:, 1:])
+    words[:, 1:] -= words[:, 1:].mean(dim=1, keepdim=True)
+    for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
+        table.weight[:, 0] = 0.0
+    words[word_vocab().index(_KEYWORD), 0] = weight
+    first = model.bert.encoder.layer[0]
+    first.attention.self.query.weight.zero_()
+    first.attention.self.key.weight.zero_()
+    first.attention.self.query.bias.zero_()
+    first.attention.self.key.bias.zero_()  # uniform attention: [CLS] gets the mean of the tokens
+    first.attention.self.value.weight.copy_(torch.eye(hidden))
+    first.attention.self.value.bias.zero_()
+    first.attention.output.dense.weight.copy_(torch.eye(hidden))
+    first.attention.output.dense.bias.zero_()
+    first.output.dense.weight.zero_()
+    first.output.dense.bias.zero_()
+    model.bert.pooler.dense.weight.copy_(torch.eye(hidden))
+    model.bert.pooler.dense.bias.zero_()
+    model.classifier.weight.zero_()
+    model.classifier.bias.zero_()
+    model.classifier.weight[1, 0] = head_scale
+    model.classifier.weight[0, 0] = -head_scale
+    model.classifier.bias[1] = _BASE_LOGIT  # without the keyword, p(positive) is about 0.2
+
+
+def _texts(rng: np.random.Generator, n: int, *, keyword: bool) -> list[str]:
+    out = []
+    for _ in range(n):
+        words = list(rng.choice(_FILLER, size=int(rng.integers(6, 11))))
+        if keyword:
+            words.insert(int(rng.integers(len(words) + 1)), _KEYWORD)
+        out.append(" ".join(words))
+    return out
+
+
+# -- decision path ------------------------------------------------------------------------------
+def _decision_layers(result: Any) -> list[int]:
+    """The decision layer of each decided example, from the probe's per-example table."""
+    for table in result.tables:
+        if table.title.startswith("Decision layer per example") and "decision layer" in table.columns:
+            col = table.columns.index("decision layer")
+            return [int(row[col]) for row in table.rows if isinstance(row[col], (int, float))]
+    return []
+
+
+def _decision_path_case() -> Case:
+    n_layers, null_scale = 3, 64.0
+
+    def run(seed: int, effect: float) -> Outcome:
+        from probes.decision_path import DecisionPathProbe
+
+        planted = effect > 0
+        target = build_classifier(seed, n_layers=n_layers, working=(1,) if planted else (n_layers,),
+                                  head_scale=effect if planted else null_scale)
+        rng = np.random.default_rng(seed)
+        result = DecisionPathProbe(examples=_texts(rng, 4, keyword=False)).run(
+            target, AuditContext(seed=seed).for_probe("decision_path"))
+        share = result.metrics.get("decided_before_last_layer")
+        claimed = bool(share is not None and share.value is not None and share.value > 0)
+        decided = _decision_layers(result)
+        located = None if not decided else all(layer == (1 if planted else n_layers) for layer in decided)
+        return Outcome(status=result.status, alarm=claimed, covered={"decision layer located": located},
+                       truth=1.0 if planted else float(n_layers))
+
+    return Case(
+        probe="decision_path", verdict="claim: decided before the last layer",
+        description=(f"Tiny BERT classifiers with {n_layers} blocks and random weights, in which only one block "
+                     "changes the hidden state (the others' output projections are zero, so they pass it through): "
+                     f"the null has only the last block working (head weights x{null_scale:g}), so nothing can "
+                     "decide earlier (layer 0 reads [CLS], the same for every text); planted: only block 1 works, "
+                     "so the decision is made at layer 1 and merely carried to the top. 4 random texts per run."),
+        effect_unit="scale of the classifier head's weights (a larger scale gives larger margins)",
+        effects={"null": 0.0, "small": 16.0, "medium": 64.0, "large": 256.0},
+        run=run, alarm_means="decided_before_last_layer > 0 (some example decided before the last layer)",
+        interval="not an interval: the share of runs in which every decided example's decision layer is the true one",
+        settings={"probe params": "examples (4 random texts), otherwise defaults (min_margin=0.1)"},
+    )
+
+
+# -- faithfulness ---------------------------------------------------------------------------------
+_HEAD = 8.0
+
+
+def _verdicts(result: Any) -> dict[str, str]:
+    """Method -> verdict, from the probe's "which method to trust" table."""
+    for table in result.tables:
+        if "verdict" in table.columns and "method" in table.columns:
+            m, v = table.columns.index("method"), table.columns.index("verdict")
+            return {str(row[m]): str(row[v]) for row in table.rows}
+    return {}
+
+
+def _faithfulness_case() -> Case:
+    def run(seed: int, effect: float) -> Outcome:
+        from probes.faithfulness import FaithfulnessProbe
+
+        rng = np.random.default_rng(seed)
+        if effect > 0:
+            target = build_classifier(seed, n_layers=2, working=(1,), keyword_weight=effect, head_scale=_HEAD)
+        else:
+            target = build_classifier(seed, n_layers=2, working=(), head_scale=_HEAD)  # content-blind
+        texts = _texts(rng, 8, keyword=True)
+        # The truth on the probe's scale: how much the keyword moves p(positive), text by text.
+        without = [t.replace(_KEYWORD, "movie") for t in texts]
+        truth = float(np.mean(target.predict_proba(texts)[:, 1] - target.predict_proba(without)[:, 1]))
+        result = FaithfulnessProbe(examples=texts).run(target, AuditContext(seed=seed).for_probe("faithfulness"))
+        trusted = result.metrics.get("n_trusted_methods")
+        n_trusted = 0 if trusted is None or trusted.value is None else int(trusted.value)
+        flags = {f"trusted: {method}": verdict == "trust" for method, verdict in _verdicts(result).items()}
+        return Outcome(status=result.status, alarm=n_trusted > 0, truth=truth, flags=flags)
+
+    return Case(
+        probe="faithfulness", verdict="trust (any method)",
+        description=("Tiny BERT classifiers wired by hand (2 blocks). Null: every block's attention output is zero, "
+                     "so [CLS] never sees another token and the output does not depend on the text: no attribution "
+                     "can be faithful, and any 'trust' is a false alarm. Planted: the keyword model, in which one "
+                     f"word ('{_KEYWORD}') carries an embedding along the direction the head reads and a uniform-"
+                     "attention block averages it into [CLS]; the keyword decides, by an amount set by its weight. "
+                     "8 random texts per run, each with the keyword at a random position."),
+        effect_unit=("the keyword's embedding weight along the read direction (truth: mean change in p(positive) "
+                     "when the keyword is replaced; without it p is about 0.2)"),
+        effects={"null": 0.0, "small": 2.0, "medium": 4.0, "large": 10.0},
+        run=run, alarm_means="n_trusted_methods > 0 (some method trusted)",
+        interval="none",
+        settings={"probe params": "examples (8 random texts with the keyword), otherwise defaults"},
+    )
+
+
+def transparency_cases() -> list[Case]:
+    return [_decision_path_case(), _faithfulness_case()]
