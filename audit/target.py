@@ -23,6 +23,7 @@ import torch
 from audit.errors import ConfigError, ModelLoadError, NotApplicableError
 from audit.probe import KINDS, Kind
 from audit.provenance import ARTEFACTS, check_links, fingerprint_model, tensors_digest, weight_files
+from audit.records import assess_guarantees
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -428,6 +429,7 @@ def load_target(
         state = loaded.state_dict()
         fingerprint = fingerprint.with_part("new_weights", tensors_digest((n, state[n]) for n in new_weights))
     records = read_records(path)
+    records = assess_guarantees(records)  # DP guarantees voided by later steps say so
     projection = _read_projection(path, config)
     if projection is not None:
         notes.append(

@@ -11,6 +11,7 @@ import re
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from audit.records import CHAIN_KEY
 from audit.results import AuditResults
 from reports.model_card import group_by_category
 
@@ -37,6 +38,38 @@ def _fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.3g}" if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5) else f"{value:.4g}"
+
+
+def _dp_lines(record: dict) -> list[str]:
+    """The DP record: the guarantee, or plainly that it no longer holds and why."""
+    stated = (f"(epsilon = {_fmt(float(record['epsilon']))}, delta = {_fmt(float(record['delta']))}) differential "
+              "privacy per training example")
+    accountant = f", accountant {md_escape(record['accountant'])}" if isinstance(record.get("accountant"), str) else ""
+    holds = record.get("guarantee_holds")
+    if holds is False:
+        reasons = [str(r) for r in record.get("void_reasons") or []] or ["a step in the training chain voided it"]
+        lines = [f"- **dp: the privacy guarantee no longer holds.** The DP-SGD step gave {stated}{accountant}, but it "
+                 f"does not hold for this model (voided by `{md_escape(record.get('voided_by') or 'unknown')}`):"]
+        lines += [f"  - {md_escape(r)}." for r in reasons]
+        lines.append("  - Nothing bounds what this model reveals about those rows: treat it as trained on them without "
+                     "differential privacy.")
+        return lines
+    checked = ("checked against every step of the training chain" if holds is True
+               else "not checked against the model's other training steps")
+    lines = [f"- **dp**: {stated}{accountant}; {checked}."]
+    lines += [f"  - {md_escape(c)}." for c in record.get("guarantee_caveats") or []]
+    if record.get("private_stats"):
+        lines.append(f"  - {md_escape(record['private_stats'])}")
+    return lines
+
+
+def _chain_line(chain: object) -> str:
+    """The ordered training steps, each marked private or not."""
+    steps = [e for e in chain if isinstance(e, dict)] if isinstance(chain, list) else []
+    shown = "; ".join(f"{md_escape(e.get('step'))} ({md_escape(e.get('technique'))}, "
+                      f"{'private' if e.get('private') else 'not private'}"
+                      f"{'' if e.get('uses_user_data') else ', no user data'})" for e in steps)
+    return f"- **training chain**, oldest first: {shown or 'empty'}"
 
 
 def render_markdown_card(results: AuditResults) -> str:
@@ -75,10 +108,10 @@ def render_markdown_card(results: AuditResults) -> str:
         lines += ["## Training records", ""]
         for section, record in m.records.items():
             scalars = {k: v for k, v in record.items() if isinstance(v, (str, int, float, bool))} if isinstance(record, dict) else {}
-            if section == "dp" and "epsilon" in scalars and "delta" in scalars:
-                lines.append(f"- **{md_escape(section)}**: (epsilon = {_fmt(float(scalars['epsilon']))}, "
-                             f"delta = {_fmt(float(scalars['delta']))}) differential privacy per training example"
-                             + (f", accountant {md_escape(scalars['accountant'])}" if "accountant" in scalars else ""))
+            if section == CHAIN_KEY:
+                lines.append(_chain_line(record))
+            elif section == "dp" and isinstance(scalars.get("epsilon"), (int, float)) and isinstance(scalars.get("delta"), (int, float)):
+                lines += _dp_lines(record)
             else:
                 shown = ", ".join(f"{md_escape(k)}: {md_escape(v)}" for k, v in list(scalars.items())[:8])
                 lines.append(f"- **{md_escape(section)}**" + (f": {shown}" if shown else ""))

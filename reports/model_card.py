@@ -135,6 +135,22 @@ def _caveats(results: AuditResults) -> list[str]:
         notes.append(f"{m.truncated_texts} input text(s) were longer than {m.max_length} tokens and were truncated.")
     notes.append("Bias probes measure associations on specific word lists and templates; a low score on them "
                  "does not show that the model is free of bias on other groups, phrasings or tasks.")
+    return notes + _dp_caveats(m.records)
+
+
+def _dp_caveats(records: dict) -> list[str]:
+    """What the card must say about a DP guarantee besides its own section."""
+    dp = records.get("dp")
+    if not isinstance(dp, dict):
+        return []
+    notes = []
+    if dp.get("guarantee_holds") is False:
+        reasons = "; ".join(str(r) for r in dp.get("void_reasons") or []) or "a step in the training chain voided it"
+        notes.append(f"The differential-privacy guarantee of the training record no longer holds for this model "
+                     f"(voided by {dp.get('voided_by') or 'an unknown step'}): {reasons}.")
+    notes.append("The DP guarantee covers the released model, not this report: every statistic the audit computed "
+                 "on its own data is an exact, non-private statistic of that data, so auditing on the DP training "
+                 "rows reveals them outside the guarantee.")
     return notes
 
 
