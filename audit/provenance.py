@@ -88,7 +88,7 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     >>> from audit.provenance import file_digest
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "x"; _ = f.write_bytes(b"")
     >>> file_digest(f)[:15]
-    'sha256:e3b0c44'
+    'sha256:e3b0c442'
     """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

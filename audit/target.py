@@ -36,6 +36,7 @@ __all__ = [
     "detect_kind",
     "fingerprint_files",
     "load_target",
+    "model_fingerprint",
     "read_records",
 ]
 
@@ -88,6 +89,24 @@ def fingerprint_files(paths: Sequence[Path]) -> str:
                 inner.update(chunk)
         outer.update(path.name.encode("utf-8") + b"\0" + inner.hexdigest().encode("ascii") + b"\n")
     return "sha256:" + outer.hexdigest()
+
+
+def model_fingerprint(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> str:
+    """The fingerprint :func:`load_target` gives the model saved in ``path`` (before any new head).
+
+    For a trainer that records which model it started from, so the record can be matched with
+    that model's audit.
+
+    Examples
+    --------
+    >>> from audit.target import default_model_path, load_target, model_fingerprint
+    >>> model_fingerprint(default_model_path()) == load_target(progress=False).fingerprint
+    True
+    """
+    root = Path(path).expanduser().resolve()
+    check_links(root)
+    weights, indexes, use_safetensors = _check_weights(root, allow_pickle)
+    return fingerprint_model(root, weights, safetensors=use_safetensors, indexes=indexes).fingerprint
 
 
 def read_records(path: str | os.PathLike[str]) -> dict[str, Any]:

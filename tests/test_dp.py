@@ -19,7 +19,7 @@ import torch
 
 from audit.data import fingerprint_path
 from audit.errors import ConfigError, DataError, NotFittedError, OutputError
-from audit.target import RECORD_FILENAME, fingerprint_files
+from audit.target import RECORD_FILENAME, fingerprint_files, model_fingerprint
 from privacy.dp import DPFineTuner, PrivacyBudgetWarning, compute_epsilon, default_delta, make_dp_compatible
 
 POS = ["good", "great", "love", "happy"]
@@ -164,7 +164,7 @@ def test_save_writes_a_new_model_that_the_core_loads_with_its_record(fitted, tmp
     target = load_target(out, progress=False, device="cpu")
     assert target.kind == "sequence-classification" and target.labels == ["neg", "pos"]
     assert target.records["dp"]["epsilon"] == fitted.epsilon_
-    assert target.fingerprint == fingerprint_files([out / "model.safetensors"])
+    assert target.fingerprint == model_fingerprint(out) != model_fingerprint(source)
     probs = target.predict_proba(["good great love"])
     with torch.inference_mode():
         expected = torch.softmax(fitted.model_(**fitted.tokenizer_(["good great love"], return_tensors="pt")).logits, -1)
