@@ -24,7 +24,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, ClassVar, Literal, get_args
 
@@ -36,7 +36,7 @@ from audit.errors import ConfigError, DataError, NotApplicableError
 from audit.figures import interval_bar_chart
 from audit.masking import PII_PATTERNS
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
-from audit.stats import bootstrap_ci
+from audit.stats import bootstrap_ci, paired_permutation_test
 from audit.target import AuditTarget
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "encode",
     "encode_examples",
     "heat_colors",
+    "position_matched_controls",
     "redact_for_display",
     "resolve_targets",
     "target_label",
@@ -742,6 +743,35 @@ def target_label(explainer: Explainer, value: Any, labels: Sequence[str]) -> str
     return labels[value] if value < len(labels) else str(value)
 
 
+def position_matched_controls(enc: Encoded, mask: np.ndarray, *, rng: np.random.Generator,
+                              n_controls: int) -> list[Encoded]:
+    """Copies of ``enc`` with every demographic-term token replaced by another content token of the same text.
+
+    Each replacement is drawn (with ``rng``) from the text's non-term content tokens, so the
+    controls keep the length, the positions and the kind of words of the original: the share of
+    attribution that their replaced positions receive is what position alone gives a word there.
+    Empty when the text has no other content token to draw from.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    pool = [enc.ids[j] for j in enc.content if not mask[j]]
+    positions = np.flatnonzero(mask)
+    if not pool or not positions.size:
+        return []
+    out = []
+    for _ in range(n_controls):
+        ids = list(enc.ids)
+        for j in positions:
+            ids[int(j)] = int(pool[int(rng.integers(len(pool)))])
+        out.append(replace(enc, ids=tuple(ids)))
+    return out
+
+
+def _term_share(scores: np.ndarray, mask: np.ndarray) -> float | None:
+    mass = np.abs(np.asarray(scores, dtype=float))
+    total = mass.sum()
+    return float(mass[mask].sum() / total) if total > 0 else None
+
+
 # -- the probe ----------------------------------------------------------------------------
 class AttributionProbe(Probe):
     """Which input tokens drive the model's decision, by three gradient attribution methods.
@@ -786,9 +816,26 @@ class AttributionProbe(Probe):
     demographic_terms : mapping of str to sequence of str, optional
         Axis name to terms; defaults to ``probes/data/attribution/demographic_terms.json``.
     max_demographic_share : float, optional
-        The probe warns when the mean share of |attribution| on demographic terms exceeds this.
+        The probe warns when the mean share of |attribution| on demographic terms exceeds this
+        *and* that share is a finding (below).
     top_k : int, default=15
         Words listed in the "most attribution mass" table.
+    position_controls : int, default=3
+        Position-matched control texts per example with a demographic term (0: no control, and
+        then no share is called a finding).
+    alpha : float, default=0.05
+        Level of the one-sided test that the terms get more attribution than position explains.
+
+    Notes
+    -----
+    Where a token sits decides much of its attribution (a causal LM's last prompt token takes
+    most of it even with random weights), so a demographic-term share is compared with
+    position-matched controls: the same text with each term token replaced by another content
+    token of that text (:func:`position_matched_controls`), explained for the same output. The
+    statistic is the per-example excess, share on the terms minus the mean share on the same
+    positions in the controls; the share is a *finding* only when a one-sided sign-flip test of
+    mean excess > 0 has p <= ``alpha``, which needs at least ``ceil(log2(1 / alpha))`` examples
+    with a term (5 at 0.05). Computed for the lead method (Integrated Gradients when selected).
     """
 
     name: ClassVar[str] = "attribution"
@@ -815,6 +862,8 @@ class AttributionProbe(Probe):
         demographic_terms: Mapping[str, Sequence[str]] | None = None,
         max_demographic_share: float | None = None,
         top_k: int = 15,
+        position_controls: int = 3,
+        alpha: float = 0.05,
     ) -> None:
         self.methods = methods
         self.examples = examples
@@ -830,6 +879,11 @@ class AttributionProbe(Probe):
         self.demographic_terms = demographic_terms
         self.max_demographic_share = max_demographic_share
         self.top_k = top_k
+        self.position_controls = position_controls
+        self.alpha = alpha
+        if position_controls < 0 or not 0 < alpha < 1:
+            raise ConfigError(f"Probe 'attribution': position_controls must be >= 0 and alpha in (0, 1), got "
+                              f"{position_controls!r}, {alpha!r}.")
         check_common_params(self.name, methods=methods, examples=examples, max_examples=max_examples,
                             n_steps=n_steps, baselines=baselines)
         if max_n_steps < n_steps:
@@ -908,8 +962,10 @@ class AttributionProbe(Probe):
             metrics["demographic_token_fraction"] = Metric(
                 value=float(np.mean(fractions)),
                 description="Share of tokens that are demographic terms in those examples: the attribution "
-                            "share expected if attribution were spread evenly",
+                            "share expected if attribution were spread evenly (position is not controlled here; "
+                            "see demographic_share_excess)",
             )
+        finding = self._position_control(explainer, encs, targets, dem, attributions[lead], lead, metrics, rng)
 
         unconverged = 0
         ig_rows = attributions.get("integrated_gradients")
@@ -988,18 +1044,81 @@ class AttributionProbe(Probe):
             )
         if share.value is not None:
             parts.append(f"{share.value:.0%} of {TITLES[lead]} attribution falls on demographic terms, which are "
-                         f"{metrics['demographic_token_fraction'].value:.0%} of those texts' tokens")
+                         f"{metrics['demographic_token_fraction'].value:.0%} of those texts' tokens; "
+                         + self._excess_sentence(metrics.get(f"demographic_share_excess[{lead}]"), finding))
         if truncated:
             parts.append(f"{len(truncated)} truncated")
         summary = "; ".join(parts) + "."
         status = "passed"
-        if unconverged or (self.max_demographic_share is not None and share.value is not None
+        if unconverged or (finding and self.max_demographic_share is not None and share.value is not None
                            and share.value > self.max_demographic_share):
             status = "warned"
         if notes:
             summary += " " + " ".join(notes)
         return self.result(status=status, summary=summary, metrics=metrics, headline=f"demographic_share[{lead}]",
                            tables=tables, figures=figures, examples=heat)
+
+    def _position_control(self, explainer: Explainer, encs: list[Encoded], targets: list[Any], dem: list[np.ndarray],
+                          lead_attr: list[TokenAttribution], lead: str, metrics: dict[str, Metric],
+                          rng: np.random.Generator) -> bool:
+        """Adds ``demographic_share_excess[lead]``; returns whether the term share is a finding."""
+        n_min = max(1, math.ceil(math.log2(1 / self.alpha) - 1e-12))
+        key = f"demographic_share_excess[{lead}]"
+        description = (f"Share of |{TITLES[lead]}| on demographic terms minus the share the same positions get when "
+                       "the terms are replaced by other words of the text (position-matched controls), mean over "
+                       f"examples; p: one-sided sign-flip test of excess > 0 (a finding needs p <= {self.alpha:g} "
+                       f"and at least {n_min} examples)")
+        if not self.position_controls:
+            metrics[key] = Metric(value=None, note="position_controls is 0: the share was not controlled for position",
+                                  description=description)
+            return False
+        owners, controls = [], []
+        for i, enc in enumerate(encs):
+            if dem[i].any() and _term_share(lead_attr[i].scores, dem[i]) is not None:
+                made = position_matched_controls(enc, dem[i], rng=rng, n_controls=self.position_controls)
+                owners += [i] * len(made)
+                controls += made
+        if not controls:
+            metrics[key] = Metric(value=None, description=description,
+                                  note="no example has both a demographic term and another word to compare it with")
+            return False
+        control_targets = [targets[i] for i in owners]
+        if lead == "integrated_gradients":
+            rows = explainer.integrated_gradients(controls, control_targets, n_steps=self.n_steps,
+                                                  max_delta=self.max_delta, max_n_steps=self.max_n_steps,
+                                                  internal_batch_size=self.internal_batch_size)
+        else:
+            rows = explainer.attribute(controls, control_targets, lead, internal_batch_size=self.internal_batch_size)
+        by_example: dict[int, list[float]] = defaultdict(list)
+        for i, r in zip(owners, rows, strict=True):
+            control_share = _term_share(r.scores, dem[i])
+            if control_share is not None:
+                by_example[i].append(control_share)
+        excess = np.array([_term_share(lead_attr[i].scores, dem[i]) - float(np.mean(v))
+                           for i, v in sorted(by_example.items())])
+        if not excess.size:
+            metrics[key] = Metric(value=None, description=description,
+                                  note="every control text had zero attribution")
+            return False
+        ci = bootstrap_ci(excess, rng=rng)
+        test = paired_permutation_test(excess, np.zeros_like(excess), rng=rng, alternative="greater")
+        note = None if excess.size >= n_min else (
+            f"only {excess.size} example(s) with a demographic term: at least {n_min} are needed for a finding")
+        metrics[key] = Metric(value=ci.estimate, ci=ci.as_tuple(), ci_level=ci.level, p_value=test.p_value,
+                              direction="lower_is_better", description=description, note=note)
+        return bool(excess.size >= n_min and test.p_value <= self.alpha)
+
+    @staticmethod
+    def _excess_sentence(metric: Metric | None, finding: bool) -> str:
+        if metric is None or metric.value is None:
+            return "not controlled for position, so not a finding" + (f" ({metric.note})" if metric and metric.note else "")
+        stats = f"{metric.value:+.2f} [{metric.ci[0]:+.2f}, {metric.ci[1]:+.2f}], p={metric.p_value:.2g}" \
+            if metric.ci is not None and metric.p_value is not None else f"{metric.value:+.2f}"
+        if finding:
+            return f"more than other words of the same texts get at the same positions ({stats}): a finding"
+        if metric.note:
+            return f"compared with other words at the same positions {stats}: not a finding ({metric.note})"
+        return f"no more than position explains (excess over other words at the same positions {stats}): not a finding"
 
     def _examples_table(self, explainer: Explainer, encs: list[Encoded], examples: list[Example], targets: list[Any],
                         attributions: dict[str, list[TokenAttribution]], probs: np.ndarray, dem: list[np.ndarray],

@@ -20,7 +20,7 @@ from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.target import AuditTarget
 from probes.attribution import collect_examples, encode, redact_for_display, transformer_blocks
 
-__all__ = ["DecisionPathProbe", "decision_layer", "layer_logits"]
+__all__ = ["DecisionPathProbe", "decision_layer", "input_dependent_layers", "layer_logits", "layer_margins"]
 
 
 def _replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
@@ -66,13 +66,55 @@ def layer_logits(model: Any, ids: Sequence[int], *, device: Any = "cpu") -> np.n
     return torch.stack([*rows, final]).float().cpu().numpy()
 
 
-def decision_layer(predictions: Sequence[int]) -> int:
-    """The first layer from which every later layer predicts what the last one does."""
-    final = predictions[-1]
-    layer = len(predictions) - 1
-    while layer > 0 and predictions[layer - 1] == final:
+def input_dependent_layers(model: Any, ids: Sequence[int], reference: Sequence[int], *,
+                           device: Any = "cpu") -> np.ndarray:
+    """Per layer, whether its read-out changes when every content token changes.
+
+    ``reference`` is ``ids`` with each content token replaced by another one. A layer whose
+    logits are the same for both reads a state that does not depend on the input: for a
+    BERT-style classifier, layer 0 (the embeddings) at the [CLS] position, which is
+    ``LayerNorm(E[CLS] + P[0] + T[0])`` for every text. Such a layer can never be where a
+    decision is made.
+    """
+    a = layer_logits(model, ids, device=device)
+    b = layer_logits(model, reference, device=device)
+    return ~np.all(np.isclose(a, b, rtol=1e-5, atol=1e-6), axis=-1)
+
+
+def layer_margins(probs: np.ndarray) -> np.ndarray:
+    """Per layer, the probability of the final prediction minus that of the strongest other output."""
+    final = int(np.argmax(probs[-1]))
+    others = np.delete(probs, final, axis=-1)
+    return probs[:, final] - (others.max(axis=-1) if others.shape[-1] else 0.0)
+
+
+def decision_layer(probs: np.ndarray, *, min_margin: float = 0.0,
+                   informative: Sequence[bool] | None = None) -> int | None:
+    """The first layer from which every later layer decides for the final prediction, or ``None``.
+
+    A layer decides when the final prediction leads the strongest other output there by at least
+    ``min_margin`` (in probability) and its read-out depends on the input (``informative``,
+    see :func:`input_dependent_layers`). ``None`` when even the last layer does not decide: the
+    model's output is too close to call.
+    """
+    probs = np.asarray(probs, dtype=float)
+    final = int(np.argmax(probs[-1]))
+    ok = (probs.argmax(axis=-1) == final) & (layer_margins(probs) >= min_margin)
+    if informative is not None:
+        ok &= np.asarray(informative, dtype=bool)
+    if not ok[-1]:
+        return None
+    layer = len(ok) - 1
+    while layer > 0 and ok[layer - 1]:
         layer -= 1
     return layer
+
+
+def _reference_ids(ids: Sequence[int], special: Sequence[bool], tokenizer: Any) -> list[int]:
+    """``ids`` with every content token replaced by another token (for :func:`input_dependent_layers`)."""
+    candidates = [getattr(tokenizer, f"{n}_token_id", None) for n in ("unk", "pad", "mask", "eos", "bos")]
+    pool = list(dict.fromkeys([c for c in candidates if isinstance(c, int)] + [0, 1]))
+    return [i if s else next(c for c in pool if c != i) for i, s in zip(ids, special, strict=True)]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -117,8 +159,13 @@ class DecisionPathProbe(Probe):
     stack (final normalisation, pooler, classifier) to give class probabilities per layer; for a
     causal LM, the logit lens (nostalgebraist 2020) reads the next-token distribution from each
     layer through the final normalisation and the unembedding. The decision layer of an example is
-    the first layer from which every later layer agrees with the final prediction: an early one
-    means the deeper layers only confirm a decision made near the input. One line chart per example.
+    the first layer from which every later layer decides for the final prediction: it leads the
+    strongest other output by at least ``min_margin`` in probability, and the layer's read-out
+    depends on the input (checked by replacing every content token: a BERT-style classifier's
+    layer 0 reads [CLS] at the embeddings, the same state for every text, and never counts). An
+    early decision layer means the deeper layers only confirm a decision made near the input; an
+    example whose last layer itself has a margin below ``min_margin`` is undecided and left out
+    of the depth statistics. One line chart per example.
 
     Parameters
     ----------
@@ -127,18 +174,24 @@ class DecisionPathProbe(Probe):
     max_examples : int, default=4
     top_k : int, default=5
         Next tokens listed per layer for a causal LM (classes drawn for a classifier with many).
+    min_margin : float, default=0.1
+        Lead in probability of the final prediction over the runner-up for a layer to count as deciding.
     """
 
     name: ClassVar[str] = "decision_path"
     category: ClassVar[str] = "transparency"
     kinds: ClassVar[frozenset[str]] = frozenset({"sequence-classification", "causal-lm"})
     description: ClassVar[str] = "Class probabilities per layer (classifiers) and the logit lens (causal LMs)"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
-    def __init__(self, *, examples: Sequence[Any] | None = None, max_examples: int = 4, top_k: int = 5) -> None:
+    def __init__(self, *, examples: Sequence[Any] | None = None, max_examples: int = 4, top_k: int = 5,
+                 min_margin: float = 0.1) -> None:
         self.examples = examples
         self.max_examples = max_examples
         self.top_k = top_k
+        self.min_margin = min_margin
+        if not 0 <= min_margin < 1:
+            raise ConfigError(f"Probe 'decision_path': min_margin is a probability lead in [0, 1), got {min_margin!r}.")
         if isinstance(examples, str):
             raise ConfigError("Probe 'decision_path': examples must be a list of texts, got one string. "
                               "Write examples: [\"...\"].")
@@ -153,6 +206,7 @@ class DecisionPathProbe(Probe):
         labels = target.labels if not causal else []
         target.tokenize([ex.text for ex in examples])  # counts truncated texts for the card's manifest
         tables, figures, out_examples, depths, layers_at = [], [], [], [], []
+        constant_layers: set[int] = set()
         n_layers = 0
         for i, ex in enumerate(examples):
             enc = encode(target.tokenizer, ex.text, max_length=target.max_length, keep="end" if causal else "start")
@@ -163,8 +217,13 @@ class DecisionPathProbe(Probe):
             probs = _softmax(layer_logits(target.model, enc.ids, device=target.device))
             n_layers = probs.shape[0] - 1
             predicted = probs.argmax(-1).tolist()
-            layer = decision_layer(predicted)
-            depths.append(layer / max(n_layers, 1))
+            informative = input_dependent_layers(target.model, enc.ids,
+                                                 _reference_ids(enc.ids, enc.special, target.tokenizer),
+                                                 device=target.device)
+            layer = decision_layer(probs, min_margin=self.min_margin, informative=informative)
+            constant_layers.update(int(k) for k in np.flatnonzero(~informative))
+            if layer is not None:
+                depths.append(layer / max(n_layers, 1))
             layers_at.append(layer)
             final = predicted[-1]
             layer_names = ["embeddings"] + [f"layer {k}" for k in range(1, n_layers + 1)]
@@ -205,25 +264,51 @@ class DecisionPathProbe(Probe):
         truncated = sum(e["truncated"] for e in out_examples)
         if truncated:
             notes.append(f"{truncated} example(s) were longer than {target.max_length} tokens and were truncated.")
-        metrics = {
-            "mean_decision_depth": Metric(
-                value=float(np.mean(depths)),
-                description="Decision layer / number of layers, mean over examples (0 = decided at the embeddings, "
-                            "1 = only at the last layer)"),
-            "decided_before_last_layer": Metric(
-                value=float(np.mean([layer < n_layers for layer in layers_at])),
-                description="Share of examples whose final prediction is already the top one before the last layer"),
-        }
-        summary = (f"Traced {len(out_examples)} example(s) through {n_layers} layers "
-                   f"({'logit lens' if causal else 'classifier head on each layer'}); the final prediction emerges "
-                   f"at layer {np.mean(layers_at):.1f} of {n_layers} on average.")
+        metrics, summary = self._metrics(layers_at, depths, n_layers, constant_layers, causal)
         if notes:
             summary += " " + " ".join(notes)
         summary_table = Table(title="Decision layer per example", columns=[
             "example", "source", "text", "prediction", "probability", "decision layer", "truncated"],
-            rows=[[e["example"], e["source"], e["text"][:160], e["prediction"], e["probability"], e["decision_layer"],
-                   e["truncated"]] for e in out_examples],
-            caption="Decision layer: the first layer from which every later layer agrees with the final prediction "
-                    "(0 = the embeddings).")
+            rows=[[e["example"], e["source"], e["text"][:160], e["prediction"], e["probability"],
+                   "undecided" if e["decision_layer"] is None else e["decision_layer"], e["truncated"]]
+                  for e in out_examples],
+            caption=f"Decision layer: the first layer from which every later layer predicts the final output with a "
+                    f"lead of at least {self.min_margin:g} in probability over the runner-up (0 = the embeddings); a "
+                    "layer whose read-out is the same for every input never counts; undecided: even the last "
+                    "layer's lead is smaller.")
         return self.result(status="passed", summary=summary, metrics=metrics, headline="mean_decision_depth",
                            tables=[summary_table, *tables], figures=figures)
+
+    def _metrics(self, layers_at: list[int | None], depths: list[float], n_layers: int, constant_layers: set[int],
+                 causal: bool) -> tuple[dict[str, Metric], str]:
+        decided = [layer for layer in layers_at if layer is not None]
+        n, n_decided = len(layers_at), len(decided)
+        why = f"no example's final prediction leads the runner-up by {self.min_margin:g} or more"
+        metrics = {
+            "mean_decision_depth": Metric(
+                value=float(np.mean(depths)) if depths else None, note=None if depths else why,
+                description=f"Decision layer / number of layers, mean over the {n_decided} decided examples "
+                            "(0 = decided at the embeddings, 1 = only at the last layer)"),
+            "decided_before_last_layer": Metric(
+                value=float(np.mean([layer < n_layers for layer in decided])) if decided else None,
+                note=None if decided else why,
+                description=f"Share of the decided examples whose final prediction leads by {self.min_margin:g} "
+                            "from some layer before the last one on"),
+            "undecided_share": Metric(
+                value=float(1 - n_decided / max(n, 1)),
+                description=f"Share of examples whose final prediction leads the runner-up by less than "
+                            f"{self.min_margin:g}: no decision layer"),
+        }
+        how = "logit lens" if causal else "classifier head on each layer"
+        summary = f"Traced {n} example(s) through {n_layers} layers ({how}); "
+        if decided:
+            summary += (f"the final prediction is decided (lead of at least {self.min_margin:g}) at layer "
+                        f"{np.mean(decided):.1f} of {n_layers} on average over {n_decided} decided example(s)")
+        else:
+            summary += f"no decision layer: {why}"
+        if n_decided < n and decided:
+            summary += f"; {n - n_decided} undecided"
+        if constant_layers:
+            names = ", ".join("the embeddings" if k == 0 else f"layer {k}" for k in sorted(constant_layers))
+            summary += f"; {names} read the same state for every input and never count as deciding"
+        return metrics, summary + "."

@@ -6,9 +6,13 @@
   order. A faithful method removes more of the decision than random removal does (higher
   comprehensiveness) and keeps more of it when only its top tokens remain (lower sufficiency).
 * Model randomisation (Adebayo et al. 2018): re-initialise the model's weights from the top down
-  (the head, then the last layer, ..., down to the first) in a copy of the model and measure the
-  Spearman rank correlation of each method's attributions with the original ones. A method whose
-  attributions survive randomisation describes the input more than the model, and is flagged.
+  (the head, then the last layer, ..., down to the first, then the embedding block and a tied
+  unembedding) in a copy of the model and measure the Spearman rank correlation of each method's
+  attributions with the original ones. A method whose attributions survive randomisation (in
+  either direction: |rho|) describes the input more than the model, and is flagged.
+
+The verdict rule, its minimum number of examples and its effect-size threshold are in
+:class:`FaithfulnessProbe`.
 """
 
 from __future__ import annotations
@@ -46,14 +50,20 @@ from probes.attribution import (
 __all__ = [
     "PERCENTAGES",
     "FaithfulnessProbe",
+    "EMBEDDING_STAGE",
     "cascade_stages",
     "eraser_curves",
+    "min_examples_for",
     "randomize_",
     "rank_correlation",
     "removal_order",
+    "survival_statistic",
+    "untie_output_embeddings_",
 ]
 
 PERCENTAGES: tuple[float, ...] = (1, 5, 10, 20, 50)
+#: Name of the cascade's last stage, which re-initialises the embedding block.
+EMBEDDING_STAGE = "embeddings"
 _EMBEDDING_NAME = re.compile(r"(^|\.)(embeddings?|embed_\w+|\w*_embeddings?|wte|wpe|word_embeddings)$")
 
 
@@ -121,13 +131,31 @@ def _embedding_storage(model: Any) -> set[int]:
     return {p.data_ptr() for p in model.get_input_embeddings().parameters()}
 
 
-def cascade_stages(model: Any) -> list[tuple[str, list[tuple[str, torch.nn.Parameter]]]]:
-    """The cascade of Adebayo et al. (2018) from the top down: the head, then each layer, last first.
+def untie_output_embeddings_(model: Any) -> bool:
+    """Give a tied output embedding (GPT-2's unembedding) its own copy of the weights, in place.
 
-    The head is every parameter outside the layer stack and the embeddings (pooler, classifier,
-    final normalisation). The embeddings are never randomised: they are the input representation
-    the attributions are taken over. Parameters tied to the input embeddings (a tied unembedding)
-    are left out for the same reason.
+    The cascade then re-initialises the unembedding with the head and the input embeddings only
+    at the last stage, as Adebayo et al. (2018) randomise from the output down. Only for copies.
+    Returns whether the model had a tied output embedding.
+    """
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(out, "weight", None)
+    if not isinstance(weight, torch.nn.Parameter) or weight.data_ptr() not in _embedding_storage(model):
+        return False
+    out.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+    return True
+
+
+def cascade_stages(model: Any) -> list[tuple[str, list[tuple[str, torch.nn.Parameter]]]]:
+    """The cascade of Adebayo et al. (2018) from the top down: the head, each layer (last first), the embeddings.
+
+    The head is every parameter outside the layer stack and the embedding modules (pooler,
+    classifier, final normalisation, an untied unembedding). The last stage, ``"embeddings"``,
+    holds every parameter not in an earlier stage: the embedding block (word, position and
+    token-type embeddings and their normalisation) and an output embedding still tied to the
+    input one. After the last stage every parameter has been re-initialised; a Saliency map that
+    survives up to it comes from the embedding normalisation (each token scaled by
+    ``gamma / sigma_i``), which no layer above changes.
     """
     blocks = transformer_blocks(model)
     if blocks is None:
@@ -144,6 +172,10 @@ def cascade_stages(model: Any) -> list[tuple[str, list[tuple[str, torch.nn.Param
     for index in range(len(blocks) - 1, -1, -1):
         stages.append((f"layer {index + 1}", [(f"layer {index + 1}.{n}", p) for n, p in blocks[index].named_parameters()
                                              if p.data_ptr() not in tied]))
+    done = {id(p) for _, params in stages for _, p in params}
+    rest = [(n, p) for n, p in model.named_parameters(remove_duplicate=True) if id(p) not in done]
+    if rest:
+        stages.append((EMBEDDING_STAGE, rest))
     return stages
 
 
@@ -184,26 +216,67 @@ def _line_chart(x_labels: Sequence[str], series: dict[str, Sequence[float]], *, 
     return to_svg(fig)
 
 
+def min_examples_for(n_tests: int, alpha: float) -> int:
+    """Fewest examples with which any of ``n_tests`` exact one-sided sign-flip tests can pass Holm at ``alpha``.
+
+    On ``n`` examples the smallest such p-value is ``1 / 2 ** n`` (every example favouring the
+    method), and Holm multiplies the smallest of ``n_tests`` by ``n_tests``: the verdict needs
+    ``n_tests / 2 ** n <= alpha``. With fewer examples no method can be called better than random.
+    """
+    return max(1, math.ceil(math.log2(max(n_tests, 1) / alpha) - 1e-12))
+
+
+def survival_statistic(stage_rhos: Sequence[float | None], stage_names: Sequence[str]) -> float | None:
+    """The randomisation check's statistic: the largest |mean Spearman rho| once every layer is re-initialised.
+
+    The stages checked are the one that re-initialises the last remaining layer (the whole stack
+    and the head are then random, the embeddings not yet) and the embeddings stage after it. A
+    reversed ranking (rho near -1) is as much a survivor as an unchanged one: the map is still
+    a function of the input that the model's learned layers do not control (Adebayo et al. 2018).
+    """
+    if not stage_rhos:
+        return None
+    first = len(stage_names) - 2 if stage_names and stage_names[-1] == EMBEDDING_STAGE else len(stage_names) - 1
+    checked = [abs(r) for r in stage_rhos[max(first, 0):] if r is not None]
+    return float(max(checked)) if checked else None
+
+
 class FaithfulnessProbe(Probe):
     """Which attribution method to trust for this model: ERASER removal curves and a randomisation check.
 
     For each method, comprehensiveness and sufficiency (DeYoung et al. 2020) are averaged over
     removing or keeping the top 1, 5, 10, 20 and 50% of tokens (AOPC) and compared, example by
-    example, with removing tokens in a random order (``n_random`` orders): a one-sided paired
-    permutation test, Holm-adjusted across the methods and the two measures, with bootstrap
-    intervals. Then the model-randomisation cascade of Adebayo et al. (2018) re-initialises a copy
-    of the model from the top down and reports the Spearman rank correlation of each method's
-    |attributions| with the original ones; a method still correlated above ``max_rank_correlation``
-    after the whole stack is randomised is flagged: its maps describe the input, not the model.
-    A method is trusted when it beats random removal and does not survive randomisation. The
-    cascade works on a deep copy of the model, so it needs memory for a second copy.
+    example, with removing tokens in a random order (``n_random`` orders). The effect size of an
+    example is its gain over random divided by ``p(y|x)``, the share of the explained
+    probability that the method's top tokens remove beyond what random ones remove.
+
+    Verdict rule (each method):
+
+    1. *Survives randomisation* (do not trust): the model-randomisation cascade of Adebayo et
+       al. (2018) re-initialises a copy of the model from the top down (head, layers last to
+       first, then the embedding block and a tied unembedding); if ``|mean Spearman rho|`` of
+       the method's |attributions| with the original ones, over ``randomization_examples``
+       examples, is at or above ``max_rank_correlation`` once the whole layer stack is random
+       (with or without the embeddings), the map describes the input, not the model.
+    2. *Undetermined*: fewer examples than :func:`min_examples_for` (``ceil(log2(m / alpha))``
+       for ``m`` methods; 6 for three methods at 0.05), where no test could pass.
+    3. *Better than random* (needed for trust): a one-sided sign-flip test of
+       ``mean(gain_i - min_gain) > 0`` on the comprehensiveness gains, exact up to 2^20 sign
+       vectors, Holm-adjusted across the methods at family-wise level ``alpha``: the mean gain
+       must be significantly above ``min_gain``, not merely above zero. Sufficiency is tested the
+       same way as a second family and reported, not used in the verdict.
+    4. *Trust* when 3 holds and 1 does not; without the cascade, "faithful by ERASER".
+
+    The cascade works on a deep copy of the model, so it needs memory for a second copy; its
+    re-initialisations draw from the audit's seeded generator, so a seed gives the same verdicts.
 
     Parameters
     ----------
     methods : sequence of {"integrated_gradients", "saliency", "input_x_gradient"}, default=all three
     examples : sequence of str or mapping, optional
         Texts to test on; by default a seeded sample of the data, else a short built-in list.
-    max_examples : int, default=8
+    max_examples : int, default=16
+        At least :func:`min_examples_for` are needed for a verdict (6 with three methods).
     target : int or str, optional
         As in the attribution probe: class (classifier) or continuation (causal LM); default the prediction.
     percentages : sequence of float, default=(1, 5, 10, 20, 50)
@@ -218,7 +291,9 @@ class FaithfulnessProbe(Probe):
     randomization_examples : int, default=4
         Examples re-attributed at every stage of the cascade.
     max_rank_correlation : float, default=0.5
-        A method whose mean Spearman correlation after full randomisation is at or above this is flagged.
+        A method whose |mean Spearman correlation| after the stack is randomised is at or above this is flagged.
+    min_gain : float, default=0.05
+        Smallest mean comprehensiveness gain over random, as a share of ``p(y|x)``, that can earn trust.
     alpha : float, default=0.05
         Family-wise level for "better than random" after Holm-Bonferroni.
     n_boot : int, default=2000
@@ -228,14 +303,14 @@ class FaithfulnessProbe(Probe):
     category: ClassVar[str] = "transparency"
     kinds: ClassVar[frozenset[str]] = EXPLAINABLE_KINDS
     description: ClassVar[str] = "ERASER comprehensiveness/sufficiency vs random and the model-randomisation check"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     def __init__(
         self,
         *,
         methods: Sequence[str] = METHODS,
         examples: Sequence[Any] | None = None,
-        max_examples: int = 8,
+        max_examples: int = 16,
         target: int | str | None = None,
         percentages: Sequence[float] = PERCENTAGES,
         n_random: int = 5,
@@ -247,6 +322,7 @@ class FaithfulnessProbe(Probe):
         randomization: bool = True,
         randomization_examples: int = 4,
         max_rank_correlation: float = 0.5,
+        min_gain: float = 0.05,
         alpha: float = 0.05,
         n_boot: int = 2000,
     ) -> None:
@@ -264,6 +340,7 @@ class FaithfulnessProbe(Probe):
         self.randomization = randomization
         self.randomization_examples = randomization_examples
         self.max_rank_correlation = max_rank_correlation
+        self.min_gain = min_gain
         self.alpha = alpha
         self.n_boot = n_boot
         check_common_params(self.name, methods=methods, examples=examples, max_examples=max_examples,
@@ -276,9 +353,11 @@ class FaithfulnessProbe(Probe):
                               f"positive, got {n_random!r}, {randomization_examples!r}, {n_boot!r}.")
         if max_n_steps < n_steps:
             raise ConfigError(f"Probe 'faithfulness': max_n_steps ({max_n_steps}) must be at least n_steps ({n_steps}).")
-        if not 0 < alpha < 1 or not -1 <= max_rank_correlation <= 1:
-            raise ConfigError(f"Probe 'faithfulness': alpha must be in (0, 1) and max_rank_correlation in [-1, 1], "
-                              f"got {alpha!r}, {max_rank_correlation!r}.")
+        if not 0 < alpha < 1 or not 0 <= max_rank_correlation <= 1:
+            raise ConfigError(f"Probe 'faithfulness': alpha must be in (0, 1) and max_rank_correlation in [0, 1] "
+                              f"(it bounds |rho|), got {alpha!r}, {max_rank_correlation!r}.")
+        if not 0 <= min_gain < 1:
+            raise ConfigError(f"Probe 'faithfulness': min_gain is a share of p(y|x) in [0, 1), got {min_gain!r}.")
 
     def _attribute(self, explainer: Explainer, encs: list[Encoded], targets: list[Any], *,
                    raise_steps: bool = True) -> dict[str, list[TokenAttribution]]:
@@ -292,6 +371,21 @@ class FaithfulnessProbe(Probe):
                 out[method] = explainer.attribute(encs, targets, method, n_steps=self.n_steps,
                                                   internal_batch_size=self.internal_batch_size)
         return out
+
+    def _tests(self, gains: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Holm-adjusted one-sided p-values of ``mean(gain - min_gain) > 0``, one per row, and the rejections."""
+        p_values = [paired_permutation_test(row - self.min_gain, np.zeros_like(row), rng=rng,
+                                            alternative="greater").p_value for row in gains]
+        return holm_bonferroni(p_values, alpha=self.alpha)
+
+    def _verdict(self, *, survives: bool, checked: bool, enough: bool, beats: bool, n: int, n_min: int) -> str:
+        if survives:
+            return "do not trust: survives model randomisation"
+        if not enough:
+            return f"undetermined: {n} examples, at least {n_min} needed"
+        if not beats:
+            return f"do not trust: not better than random removal by at least {self.min_gain:g} of p(y|x)"
+        return "trust" if checked else "faithful by ERASER (randomisation check not run)"
 
     def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
         explainer = Explainer.for_target(target, baselines=self.baselines)
@@ -307,76 +401,80 @@ class FaithfulnessProbe(Probe):
         orders = [[removal_order(attributions[m][i].scores, enc) for m in methods] +
                   [context.rng.permutation(enc.content) for _ in range(self.n_random)]
                   for i, enc in enumerate(encs)]
-        _, comp, suff = eraser_curves(explainer, encs, targets, orders, pct)
+        full, comp, suff = eraser_curves(explainer, encs, targets, orders, pct)
         n_m = len(methods)
         comp_aopc, suff_aopc = comp.mean(axis=2), suff.mean(axis=2)  # (examples, orders)
         rand_comp, rand_suff = comp_aopc[:, n_m:].mean(axis=1), suff_aopc[:, n_m:].mean(axis=1)
-
-        tests, p_values = [], []
-        for j, method in enumerate(methods):
-            for measure, gain in (("comprehensiveness", comp_aopc[:, j] - rand_comp),
-                                  ("sufficiency", rand_suff - suff_aopc[:, j])):
-                result = paired_permutation_test(gain, np.zeros_like(gain), rng=context.rng, alternative="greater")
-                tests.append((method, measure))
-                p_values.append(result.p_value)
-        adjusted, reject = holm_bonferroni(p_values, alpha=self.alpha)
-        holm = {key: (float(p), bool(r)) for key, p, r in zip(tests, adjusted, reject, strict=True)}
+        scale = np.maximum(full, 1e-12)
+        comp_gain = (comp_aopc[:, :n_m] - rand_comp[:, None]).T / scale  # (methods, examples)
+        suff_gain = (rand_suff[:, None] - suff_aopc[:, :n_m]).T / scale
+        comp_p, comp_reject = self._tests(comp_gain, context.rng)
+        suff_p, _ = self._tests(suff_gain, context.rng)
+        n_min = min_examples_for(n_m, self.alpha)
 
         cascade, stage_names = self._cascade(target, explainer, encs, targets, attributions, context) \
             if self.randomization else ({}, [])
         metrics: dict[str, Metric] = {}
         rows, verdicts = [], {}
         for j, method in enumerate(methods):
-            c_gain = bootstrap_ci(comp_aopc[:, j] - rand_comp, rng=context.rng, n_resamples=self.n_boot)
+            c_gain = bootstrap_ci(comp_gain[j], rng=context.rng, n_resamples=self.n_boot)
             c_ci = bootstrap_ci(comp_aopc[:, j], rng=context.rng, n_resamples=self.n_boot)
             s_ci = bootstrap_ci(suff_aopc[:, j], rng=context.rng, n_resamples=self.n_boot)
             metrics[f"comprehensiveness[{method}]"] = Metric(
-                value=c_ci.estimate, ci=c_ci.as_tuple(), ci_level=c_ci.level,
-                p_value=holm[(method, "comprehensiveness")][0], direction="higher_is_better",
-                description=f"ERASER comprehensiveness AOPC of {TITLES[method]} (p: better than random removal, "
-                            "Holm-adjusted)")
+                value=c_ci.estimate, ci=c_ci.as_tuple(), ci_level=c_ci.level, p_value=float(comp_p[j]),
+                direction="higher_is_better",
+                description=f"ERASER comprehensiveness AOPC of {TITLES[method]} (p: gain over random removal above "
+                            f"{self.min_gain:g} of p(y|x), one-sided sign-flip, Holm-adjusted over the methods)")
+            metrics[f"comprehensiveness_gain[{method}]"] = Metric(
+                value=c_gain.estimate, ci=c_gain.as_tuple(), ci_level=c_gain.level, p_value=float(comp_p[j]),
+                threshold=self.min_gain, direction="higher_is_better",
+                description=f"Comprehensiveness of {TITLES[method]} minus that of random removal, as a share of "
+                            f"p(y|x), mean over examples; trust needs it significantly above {self.min_gain:g}")
             metrics[f"sufficiency[{method}]"] = Metric(
-                value=s_ci.estimate, ci=s_ci.as_tuple(), ci_level=s_ci.level,
-                p_value=holm[(method, "sufficiency")][0], direction="lower_is_better",
-                description=f"ERASER sufficiency AOPC of {TITLES[method]} (p: better than random, Holm-adjusted)")
-            final_rho = cascade[method][-1] if cascade else None
+                value=s_ci.estimate, ci=s_ci.as_tuple(), ci_level=s_ci.level, p_value=float(suff_p[j]),
+                direction="lower_is_better",
+                description=f"ERASER sufficiency AOPC of {TITLES[method]} (p: better than random by {self.min_gain:g} "
+                            "of p(y|x), Holm-adjusted; reported, not used in the verdict)")
+            final_rho = survival_statistic(cascade[method], stage_names) if cascade else None
             survives = final_rho is not None and final_rho >= self.max_rank_correlation
             if cascade:
                 metrics[f"randomized_rank_correlation[{method}]"] = Metric(
                     value=final_rho, threshold=self.max_rank_correlation, direction="lower_is_better",
                     note=None if final_rho is not None else "attributions of the randomised model were constant",
-                    description=f"Spearman correlation of |{TITLES[method]}| with the original after every layer "
-                                "and the head are re-initialised (Adebayo et al. 2018)")
-            beats = holm[(method, "comprehensiveness")][1]
-            if survives:
-                verdict = "do not trust: survives model randomisation"
-            elif not beats:
-                verdict = "do not trust: no better than removing tokens at random"
-            elif not cascade:
-                verdict = "faithful by ERASER (randomisation check not run)"
-            else:
-                verdict = "trust"
+                    description=f"|mean Spearman correlation| of |{TITLES[method]}| with the original once every "
+                                "layer and the head (and then the embeddings) are re-initialised, the larger of the "
+                                "two (Adebayo et al. 2018)")
+            verdict = self._verdict(survives=survives, checked=bool(cascade), enough=len(encs) >= n_min,
+                                    beats=bool(comp_reject[j]), n=len(encs), n_min=n_min)
             verdicts[method] = verdict
             rows.append([TITLES[method], float(comp_aopc[:, j].mean()), float(rand_comp.mean()),
                          f"{c_gain.estimate:+.3f} [{c_gain.low:+.3f}, {c_gain.high:+.3f}]",
-                         holm[(method, "comprehensiveness")][0], float(suff_aopc[:, j].mean()), float(rand_suff.mean()),
-                         holm[(method, "sufficiency")][0], final_rho, survives, verdict])
+                         float(comp_p[j]), float(suff_aopc[:, j].mean()), float(rand_suff.mean()),
+                         float(suff_p[j]), final_rho, survives, verdict])
         for measure, values in (("comprehensiveness", rand_comp), ("sufficiency", rand_suff)):
             metrics[f"{measure}[random]"] = Metric(
                 value=float(values.mean()), description=f"ERASER {measure} AOPC of random removal orders "
                                                         f"({self.n_random} per example)")
         trusted = [m for m in methods if verdicts[m] == "trust" or verdicts[m].startswith("faithful")]
-        best = max(trusted, key=lambda m: comp_aopc[:, methods.index(m)].mean()) if trusted else None
+        best = max(trusted, key=lambda m: comp_gain[methods.index(m)].mean()) if trusted else None
         metrics["n_trusted_methods"] = Metric(value=float(len(trusted)), direction="higher_is_better",
                                               description=f"Methods that pass both checks, of {len(methods)}")
+        metrics["min_examples_for_verdict"] = Metric(
+            value=float(n_min), description=f"Fewest examples with which a method can pass the better-than-random "
+                                            f"test ({n_m} Holm-adjusted tests at {self.alpha:g}); this run used "
+                                            f"{len(encs)}")
         tables = [Table(
             title="Which attribution method to trust",
-            columns=["method", "comprehensiveness", "random", "gain over random [95% CI]", "p (Holm)", "sufficiency",
-                     "random", "p (Holm)", "rank correlation after randomisation", "survives randomisation", "verdict"],
+            columns=["method", "comprehensiveness", "random", "gain over random, share of p(y|x) [95% CI]",
+                     "p (Holm)", "sufficiency", "random", "p (Holm)", "|rank correlation| after randomisation",
+                     "survives randomisation", "verdict"],
             rows=rows,
             caption=f"AOPC over the top {', '.join(f'{p:g}' for p in pct)}% of tokens, mean of {len(encs)} examples; "
-                    "comprehensiveness: higher is better; sufficiency: lower is better. A method survives "
-                    f"randomisation when its Spearman correlation stays at or above {self.max_rank_correlation:g}.")]
+                    "comprehensiveness: higher is better; sufficiency: lower is better. Trust needs the gain over "
+                    f"random removal to be significantly above {self.min_gain:g} of p(y|x) (one-sided sign-flip test, "
+                    f"Holm over {n_m} methods at {self.alpha:g}), which is possible only with at least {n_min} "
+                    "examples. A method survives randomisation when |Spearman rho| stays at or above "
+                    f"{self.max_rank_correlation:g} once every layer is re-initialised (a reversed ranking counts).")]
         figures = self._figures(methods, comp, suff, pct, n_m, cascade, stage_names)
         if cascade:
             tables.append(Table(title="Model randomisation cascade (Adebayo et al. 2018)",
@@ -384,21 +482,33 @@ class FaithfulnessProbe(Probe):
                                 rows=[[stage, *[cascade[m][s] for m in methods]] for s, stage in enumerate(stage_names)],
                                 caption=f"Mean Spearman correlation of |attribution| with the trained model's, over "
                                         f"{min(self.randomization_examples, len(encs))} examples; each row "
-                                        "re-initialises one more part of a copy of the model, from the top down."))
-        flagged = [TITLES[m] for m in methods if verdicts[m].startswith("do not trust: survives")]
-        if best is not None:
-            summary = f"Trust {TITLES[best]} for this model: it removes the most of the decision "
-            summary += f"(comprehensiveness {comp_aopc[:, methods.index(best)].mean():.3f} vs {rand_comp.mean():.3f} random)"
-        else:
-            summary = "No attribution method passed both checks on this model"
-        if flagged:
-            summary += f"; {', '.join(flagged)} survive{'s' if len(flagged) == 1 else ''} model randomisation"
-        summary += f" ({len(encs)} examples)."
+                                        "re-initialises one more part of a copy of the model, from the top down; "
+                                        "the last re-initialises the embeddings (and a tied unembedding)."))
+        summary = self._summary(methods, verdicts, best, comp_aopc, rand_comp, len(encs), n_min)
         if notes:
             summary += " " + " ".join(notes)
         status = "passed" if len(trusted) == len(methods) else "warned"
         return self.result(status=status, summary=summary, metrics=metrics,
                            headline=f"comprehensiveness[{best or methods[0]}]", tables=tables, figures=figures)
+
+    def _summary(self, methods: list[str], verdicts: dict[str, str], best: str | None, comp_aopc: np.ndarray,
+                 rand_comp: np.ndarray, n: int, n_min: int) -> str:
+        flagged = [TITLES[m] for m in methods if verdicts[m].startswith("do not trust: survives")]
+        if best is not None and verdicts[best] == "trust":
+            summary = f"Trust {TITLES[best]} for this model: it removes the most of the decision "
+            summary += f"(comprehensiveness {comp_aopc[:, methods.index(best)].mean():.3f} vs {rand_comp.mean():.3f} random)"
+        elif best is not None:
+            summary = (f"{TITLES[best]} is faithful by ERASER (comprehensiveness "
+                       f"{comp_aopc[:, methods.index(best)].mean():.3f} vs {rand_comp.mean():.3f} random); the "
+                       "randomisation check was not run")
+        elif n < n_min:
+            summary = (f"No verdict on any attribution method: {n} examples, but at least {n_min} are needed "
+                       "before a method can be shown better than random")
+        else:
+            summary = "No attribution method passed both checks on this model"
+        if flagged:
+            summary += f"; {', '.join(flagged)} survive{'s' if len(flagged) == 1 else ''} model randomisation"
+        return summary + f" ({n} examples; a verdict needs at least {n_min})."
 
     def _cascade(self, target: AuditTarget, explainer: Explainer, encs: list[Encoded], targets: list[Any],
                  attributions: dict[str, list[TokenAttribution]], context: AuditContext,
@@ -406,6 +516,7 @@ class FaithfulnessProbe(Probe):
         n = min(self.randomization_examples, len(encs))
         model = copy.deepcopy(target.model)
         model.eval()
+        untie_output_embeddings_(model)
         stages = cascade_stages(model)
         if not stages:
             return {}, []

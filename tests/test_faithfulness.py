@@ -11,7 +11,7 @@ import torch
 from audit import load_target
 from audit.context import AuditContext
 from audit.errors import ConfigError
-from probes.attribution import Explainer
+from probes.attribution import TITLES, Explainer
 from probes.faithfulness import (
     PERCENTAGES,
     FaithfulnessProbe,
@@ -31,7 +31,7 @@ def planted():
 
 @pytest.fixture(scope="module")
 def planted_result(planted):
-    texts, _ = planted_texts(np.random.default_rng(3), 12)
+    texts, _ = planted_texts(np.random.default_rng(3), 16)
     probe = FaithfulnessProbe(examples=texts, max_examples=len(texts), randomization_examples=4)
     return probe.run(planted, AuditContext(seed=0).for_probe("faithfulness"))
 
@@ -100,11 +100,13 @@ def test_planted_token_comprehensiveness_beats_random(planted_result):
 
 def test_randomisation_drops_gradient_attribution_correlation(planted_result):
     cascade = next(t for t in planted_result.tables if t.title.startswith("Model randomisation cascade"))
-    assert [row[0] for row in cascade.rows] == ["head", "layer 2", "layer 1"]
+    assert [row[0] for row in cascade.rows] == ["head", "layer 2", "layer 1", "embeddings"]
     for method in ("integrated_gradients", "input_x_gradient"):
         rho = planted_result.metrics[f"randomized_rank_correlation[{method}]"].value
         # the trained model's attributions correlate perfectly with themselves (rho = 1)
-        assert rho < 0.4, (method, rho)
+        assert 0 <= rho < 0.4, (method, rho)
+        signed = [row[cascade.columns.index(TITLES[method])] for row in cascade.rows[-2:]]
+        assert rho == pytest.approx(max(abs(v) for v in signed))
     figure = planted_result.figures[-1]
     assert figure.title == "Model randomisation cascade" and "<script" not in figure.svg
 
@@ -123,25 +125,30 @@ def test_cascade_stages_and_randomize(tiny_targets):
 
     bert = copy.deepcopy(tiny_targets["sequence-classification"].model)
     stages = cascade_stages(bert)
-    assert [s[0] for s in stages] == ["head", "layer 2", "layer 1"]
+    assert [s[0] for s in stages] == ["head", "layer 2", "layer 1", "embeddings"]
     head_names = [n for n, _ in stages[0][1]]
     assert "classifier.weight" in head_names and "bert.pooler.dense.weight" in head_names
-    assert not any("embeddings" in n for s in stages for n, _ in s[1])
+    # the embedding block is re-initialised last, and only there
+    assert not any("embeddings" in n for s in stages[:-1] for n, _ in s[1])
+    assert all(n.startswith("bert.embeddings.") for n, _ in stages[-1][1])
     before = {k: v.clone() for k, v in bert.state_dict().items()}
     randomize_(stages[1][1], std=0.02, generator=torch.Generator().manual_seed(0))
     changed = {k for k, v in bert.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("bert.encoder.layer.1.") for k in changed)
 
     gpt2 = copy.deepcopy(tiny_targets["causal-lm"].model)
-    names = [n for _, params in cascade_stages(gpt2) for n, _ in params]
+    stages = cascade_stages(gpt2)
+    names = [n for _, params in stages[:-1] for n, _ in params]
     assert "transformer.ln_f.weight" in names
+    # still tied: the shared matrix is the input embedding, re-initialised with the embeddings
     assert "lm_head.weight" not in names and not any("wte" in n or "wpe" in n for n in names)
+    assert {"transformer.wte.weight", "transformer.wpe.weight"} <= {n for n, _ in stages[-1][1]}
 
 
 def test_survivors_are_flagged(tiny_targets):
     target = tiny_targets["sequence-classification"]
     result = FaithfulnessProbe(examples=["she is a nurse", "he is a doctor"], methods=["input_x_gradient"],
-                               max_rank_correlation=-1.0, n_random=2).run(
+                               max_rank_correlation=0.0, n_random=2).run(
         target, AuditContext().for_probe("faithfulness"))
     row = result.tables[0].rows[0]
     assert row[-2] is True and row[-1] == "do not trust: survives model randomisation"
@@ -165,6 +172,10 @@ def test_bad_parameters():
         FaithfulnessProbe(n_random=0)
     with pytest.raises(ConfigError, match="unknown method"):
         FaithfulnessProbe(methods=["gradcam"])
+    with pytest.raises(ConfigError, match=r"max_rank_correlation in \[0, 1\]"):
+        FaithfulnessProbe(max_rank_correlation=-0.5)
+    with pytest.raises(ConfigError, match="min_gain"):
+        FaithfulnessProbe(min_gain=1.5)
 
 
 @pytest.mark.slow
@@ -173,7 +184,7 @@ def test_minilm_faithfulness():
     result = FaithfulnessProbe(max_examples=4, randomization_examples=1, n_random=2).run(
         target, AuditContext().for_probe("faithfulness"))
     assert result.status in ("passed", "warned")
-    assert len(next(t for t in result.tables if t.title.startswith("Model randomisation")).rows) == 7
+    assert len(next(t for t in result.tables if t.title.startswith("Model randomisation")).rows) == 8
     for method in ("integrated_gradients", "saliency", "input_x_gradient"):
         metric = result.metrics[f"comprehensiveness[{method}]"]
         assert metric.ci[0] <= metric.value <= metric.ci[1]
