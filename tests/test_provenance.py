@@ -237,6 +237,17 @@ def test_cli_refuses_another_architecture_in_one_line_with_exit_2(wrong_architec
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o" / "results.json").exists()
 
 
+def test_cli_allow_new_weights_audits_and_records_them(wrong_architecture, tmp_path):
+    config = tmp_path / "audit.yaml"
+    config.write_text("select: [seat]\nprobes:\n  seat:\n    params: {tests: [weat6], n_samples: 200, n_boot: 50}\n")
+    out = tmp_path / "o"
+    assert main(["run", "--model", str(wrong_architecture), "--config", str(config), "--allow-new-weights",
+                 "--out", str(out), "--no-progress", "--quiet"]) in (0, 1)
+    manifest = json.loads((out / "results.json").read_text())["manifest"]
+    assert "embeddings.word_embeddings.weight" in manifest["new_weights"]
+    assert any("random weights" in note for note in manifest["notes"])
+
+
 def test_a_shape_mismatch_is_refused_naming_the_tensor(tiny_dirs, tmp_path):
     edited = _copy(tiny_dirs["encoder"], tmp_path / "m")
     config = json.loads((edited / "config.json").read_text())
@@ -299,6 +310,39 @@ def test_cli_seed_fixes_the_new_head(tmp_path):
     assert outs[0]["manifest"]["new_weights"] == ["classifier.bias", "classifier.weight"]
     assert outs[0]["results"][0]["status"] != "errored"
     assert outs[0]["results"][0]["metrics"] == outs[1]["results"][0]["metrics"]
+
+
+def test_pickle_weights_fall_back_to_file_hashes(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from tests.tiny import save_bert_tokenizer
+
+    fingerprints = []
+    for seed in (0, 1):
+        directory = tmp_path / f"m{seed}"
+        save_bert_tokenizer(directory)
+        torch.manual_seed(seed)
+        model = BertModel(BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32))
+        model.config.save_pretrained(directory)
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+        target = load_target(directory, allow_pickle=True, progress=False)
+        digest = hashlib.sha256((directory / "pytorch_model.bin").read_bytes()).hexdigest()
+        assert target.fingerprint_parts["weights"].startswith("files:") and target.files["pytorch_model.bin"] == f"sha256:{digest}"
+        fingerprints.append(target.fingerprint)
+    assert fingerprints[0] != fingerprints[1]
+
+
+def test_the_weight_file_named_in_config_is_the_one_fingerprinted(tiny_dirs, tmp_path):
+    edited = _copy(tiny_dirs["encoder"], tmp_path / "m")
+    (edited / "model.safetensors").rename(edited / "weights-v2.safetensors")
+    _edit_json(edited / "config.json", transformers_weights="weights-v2.safetensors")
+    target = load_target(edited, progress=False)
+    assert "weights-v2.safetensors" in target.files
+    assert target.fingerprint_parts["weights"] == load_target(tiny_dirs["encoder"], progress=False).fingerprint_parts["weights"]
+    _edit_json(edited / "config.json", transformers_weights="../elsewhere.safetensors")
+    with pytest.raises(ModelLoadError, match="transformers_weights"):
+        load_target(edited, progress=False)
 
 
 # -- corrupt weights -------------------------------------------------------------------------
