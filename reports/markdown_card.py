@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from audit.records import CHAIN_KEY
 from audit.results import AuditResults
 from reports.model_card import group_by_category
+from reports.reliability import reliability_line
 
 __all__ = ["md_escape", "render_markdown_card"]
 
@@ -130,6 +131,7 @@ def render_markdown_card(results: AuditResults) -> str:
             value = _fmt(hm.value) + (f" [{_fmt(hm.ci[0])}, {_fmt(hm.ci[1])}]" if hm.ci else "")
         p = _fmt(hm.p_value) if hm is not None and hm.p_value is not None else ""
         lines.append(f"| {md_escape(r.probe)} | {r.status} | {md_escape(r.headline or '')} | {value} | {p} | {md_escape(r.summary)} |")
+    lines += ["", reliability_line(r.probe for r in results.results)]
     if results.gates:
         lines += ["", "### Gates", "", "| Probe | Metric | Bound | Value | Passed |", "|---|---|---|---|---|"]
         for g in results.gates:

@@ -20,6 +20,7 @@ from markupsafe import Markup, escape
 
 from audit._io import ensure_writable_dir, write_json_atomic, write_text_atomic
 from audit.results import SCHEMA_VERSION, AuditResults
+from reports.reliability import reliability_notes
 
 __all__ = ["render_html_card", "write_reports"]
 
@@ -202,6 +203,7 @@ def render_html_card(results: AuditResults) -> str:
         partials=partials,
         categories=group_by_category(results),
         record_templates=record_templates,
+        reliability=reliability_notes(r.probe for r in results.results),
         schema_version=results.schema_version or SCHEMA_VERSION,
         config_json=json.dumps(results.manifest.config, indent=2, ensure_ascii=False),
     )

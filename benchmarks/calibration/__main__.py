@@ -31,10 +31,14 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     # Tiny models on a shared machine: one thread is faster than two threads contending.
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    cases = suite.select(suite.all_cases(), args.cases)
-    data = suite.to_json(suite.run_suite(cases, runs=args.runs, base_seed=args.seed,
-                                         progress=lambda line: print(line, flush=True)))
+    try:
+        cases = suite.select(suite.all_cases(), args.cases)
+        data = suite.to_json(suite.run_suite(cases, runs=args.runs, base_seed=args.seed,
+                                             progress=lambda line: print(line, flush=True)))
+    finally:
+        torch.set_num_threads(threads)
     print(suite.render_markdown(data))
     if not args.no_write:
         full = not args.cases and args.runs >= 40
