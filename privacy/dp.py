@@ -107,13 +107,14 @@ SECURE_MODE_UNAVAILABLE = (
     "--seed (only Opacus' hardening of the Gaussian sampler against floating-point attacks is missing)."
 )
 PRIVATE_STATS_LEFT_OUT = (
-    "Left out: the training-loss curve, the non-private baseline's score and the count of empty Poisson batches are "
-    "statistics of the private rows that the accountant does not cover (train with --record-private-stats to keep "
-    "them, labelled)."
+    "Left out: the training-loss curve, the non-private baseline's score, the count of empty Poisson batches and the "
+    "training time (a timing side channel of the sampled batches) are statistics of the private rows that the "
+    "accountant does not cover (train with --record-private-stats to keep them, labelled)."
 )
 PRIVATE_STATS_INCLUDED = (
-    "Included on request (--record-private-stats): the training-loss curve, the non-private baseline's score and the "
-    "count of empty Poisson batches are statistics of the private rows that the accountant does not cover."
+    "Included on request (--record-private-stats): the training-loss curve, the non-private baseline's score, the "
+    "count of empty Poisson batches and the training time are statistics of the private rows that the accountant "
+    "does not cover."
 )
 DATA_FINGERPRINT_KIND = (
     "keyed: HMAC-SHA256 of the training rows under the secret key of audit.records.secret_key(), kept apart from the "
@@ -1446,7 +1447,7 @@ class DPFineTuner:
             record["private_stats"] = PRIVATE_STATS_INCLUDED
             record["empty_batches_coverage"] = "how many Poisson batches were empty: " + NOT_COVERED
             return record
-        for key in ("curve", "curve_coverage", "empty_batches"):
+        for key in ("curve", "curve_coverage", "empty_batches", "duration_s"):
             record.pop(key, None)
         for key in ("non_private", "non_private_perplexity", "non_private_coverage"):
             record["utility"].pop(key, None)

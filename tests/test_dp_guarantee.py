@@ -160,7 +160,7 @@ def test_a_non_private_step_on_the_same_rows_voids_the_guarantee(dp_model, tmp_p
     html, markdown = cards(target.records)
     assert "Privacy guarantee: no longer holds." in html and f"debiasing:{technique}" in html
     assert "guarantee of the training record no longer holds for this model" in html  # caveats too
-    assert "What this means" not in html and "learns little" not in html
+    assert "What this means" not in html and "learns little" not in html and "Protected:" not in html
     assert "the privacy guarantee no longer holds" in markdown and f"debiasing:{technique}" in markdown
     assert "differential privacy per training example, accountant rdp;" not in markdown
 
@@ -262,7 +262,7 @@ def test_private_statistics_only_on_request_and_labelled(tiny_dirs, tmp_path):
     assert "Training curve (not covered by the DP guarantee)" in html and "(not covered by the DP guarantee)" in html
     tuner.record_private_stats = False
     dp = json.loads((tuner.save(tmp_path / "without") / RECORD_FILENAME).read_text(encoding="utf-8"))["dp"]
-    assert "curve" not in dp and "non_private" not in dp["utility"] and "empty_batches" not in dp
+    assert "curve" not in dp and "non_private" not in dp["utility"] and "empty_batches" not in dp and "duration_s" not in dp
     assert "held-out rows" in dp["utility"]["coverage"] and isinstance(dp["utility"]["private"], float)
     html, _ = cards({"dp": dp})
     assert "<polyline" not in html and "not recorded: not covered by the DP guarantee" in html
@@ -324,3 +324,18 @@ def test_client_side_dp_of_a_federated_model_is_voided_by_a_later_step_on_its_ro
     client_dp = assess_guarantees(later)["federated"]["client_dp"]
     assert client_dp["guarantee_holds"] is False and client_dp["voided_by"] == "debiasing:threshold"
     assert "3 of its rows are rows of the DP training data" in client_dp["void_reasons"][0]
+
+
+def test_cli_records_private_statistics_only_with_the_flag(tiny_dirs, tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    people_data(32).to_csv(data, index=False)
+    common = ["train-dp", "--model", str(tiny_dirs["sequence-classification"]), "--data", str(data), "--label-column",
+              "label", "--noise-multiplier", "1.0", "--accountant", "rdp", "--batch-size", "8", "--epochs", "1",
+              "--baseline", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--record-private-stats", "--out", str(tmp_path / "stats")]) == 0
+    assert "not covered by the DP guarantee" in capsys.readouterr().out
+    plain, stats = (json.loads((tmp_path / d / RECORD_FILENAME).read_text(encoding="utf-8"))["dp"]
+                    for d in ("plain", "stats"))
+    assert "curve" not in plain and "non_private" not in plain["utility"]
+    assert stats["curve"] and isinstance(stats["utility"]["non_private"], float)
