@@ -62,6 +62,9 @@ SAME_DATA = "{label} read the DP training data without DP ({how})"
 UNKNOWN_DATA = "{label} read user data that cannot be compared with the DP training data ({why})"
 DIFFERENT_DATA = ("{label} read other user data without DP; the guarantee holds only if that data holds no row of the "
                   "DP training data under another form the fingerprints cannot match")
+CLIENT_LOSSES = ("the per-round train_loss values in this record are the clients' training losses on their private "
+                 "rows, sent to the server without DP: they are not covered by the client-side guarantee, which "
+                 "covers the model only")
 COMPOSED = ("{label} was a further private training on the same (or possibly the same) data: the total privacy loss "
             "is the composition of both guarantees, larger than this section's epsilon")
 
@@ -335,7 +338,11 @@ def assess_guarantees(records: Mapping[str, Any]) -> dict[str, Any]:
         if name == "dp" and entry is _last(entries, "dp"):
             section.update(_assess(entry, entries[:position] + entries[position + 1:], section, key))
         elif name == "federated" and entry is _last(entries, "federated") and isinstance(section.get("client_dp"), dict):
-            section["client_dp"].update(_assess(entry, entries[:position] + entries[position + 1:], section, key))
+            assessed = _assess(entry, entries[:position] + entries[position + 1:], section, key)
+            rounds = section.get("rounds") if isinstance(section.get("rounds"), list) else []
+            if any(isinstance(r, Mapping) and r.get("train_loss") is not None for r in rounds):
+                assessed["guarantee_caveats"].append(CLIENT_LOSSES)
+            section["client_dp"].update(assessed)
     return out
 
 

@@ -315,10 +315,12 @@ def test_client_side_dp_of_a_federated_model_is_voided_by_a_later_step_on_its_ro
     from audit.records import append_step, chain_entry, data_digest
 
     rows = [f"row {i}" for i in range(10)]
-    records = append_step({"federated": {"strategy": "fedavg", "client_dp": {"epsilon_max": 2.0}}},
+    records = append_step({"federated": {"strategy": "fedavg", "client_dp": {"epsilon_max": 2.0},
+                                         "rounds": [{"round": 1, "train_loss": 0.5}]}},
                           chain_entry(step="federated", technique="fedavg", digest=data_digest(rows),
                                       uses_user_data=True, private=True))
-    assert assess_guarantees(records)["federated"]["client_dp"]["guarantee_holds"] is True
+    alone = assess_guarantees(records)["federated"]["client_dp"]
+    assert alone["guarantee_holds"] is True and "train_loss" in alone["guarantee_caveats"][0]
     later = append_step(records, chain_entry(step="debiasing", technique="threshold", digest=data_digest(rows[:3]),
                                              uses_user_data=True, private=False))
     client_dp = assess_guarantees(later)["federated"]["client_dp"]
