@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,7 +54,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit code 2."""
 
     def error(self, message: str) -> Any:  # type: ignore[override]
-        sys.stderr.write(f"rai-audit: error: {message}. See '{self.prog} --help'.\n")
+        sys.stderr.write(f"rai-audit: error: {message.rstrip('.')}. See '{self.prog} --help'.\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -120,10 +121,28 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     return validate_config(raw, source="command line")
 
 
-def _check_output_dir(path: Path) -> None:
+MODEL_DIR_AS_OUT = ("Output directory {out!r} holds a model ({found}); the reports would overwrite its files "
+                    "(README.md is the model's Hub card). Choose another --out, e.g. {suggestion!r}.")
+
+
+def _refuse_model_dir(path: Path, model: str | os.PathLike[str] | None = None) -> None:
+    """A report directory must never be a model directory: writing README.md there replaces the model's card."""
+    if not path.is_dir():
+        return
+    markers = [name for name in ("config.json", "rai_audit_record.json") if (path / name).is_file()]
+    markers += sorted(p.name for p in path.glob("*.safetensors"))[:1]
+    same = model is not None and Path(model).expanduser().is_dir() and \
+        Path(model).expanduser().resolve() == path.resolve()
+    if markers or same:
+        raise OutputError(MODEL_DIR_AS_OUT.format(out=str(path), found=", ".join(markers) or "it is --model",
+                                                  suggestion=str(path / "audit-report")))
+
+
+def _check_output_dir(path: Path, *, model: str | os.PathLike[str] | None = None) -> None:
     """Fail before any work when ``path`` cannot be created or written; leave nothing behind."""
     import tempfile
 
+    _refuse_model_dir(path, model)
     created: list[Path] = []
     probe = path.absolute()
     while not probe.exists() and probe.parent != probe:
@@ -146,13 +165,16 @@ def _check_output_dir(path: Path) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from audit._validate import check_records
     from audit.results import AuditResults
     from audit.runner import Auditor
-    from audit.target import load_target
+    from audit.target import RECORD_FILENAME, load_target
     from reports.model_card import write_reports
 
     config = _config_from_args(args)
-    _check_output_dir(config.output_dir)
+    _check_output_dir(config.output_dir, model=config.model)
+    if args.junit is not None and args.junit.is_dir():
+        raise OutputError(f"JUnit file {str(args.junit)!r} is a directory. Give a file path with --junit.")
     junit_dir = args.junit.absolute().parent if args.junit is not None else None
     if junit_dir is not None and not junit_dir.is_dir() and junit_dir != config.output_dir.absolute():
         raise OutputError(f"JUnit file {str(args.junit)!r} cannot be written: directory "
@@ -177,6 +199,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          allow_new_weights=config.allow_new_weights, seed=config.seed,
                          batch_size=config.batch_size, max_length=config.max_length,
                          progress=not args.no_progress)
+    _refuse_model_dir(config.output_dir, target.path)
+    check_records(target.records, source=str(target.path / RECORD_FILENAME))
     auditor.check_baseline(target)
     if not args.quiet and not args.json:
         sys.stderr.write(f"Auditing {target.model_id} ({target.kind}, {target.n_parameters:,} parameters) "
@@ -234,7 +258,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     results = AuditResults.load(args.results)
     out = args.out or args.results.parent
-    _check_output_dir(out)
+    _check_output_dir(out, model=results.manifest.model_path)
     paths = write_reports(results, out)
     print(f"Model card: {paths['html']}")
     return EXIT_OK
@@ -264,9 +288,11 @@ def _cmd_probes(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from audit._io import write_json_atomic
+    from audit._io import check_output_file, write_json_atomic
     from audit.results import json_schema
 
+    if args.out:
+        check_output_file(args.out, flag="--out")
     schema = json_schema()
     if args.out:
         write_json_atomic(args.out, schema)
@@ -313,6 +339,12 @@ def _version() -> str:
     return v()
 
 
+def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
+    """A warning is one line on stderr, like an error, without Python's source-line echo."""
+    text = str(message).splitlines()[0] if str(message) else category.__name__
+    sys.stderr.write(f"rai-audit: warning: {text}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rai-audit`` console script; returns the exit code."""
     for key, value in _OFFLINE_DEFAULTS.items():
@@ -324,9 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handlers = {"run": _cmd_run, "report": _cmd_report, "probes": _cmd_probes, "schema": _cmd_schema}
     try:
-        if args.command in handlers:
-            return handlers[args.command](args)
-        return plugins[args.command].run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if args.command in handlers:
+                return handlers[args.command](args)
+            return plugins[args.command].run(args)
     except AuditError as exc:
         sys.stderr.write(f"rai-audit: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
         return EXIT_USAGE

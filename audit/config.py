@@ -22,7 +22,33 @@ __all__ = ["AuditConfig", "CardConfig", "DataConfig", "GateSpec", "ProbeConfig",
 _STRICT = ConfigDict(extra="forbid")
 
 
-class DataConfig(BaseModel):
+class _ConfigErrors(type(BaseModel)):  # type: ignore[misc]
+    # Catching in the metaclass, not in __init__: a model that overrides __init__ makes pydantic
+    # call it for nested values too, which would wrap the inner error in the outer one.
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(exc, cls, source=cls.__name__) from None
+
+
+class _Validated(BaseModel, metaclass=_ConfigErrors):
+    """A config model whose bad values raise a one-line :class:`ConfigError` naming the key,
+    never pydantic's ``ValidationError``, whether built directly or through ``model_validate``."""
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return cls._checked(obj, source=cls.__name__, **kwargs)
+
+    @classmethod
+    def _checked(cls, obj: Any, *, source: str, **kwargs: Any) -> Any:
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(exc, cls, source=source) from None
+
+
+class DataConfig(_Validated):
     """Where the audit's dataset is and what its columns mean."""
 
     model_config = _STRICT
@@ -33,7 +59,7 @@ class DataConfig(BaseModel):
     sensitive_features: list[str] = Field(default_factory=list)
 
 
-class GateSpec(BaseModel):
+class GateSpec(_Validated):
     """Gates on one metric: the audit fails when the value is above ``max`` or below ``min``, or,
     when run against a baseline, when it got significantly worse than the baseline by more than
     ``tolerance``."""
@@ -51,7 +77,7 @@ class GateSpec(BaseModel):
         return self
 
 
-class ProbeConfig(BaseModel):
+class ProbeConfig(_Validated):
     """Per-probe settings: whether it runs, its constructor parameters, its gates."""
 
     model_config = _STRICT
@@ -61,7 +87,7 @@ class ProbeConfig(BaseModel):
     gates: dict[str, GateSpec] = Field(default_factory=dict)
 
 
-class CardConfig(BaseModel):
+class CardConfig(_Validated):
     """Model-card text that only a person can supply (Mitchell et al. 2019 sections)."""
 
     model_config = _STRICT
@@ -81,7 +107,7 @@ class CardConfig(BaseModel):
     caveats_and_recommendations: str | None = None
 
 
-class AuditConfig(BaseModel):
+class AuditConfig(_Validated):
     """Everything an audit run needs.
 
     Examples
@@ -103,7 +129,7 @@ class AuditConfig(BaseModel):
     allow_new_weights: bool = False
     batch_size: PositiveInt = 32
     max_length: PositiveInt | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)
     output_dir: Path = Path("audit-report")
     cache: bool = True
     cache_dir: Path | None = None
@@ -124,7 +150,7 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
         return f"unknown key {loc!r}.{hint} Remove it or fix its spelling."
     received = error.get("input")
     shown = repr(received) if not isinstance(received, dict) else "a mapping"
-    return f"key {loc!r}: {error['msg']} (received {shown[:80]})."
+    return f"key {loc!r}: {error['msg']} (received {shown[:80]}). Set {loc!r} to a valid value; see the README's config reference."
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -158,12 +184,13 @@ def validate_config(raw: Any, *, source: str = "config") -> AuditConfig:
             f"{source}: the top level must be a mapping of keys to values, got "
             f"{type(raw).__name__}. See the config reference in the README."
         )
-    try:
-        return AuditConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        more = f" ({exc.error_count() - 1} more problem(s) after this one)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{source}: {_describe(first, AuditConfig)}{more}") from None
+    return AuditConfig._checked(raw, source=source)
+
+
+def _config_error(exc: ValidationError, model: type[BaseModel], *, source: str) -> ConfigError:
+    first = exc.errors()[0]
+    more = f" ({exc.error_count() - 1} more problem(s) after this one)" if exc.error_count() > 1 else ""
+    return ConfigError(f"{source}: {_describe(first, model)}{more}")
 
 
 def load_config(path: str | os.PathLike[str]) -> AuditConfig:

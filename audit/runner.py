@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import hmac
 import inspect
 import json
 import os
@@ -105,6 +106,38 @@ def _order(planned: dict[str, tuple[str, Probe | None, ProbeSpec]]) -> list[tupl
     return [planned[n] for n in ordered]
 
 
+NOT_A_TARGET = ("Auditor.run() needs an AuditTarget, got {kind}. Load the model first: "
+                "Auditor(config).run(load_target(path)).")
+_KEY_FILE = "truncation.key"
+
+
+def _take_truncated(target: AuditTarget) -> set[str]:
+    take = getattr(target, "take_truncated", None)
+    return take() if callable(take) else set()
+
+
+def _cache_key(cache_dir: Path | None) -> bytes:
+    """The secret that keys digests in the cache; readable only by its owner (0600)."""
+    import secrets
+
+    if cache_dir is None:
+        return secrets.token_bytes(32)
+    file = cache_dir / _KEY_FILE
+    try:
+        return bytes.fromhex(file.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        pass
+    key = secrets.token_bytes(32)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(key.hex())
+    except OSError:  # without a saved key, counts are exact for this run and recomputed on the next
+        pass
+    return key
+
+
 def _stub_results(target: AuditTarget) -> AuditResults:
     """Just enough of a results object to check a baseline's model before any probe runs."""
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -191,6 +224,8 @@ class Auditor:
         self.baseline = baseline
         self.allow_different_models = allow_different_models
         self._plan: list[tuple[str, Probe | None, ProbeSpec]] | None = None
+        self._truncated_seen: set[str] = set()
+        self._key: bytes | None = None
 
     def plan(self) -> list[tuple[str, Probe | None, ProbeSpec]]:
         """Resolve which probes will run; raises :class:`ConfigError` before any work. Computed once."""
@@ -221,9 +256,12 @@ class Auditor:
 
     def run(self, target: AuditTarget, *, data: AuditDataset | None = None) -> AuditResults:
         """Run the planned probes on ``target`` and return the results with their manifest."""
+        if not isinstance(target, AuditTarget):
+            raise ConfigError(NOT_A_TARGET.format(kind=type(target).__name__))
         plan = self.plan()
         self.check_baseline(target)
         dataset = data if data is not None else self.load_data()
+        self._truncated_seen = set()
         started = _dt.datetime.now(_dt.timezone.utc)
         clock = time.perf_counter()
         results: dict[str, ProbeResult] = {}
@@ -271,7 +309,7 @@ class Auditor:
             config=self._manifest_config(plan),
             records=target.records,
             notes=target.notes,
-            truncated_texts=target.truncated_texts,
+            truncated_texts=len(self._truncated_seen),
         )
         audit = AuditResults(manifest=manifest, results=list(results.values()), gates=gates,
                              card=self.config.card.model_dump(mode="json"))
@@ -296,6 +334,12 @@ class Auditor:
                 if params.get(key) not in (None, (), [], {}, ""):
                     params[key] = redacted_digest(params[key])
         return config
+
+    def _digest(self, text: str) -> str:
+        """HMAC-SHA256 of a text under a key kept in the cache directory (random when there is none)."""
+        if self._key is None:
+            self._key = _cache_key(None if self.cache_dir is None else Path(self.cache_dir))
+        return hmac.new(self._key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
     # -- one probe --------------------------------------------------------------------
     def _cache_path(self, probe: Probe, target: AuditTarget, context: AuditContext) -> Path | None:
@@ -344,10 +388,13 @@ class Auditor:
         cache_file = self._cache_path(probe, target, context)
         if cache_file is not None and cache_file.is_file():
             try:
-                cached = ProbeResult.model_validate_json(cache_file.read_text(encoding="utf-8"))
+                entry = json.loads(cache_file.read_text(encoding="utf-8"))
+                cached = ProbeResult.model_validate(entry["result"])
+                self._truncated_seen.update(str(d) for d in entry["truncated"])
                 return cached.model_copy(update={"cached": True})
-            except ValueError:
+            except (ValueError, KeyError, TypeError):
                 cache_file.unlink(missing_ok=True)
+        _take_truncated(target)  # what earlier probes used is theirs
         start = time.perf_counter()
         try:
             if len(inspect.signature(probe.run).parameters) >= 2:
@@ -366,10 +413,13 @@ class Auditor:
                 error=ErrorInfo(type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()),
             )
         result = result.model_copy(update={"duration_s": round(time.perf_counter() - start, 3)})
+        # Keyed digests, never the texts: a resumed run then counts the same truncated texts as a clean one.
+        used = sorted(self._digest(t) for t in _take_truncated(target))
+        self._truncated_seen.update(used)
         if cache_file is not None and result.status != "errored":
             try:
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(cache_file, result.model_dump(mode="json"))
+                write_json_atomic(cache_file, {"result": result.model_dump(mode="json"), "truncated": used})
             except OSError as exc:  # a cache that cannot be written only costs a re-run
                 warnings.warn(f"could not cache {name!r} in {str(cache_file.parent)!r}: {exc}", stacklevel=2)
         return result

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
+from audit._validate import check_device, check_positive_int, check_texts
 from audit.errors import ConfigError, ModelLoadError, NotApplicableError
 from audit.probe import KINDS, Kind
 from audit.provenance import ARTEFACTS, check_links, fingerprint_model, tensors_digest, weight_files
@@ -362,8 +363,10 @@ def load_target(
     transformers.utils.logging.disable_progress_bar()
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"Unknown model kind {kind!r}. Use one of {list(KINDS)} or omit it.")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    check_positive_int("batch_size", batch_size, fix="Pass batch_size=32, for example.")
+    check_positive_int("max_length", max_length, optional=True,
+                       fix="Pass a token count such as max_length=128, or None for the model's own limit.")
+    check_device(device)
     if model is None:
         path, model_id = default_model_path(), DEFAULT_MODEL_ID
     else:
@@ -614,8 +617,17 @@ class AuditTarget:
         self.projection = projection
         #: The group thresholds from ``rai_audit_thresholds.json`` (applied by :meth:`predict`), or None.
         self.thresholds = thresholds
+        positions = self._position_limit()
+        if max_length is not None and positions is not None and max_length > positions:
+            raise ConfigError(
+                f"max_length {max_length} is above what {model_id!r} can read: it has {positions} position "
+                f"embeddings. Pass --max-length {positions} or less (max_length={positions}), or omit it."
+            )
         self.max_length = max_length or self._model_max_length()
-        self.truncated_texts = 0
+        #: Texts cut to ``max_length`` (in memory only), and those used by operations since the last
+        #: :meth:`take_truncated` call (the Auditor counts them per probe, so a resumed run counts the same).
+        self._truncated: set[str] = set()
+        self._truncated_used: set[str] = set()
         self._cache: dict[Hashable, Any] = {}
         self._token_cache: dict[str, list[int]] = {}
         self._pad_id = self._pad_token_id()
@@ -654,6 +666,14 @@ class AuditTarget:
         usable = [c for c in candidates if isinstance(c, int) and c > 0]
         return min(usable) if usable else 512
 
+    def _position_limit(self) -> int | None:
+        """The longest input the model's position embeddings allow, where its config says."""
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(self.model.config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     def _pad_token_id(self) -> int:
         for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
             value = getattr(self.tokenizer, name, None)
@@ -672,6 +692,7 @@ class AuditTarget:
     # -- batching core ----------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (special tokens added, truncated to ``max_length``)."""
+        texts = check_texts(texts, op="tokenize")
         missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
         if missing:
             encoded = self.tokenizer(
@@ -680,14 +701,29 @@ class AuditTarget:
             too_long = [t for t, ids in zip(missing, encoded) if len(ids) > self.max_length]
             if too_long:
                 # the tokenizer's own truncation keeps the closing special tokens ([SEP], </s>)
-                self.truncated_texts += len(too_long)
+                self._truncated.update(too_long)
                 cut = self.tokenizer(too_long, add_special_tokens=True, truncation=True,
                                      max_length=self.max_length)["input_ids"]
                 shortened = dict(zip(too_long, cut))
                 encoded = [shortened.get(t, ids) for t, ids in zip(missing, encoded)]
             for text, ids in zip(missing, encoded):
                 self._token_cache[text] = list(ids)
+        self._note_used(texts)
         return [self._token_cache[t] for t in texts]
+
+    @property
+    def truncated_texts(self) -> int:
+        """How many distinct texts this target has cut to ``max_length`` so far."""
+        return len(self._truncated)
+
+    def _note_used(self, texts: Sequence[str]) -> None:
+        if self._truncated:
+            self._truncated_used.update(t for t in texts if t in self._truncated)
+
+    def take_truncated(self) -> set[str]:
+        """The truncated texts that operations used since the previous call (then forgotten)."""
+        used, self._truncated_used = self._truncated_used, set()
+        return used
 
     def _pad(self, sequences: Sequence[Sequence[int]], side: str = "right") -> dict[str, torch.Tensor]:
         width = max(len(s) for s in sequences)
@@ -739,6 +775,7 @@ class AuditTarget:
                     for i, out in zip(chunk, outputs):
                         self._cache[(op, todo[i])] = out
                     bar.update(1)
+        self._note_used(texts)
         return [self._cache[(op, t)] for t in texts]
 
     def clear_cache(self) -> None:
@@ -772,6 +809,7 @@ class AuditTarget:
         layer : int, default=-1
             Hidden-state index: 0 is the embedding layer, -1 the last layer.
         """
+        texts = check_texts(texts, op="embed")
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}.")
         self._check_layer(layer)
@@ -805,6 +843,7 @@ class AuditTarget:
 
     def hidden_states(self, texts: Sequence[str]) -> list[np.ndarray]:
         """All hidden states of each text: an array (layers + 1, tokens, hidden) per text."""
+        texts = check_texts(texts, op="hidden_states")
 
         def compute(seqs: list[list[int]]) -> list[np.ndarray]:
             batch = self._pad(seqs)
@@ -817,6 +856,7 @@ class AuditTarget:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities of a sequence classifier, shape (n_texts, n_classes)."""
+        texts = check_texts(texts, op="predict_proba")
         self._require("sequence-classification", op="predict_proba")
 
         def compute(seqs: list[list[int]]) -> list[np.ndarray]:
@@ -843,6 +883,7 @@ class AuditTarget:
         sensitive_features : sequence, optional
             One group value per text (compared as strings with the saved groups).
         """
+        texts = check_texts(texts, op="predict")
         proba = self.predict_proba(texts)
         if sensitive_features is None or self.thresholds is None:
             return proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
@@ -879,6 +920,7 @@ class AuditTarget:
         A BOS token is prepended when the tokenizer defines one and did not add it, so the
         first word is scored too.
         """
+        texts = check_texts(texts, op="token_log_likelihoods")
         self._require("causal-lm", op="token_log_likelihoods")
         bos = getattr(self.tokenizer, "bos_token_id", None)
 
@@ -914,6 +956,7 @@ class AuditTarget:
         Each text is copied once per token with that token masked (Salazar et al. 2020);
         the copies of all texts are batched together.
         """
+        texts = check_texts(texts, op="masked_token_log_probs")
         self._require("masked-lm", op="masked_token_log_probs")
         mask_id = getattr(self.tokenizer, "mask_token_id", None)
         if mask_id is None:
@@ -950,6 +993,7 @@ class AuditTarget:
                     bar.update(1)
             for i, text in enumerate(todo):
                 self._cache[(op, text)] = TokenLogProbs(np.asarray(ids[i]), values[i])
+        self._note_used(texts)
         return [self._cache[(op, t)] for t in texts]
 
     def pseudo_log_likelihood(self, texts: Sequence[str]) -> np.ndarray:
@@ -972,6 +1016,7 @@ class AuditTarget:
         Decoding settings are part of the cache key; sampling is seeded per batch, so the same
         call reproduces the same continuations.
         """
+        prompts = check_texts(prompts, op="generate")
         self._require("causal-lm", op="generate")
         settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
         if do_sample:

@@ -160,7 +160,7 @@ class PIIRedactor:
         try:  # Presidio checks operator parameters only when it first applies them
             anonymize("x", [Detection("PROBE", 0, 1, 1.0)], operators)
         except InvalidParamError as exc:
-            raise ConfigError(f"Operator {self.operator!r} rejected its parameters: {exc}. "
+            raise ConfigError(f"Operator {self.operator!r} rejected its parameters: {str(exc).rstrip('.')}. "
                               "Fix operator_params (or --key / --salt).") from None
         self.scanner_ = scanner
         self.operators_ = operators
@@ -387,10 +387,14 @@ class ScanCommand:
         add_engine_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from audit._io import write_json_atomic
+        from audit._io import check_output_file, write_json_atomic
 
         if args.max_rows is not None and args.max_rows < 1:
             raise DataError(f"--max-rows must be a positive integer, got {args.max_rows}.")
+        if args.examples < 0:
+            raise DataError(f"--examples must be 0 or more, got {args.examples}. Pass --examples 5 to see five rows.")
+        if args.json is not None:  # a bad --json path must fail before the scan, not after it
+            check_output_file(args.json, flag="--json")
         scanner = PIIScanner(entities=args.entities, score_threshold=args.score_threshold, language=args.language,
                              engine=args.engine,
                              recognizers=load_recognizer_file(args.recognizers) if args.recognizers else (),

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from audit._io import new_file_mode
 from audit.errors import DataError, OutputError
 
 __all__ = [
@@ -96,6 +97,9 @@ def _columns_of(path: Path, fmt: str) -> list[str]:
             raise _not_utf8(path, exc) from None
         except pd.errors.EmptyDataError:
             raise DataError(f"Data file {str(path)!r} is empty. Give a file with a header and rows.") from None
+        except pd.errors.ParserError as exc:
+            raise DataError(f"Data file {str(path)!r} is not valid CSV ({str(exc).splitlines()[0]}). "
+                            "Fix its quoting or delimiters.") from None
     if fmt == "jsonl":
         first = next(_jsonl_records(path), None)
         if first is None:
@@ -258,6 +262,7 @@ def rewrite_columns(
     if fmt == "hf-dataset":
         return _rewrite_hf(source, target, columns, transform, chunk_size)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.fchmod(fd, new_file_mode(target))  # mkstemp creates 0600 whatever the umask
     os.close(fd)
     tmp = Path(tmp_name)
     try:

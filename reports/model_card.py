@@ -18,7 +18,9 @@ from typing import Any
 from jinja2 import Environment, FunctionLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from audit._io import ensure_writable_dir, write_json_atomic, write_text_atomic
+from audit._io import ensure_writable_dir, write_text_atomic, write_texts_atomic
+from audit._validate import check_records
+from audit.errors import OutputError
 from audit.results import SCHEMA_VERSION, AuditResults
 from reports.reliability import reliability_notes
 
@@ -210,19 +212,41 @@ def render_html_card(results: AuditResults) -> str:
 
 
 def write_reports(results: AuditResults, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``results.json``, ``model_card.html`` and ``README.md`` into ``out_dir``.
+    """Write ``results.json``, ``model_card.html`` and ``README.md`` into ``out_dir``, as one set.
 
-    Everything is rendered in memory first and each file is written atomically, so a failure
-    never leaves a half-written report.
+    Everything is rendered in memory first, then the three files are staged under temporary
+    names and renamed together (:func:`audit._io.write_texts_atomic`): a full disk or any other
+    failure leaves the earlier set as it was, never a new ``results.json`` beside an old card.
+    If a card cannot be rendered, the finished audit is not thrown away: ``results.json`` is
+    written alone (the earlier cards, which describe another audit, are removed) and a one-line
+    :class:`~audit.errors.OutputError` says so and how to re-render.
     """
+    from audit.target import RECORD_FILENAME
     from reports.markdown_card import render_markdown_card
 
     directory = ensure_writable_dir(out_dir)
-    html = render_html_card(results)
-    markdown = render_markdown_card(results)
-    payload = results.model_dump(mode="json")
-    return {
-        "results": write_json_atomic(directory / "results.json", payload),
-        "html": write_text_atomic(directory / "model_card.html", html),
-        "markdown": write_text_atomic(directory / "README.md", markdown),
-    }
+    json_text = results.to_json() + "\n"
+    files = {"results": directory / "results.json", "html": directory / "model_card.html",
+             "markdown": directory / "README.md"}
+    try:
+        check_records(results.manifest.records,
+                      source=str(Path(results.manifest.model_path) / RECORD_FILENAME))
+        texts = {"html": render_html_card(results), "markdown": render_markdown_card(results)}
+    except Exception as exc:
+        write_text_atomic(files["results"], json_text)
+        for stale in (files["html"], files["markdown"]):
+            stale.unlink(missing_ok=True)
+        raise OutputError(RENDER_FAILED.format(results=str(files["results"]), error=_one_line(exc))) from exc
+    write_texts_atomic({files["results"]: json_text, files["html"]: texts["html"],
+                        files["markdown"]: texts["markdown"]})
+    return files
+
+
+RENDER_FAILED = ("The audit finished but its cards could not be rendered ({error}); the results were saved to "
+                 "{results!r} and the earlier cards removed. Fix the cause and re-render with "
+                 "'rai-audit report {results}'.")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

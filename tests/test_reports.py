@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from audit import AuditConfig, Auditor, ErrorInfo, Figure, Metric, ProbeResult
+from audit.errors import OutputError
 from reports import render_html_card, render_markdown_card, write_reports
 from tests.tiny import write_seat_test
 
@@ -86,9 +87,11 @@ def test_write_reports_is_all_or_nothing(hostile_results, tmp_path, monkeypatch)
         raise RuntimeError("renderer failed")
 
     monkeypatch.setattr("reports.markdown_card.render_markdown_card", broken)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(OutputError, match="renderer failed") as caught:
         mc.write_reports(hostile_results, tmp_path / "out")
-    assert not any((tmp_path / "out").iterdir())
+    # The finished audit is kept, alone: no card from an earlier audit beside it, no temporary file.
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["results.json"]
+    assert "\n" not in str(caught.value) and isinstance(caught.value.__cause__, RuntimeError)
 
 
 def test_write_reports_writes_three_files(hostile_results, tmp_path):

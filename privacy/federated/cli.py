@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audit._validate import device_arg, seed_arg
+
 __all__ = ["FederateCommand"]
 
 
@@ -67,8 +69,8 @@ class FederateCommand:
         parser.add_argument("--round-timeout", type=float, default=3600.0, help="seconds to wait for clients each round")
         parser.add_argument("--timeout", type=float, dest="deployment_timeout", help="deployment: seconds for the whole run")
         parser.add_argument("--num-cpus", type=_whole_number, help="simulation: CPUs Ray may use")
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--device", default="cpu")
+        parser.add_argument("--seed", type=seed_arg, default=0)
+        parser.add_argument("--device", type=device_arg, default="cpu")
         parser.add_argument("--out", required=True, type=Path, help="new directory for the federated model")
         parser.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
         parser.add_argument("--no-progress", action="store_true", help="no per-round progress lines")

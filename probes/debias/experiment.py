@@ -28,7 +28,8 @@ class TechniqueSpec(BaseModel):
 
     model_config = _STRICT
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    #: Becomes a directory name under ``out``: a letter or digit first, so never ``.`` or ``..``.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     technique: Literal["cda", "sentence-debias", "inlp", "threshold"]
     data: Path | None = None
     text_column: str = "text"
@@ -75,7 +76,10 @@ def load_experiment(path: str | os.PathLike[str]) -> tuple[ExperimentConfig, Aud
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"Experiment file {str(source)!r}: key {loc!r}: {first['msg']}. See the README's experiment example.") from None
+        received = first.get("input")
+        shown = "a mapping" if isinstance(received, dict) else repr(received)[:80]
+        raise ConfigError(f"Experiment file {str(source)!r}: key {loc!r}: {first['msg']} (received {shown}). "
+                          "See the README's experiment example.") from None
     base = source.parent
 
     def resolve(p: Path | None) -> Path | None:
