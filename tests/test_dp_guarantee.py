@@ -341,3 +341,11 @@ def test_cli_records_private_statistics_only_with_the_flag(tiny_dirs, tmp_path, 
                     for d in ("plain", "stats"))
     assert "curve" not in plain and "non_private" not in plain["utility"]
     assert stats["curve"] and isinstance(stats["utility"]["non_private"], float)
+
+
+def test_records_docstring_examples_run():
+    import doctest
+
+    import audit.records
+
+    assert doctest.testmod(audit.records).failed == 0
