@@ -96,10 +96,13 @@ def secret_key(*, create: bool = False) -> bytes | None:
     if not create:
         return None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first
-        return _read_key(path)
+    except FileExistsError:
+        if path.is_file():  # another process created it first
+            return _read_key(path)
+        raise OutputError(KEY_WRITE_ERROR.format(path=str(path), reason="a file is in the way", env=KEY_FILE_ENV)) from None
     except OSError as exc:
         raise OutputError(KEY_WRITE_ERROR.format(path=str(path), reason=exc.strerror or exc, env=KEY_FILE_ENV)) from None
     with os.fdopen(fd, "w", encoding="ascii") as handle:

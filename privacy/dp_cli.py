@@ -105,6 +105,9 @@ class TrainDPCommand:
         )
         tuner._validate_params()  # a bad option fails before any file is read or written
         _check_output_dir(args.out, overwrite=args.overwrite, source=model_path)
+        from audit.records import secret_key
+
+        secret_key(create=True)  # the record's keyed data digest needs it: fail before training, not after
         data = load_dataset(args.data, text_column=args.text_column, label_column=args.label_column)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -349,3 +349,20 @@ def test_records_docstring_examples_run():
     import audit.records
 
     assert doctest.testmod(audit.records).failed == 0
+
+
+def test_train_dp_refuses_early_when_the_secret_key_cannot_be_created(tiny_dirs, tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    people_data(20).to_csv(data, index=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    key = os.environ["RAI_AUDIT_KEY_FILE"]
+    os.environ["RAI_AUDIT_KEY_FILE"] = str(blocker / "secret.key")  # a file where a directory would be
+    try:
+        code = main(["train-dp", "--model", str(tiny_dirs["sequence-classification"]), "--data", str(data),
+                     "--label-column", "label", "--out", str(tmp_path / "o"), "--no-progress"])
+    finally:
+        os.environ["RAI_AUDIT_KEY_FILE"] = key
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot be created" in err and "RAI_AUDIT_KEY_FILE" in err
+    assert not (tmp_path / "o").exists()
