@@ -56,6 +56,8 @@ __all__ = [
     "min_examples_for",
     "randomize_",
     "rank_correlation",
+    "checked_stages",
+    "rank_correlation_p_value",
     "removal_order",
     "survival_statistic",
     "untie_output_embeddings_",
@@ -206,7 +208,8 @@ def _line_chart(x_labels: Sequence[str], series: dict[str, Sequence[float]], *, 
         ax.plot(x, values, marker="o", markersize=3.5, linewidth=1.6, label=label,
                 linestyle="--" if label in dashed else "-", color="#777777" if label in dashed else None)
     if threshold is not None:
-        ax.axhline(threshold, color="#b4442c", linewidth=0.9, linestyle=":")
+        for level in {threshold, -threshold}:
+            ax.axhline(level, color="#b4442c", linewidth=0.9, linestyle=":")
     ax.set_xticks(x)
     ax.set_xticklabels(x_labels, rotation=30 if len(x_labels) > 5 else 0, ha="right" if len(x_labels) > 5 else "center")
     ax.set_xlabel(xlabel)
@@ -226,19 +229,51 @@ def min_examples_for(n_tests: int, alpha: float) -> int:
     return max(1, math.ceil(math.log2(max(n_tests, 1) / alpha) - 1e-12))
 
 
-def survival_statistic(stage_rhos: Sequence[float | None], stage_names: Sequence[str]) -> float | None:
-    """The randomisation check's statistic: the largest |mean Spearman rho| once every layer is re-initialised.
+def checked_stages(stage_names: Sequence[str]) -> list[int]:
+    """Indices of the cascade stages the randomisation check reads.
 
-    The stages checked are the one that re-initialises the last remaining layer (the whole stack
-    and the head are then random, the embeddings not yet) and the embeddings stage after it. A
-    reversed ranking (rho near -1) is as much a survivor as an unchanged one: the map is still
+    The stage that re-initialises the last remaining layer (the whole stack and the head are then
+    random, the embeddings not yet) and the embeddings stage after it.
+    """
+    first = len(stage_names) - 2 if stage_names and stage_names[-1] == EMBEDDING_STAGE else len(stage_names) - 1
+    return list(range(max(first, 0), len(stage_names)))
+
+
+def survival_statistic(stage_rhos: Sequence[float | None], stage_names: Sequence[str]) -> float | None:
+    """The randomisation check's statistic: the largest |mean Spearman rho| at the :func:`checked_stages`.
+
+    A reversed ranking (rho near -1) is as much a survivor as an unchanged one: the map is still
     a function of the input that the model's learned layers do not control (Adebayo et al. 2018).
     """
-    if not stage_rhos:
-        return None
-    first = len(stage_names) - 2 if stage_names and stage_names[-1] == EMBEDDING_STAGE else len(stage_names) - 1
-    checked = [abs(r) for r in stage_rhos[max(first, 0):] if r is not None]
+    checked = [abs(r) for k in checked_stages(stage_names) if k < len(stage_rhos)
+               for r in [stage_rhos[k]] if r is not None]
     return float(max(checked)) if checked else None
+
+
+def rank_correlation_p_value(pairs: Sequence[tuple[np.ndarray, np.ndarray]], observed: float, *,
+                             rng: np.random.Generator, n_resamples: int = 2000) -> float:
+    """Two-sided permutation p-value of a mean Spearman rho of |attributions| under independence.
+
+    Each example's ranks of the randomised model's |attributions| are shuffled (``rng``) and the
+    mean over examples recomputed; p is ``(k + 1) / (n + 1)`` for the ``k`` shuffles whose
+    |mean rho| reaches ``|observed|``. Pairs where either side is constant are left out, as in
+    :func:`rank_correlation`.
+    """
+    null = np.zeros(n_resamples)
+    used = 0
+    for a, b in pairs:
+        ra, rb = _st.rankdata(np.abs(a)), _st.rankdata(np.abs(b))
+        if ra.size < 2 or np.ptp(ra) == 0 or np.ptp(rb) == 0:
+            continue
+        shuffled = rng.permuted(np.tile(rb, (n_resamples, 1)), axis=1)
+        ca, cb = ra - ra.mean(), shuffled - rb.mean()
+        null += (cb @ ca) / (np.linalg.norm(ca) * np.linalg.norm(rb - rb.mean()))
+        used += 1
+    if not used:
+        return 1.0
+    null /= used
+    hits = np.count_nonzero(np.abs(null) >= abs(observed) - 1e-12)
+    return float((hits + 1) / (n_resamples + 1))
 
 
 class FaithfulnessProbe(Probe):
@@ -257,7 +292,10 @@ class FaithfulnessProbe(Probe):
        first, then the embedding block and a tied unembedding); if ``|mean Spearman rho|`` of
        the method's |attributions| with the original ones, over ``randomization_examples``
        examples, is at or above ``max_rank_correlation`` once the whole layer stack is random
-       (with or without the embeddings), the map describes the input, not the model.
+       (with or without the embeddings), and a permutation test of no correlation
+       (:func:`rank_correlation_p_value`, Bonferroni over those two stages) has p <= ``alpha``,
+       the map describes the input, not the model. The test bounds how often a method whose
+       maps are erased is flagged, whatever the lengths of the texts.
     2. *Undetermined*: fewer examples than :func:`min_examples_for` (``ceil(log2(m / alpha))``
        for ``m`` methods; 6 for three methods at 0.05), where no test could pass.
     3. *Better than random* (needed for trust): a one-sided sign-flip test of
@@ -378,6 +416,26 @@ class FaithfulnessProbe(Probe):
                                             alternative="greater").p_value for row in gains]
         return holm_bonferroni(p_values, alpha=self.alpha)
 
+    def _survival(self, rhos: Sequence[float | None], p_values: Sequence[float | None],
+                  stage_names: Sequence[str]) -> tuple[float | None, float | None, bool]:
+        """The survival statistic, its adjusted p-value and whether the method survives randomisation.
+
+        It survives when, at some checked stage, ``|mean rho| >= max_rank_correlation`` and the
+        permutation p-value times the number of checked stages is at most ``alpha``, so that a
+        method whose maps are erased is flagged at most ``alpha`` of the time whatever the lengths
+        of the texts.
+        """
+        stages = [k for k in checked_stages(stage_names) if k < len(rhos) and rhos[k] is not None]
+        if not stages:
+            return None, None, False
+        n_checked = len(checked_stages(stage_names))
+        adjusted = {k: min(1.0, (p_values[k] if p_values[k] is not None else 1.0) * n_checked) for k in stages}
+        big = [k for k in stages if abs(rhos[k]) >= self.max_rank_correlation]
+        survives = any(adjusted[k] <= self.alpha for k in big)
+        top = max(stages, key=lambda k: abs(rhos[k]))
+        shown = min(big, key=lambda k: adjusted[k]) if big else top
+        return float(abs(rhos[top])), float(adjusted[shown]), survives
+
     def _verdict(self, *, survives: bool, checked: bool, enough: bool, beats: bool, n: int, n_min: int) -> str:
         if survives:
             return "do not trust: survives model randomisation"
@@ -412,8 +470,8 @@ class FaithfulnessProbe(Probe):
         suff_p, _ = self._tests(suff_gain, context.rng)
         n_min = min_examples_for(n_m, self.alpha)
 
-        cascade, stage_names = self._cascade(target, explainer, encs, targets, attributions, context) \
-            if self.randomization else ({}, [])
+        cascade, stage_names, cascade_p = self._cascade(target, explainer, encs, targets, attributions, context) \
+            if self.randomization else ({}, [], {})
         metrics: dict[str, Metric] = {}
         rows, verdicts = [], {}
         for j, method in enumerate(methods):
@@ -435,15 +493,17 @@ class FaithfulnessProbe(Probe):
                 direction="lower_is_better",
                 description=f"ERASER sufficiency AOPC of {TITLES[method]} (p: better than random by {self.min_gain:g} "
                             "of p(y|x), Holm-adjusted; reported, not used in the verdict)")
-            final_rho = survival_statistic(cascade[method], stage_names) if cascade else None
-            survives = final_rho is not None and final_rho >= self.max_rank_correlation
+            final_rho, survival_p, survives = self._survival(cascade.get(method, []), cascade_p.get(method, []),
+                                                             stage_names)
             if cascade:
                 metrics[f"randomized_rank_correlation[{method}]"] = Metric(
                     value=final_rho, threshold=self.max_rank_correlation, direction="lower_is_better",
+                    p_value=survival_p,
                     note=None if final_rho is not None else "attributions of the randomised model were constant",
                     description=f"|mean Spearman correlation| of |{TITLES[method]}| with the original once every "
                                 "layer and the head (and then the embeddings) are re-initialised, the larger of the "
-                                "two (Adebayo et al. 2018)")
+                                "two (Adebayo et al. 2018); p: permutation test of no correlation, Bonferroni over "
+                                "the two stages")
             verdict = self._verdict(survives=survives, checked=bool(cascade), enough=len(encs) >= n_min,
                                     beats=bool(comp_reject[j]), n=len(encs), n_min=n_min)
             verdicts[method] = verdict
@@ -474,7 +534,8 @@ class FaithfulnessProbe(Probe):
                     f"random removal to be significantly above {self.min_gain:g} of p(y|x) (one-sided sign-flip test, "
                     f"Holm over {n_m} methods at {self.alpha:g}), which is possible only with at least {n_min} "
                     "examples. A method survives randomisation when |Spearman rho| stays at or above "
-                    f"{self.max_rank_correlation:g} once every layer is re-initialised (a reversed ranking counts).")]
+                    f"{self.max_rank_correlation:g} once every layer is re-initialised (a reversed ranking counts) "
+                    f"and a permutation test of no correlation gives p <= {self.alpha:g}.")]
         figures = self._figures(methods, comp, suff, pct, n_m, cascade, stage_names)
         if cascade:
             tables.append(Table(title="Model randomisation cascade (Adebayo et al. 2018)",
@@ -512,33 +573,39 @@ class FaithfulnessProbe(Probe):
 
     def _cascade(self, target: AuditTarget, explainer: Explainer, encs: list[Encoded], targets: list[Any],
                  attributions: dict[str, list[TokenAttribution]], context: AuditContext,
-                 ) -> tuple[dict[str, list[float | None]], list[str]]:
+                 ) -> tuple[dict[str, list[float | None]], list[str], dict[str, list[float | None]]]:
+        """Mean Spearman rho per stage and method, the stage names, and the permutation p-values at the checked stages."""
         n = min(self.randomization_examples, len(encs))
         model = copy.deepcopy(target.model)
         model.eval()
         untie_output_embeddings_(model)
         stages = cascade_stages(model)
         if not stages:
-            return {}, []
+            return {}, [], {}
         std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
         generator = torch.Generator().manual_seed(int(context.rng.integers(2**31)))
         copy_explainer = Explainer(model, explainer.tokenizer, explainer.kind, max_length=explainer.max_length,
                                    device=explainer.device, baselines=self.baselines, batch_size=explainer.batch_size)
         out: dict[str, list[float | None]] = {m: [] for m in attributions}
-        names = []
-        for name, params in stages:
+        p_out: dict[str, list[float | None]] = {m: [] for m in attributions}
+        names = [name for name, _ in stages]
+        checked = set(checked_stages(names))
+        for k, (_, params) in enumerate(stages):
             randomize_(params, std=std, generator=generator)
-            names.append(name)
             # n_steps is not raised here: only the rank order matters, and a randomised model's
             # output path is rough enough that raising it would multiply the cost of every stage.
             fresh = self._attribute(copy_explainer, encs[:n], targets[:n], raise_steps=False)
             for method, rows in fresh.items():
-                rhos = [rank_correlation(attributions[method][i].scores[encs[i].content], r.scores[encs[i].content])
-                        for i, r in enumerate(rows)]
+                pairs = [(attributions[method][i].scores[encs[i].content], r.scores[encs[i].content])
+                         for i, r in enumerate(rows)]
+                rhos = [rank_correlation(a, b) for a, b in pairs]
                 finite = [r for r in rhos if math.isfinite(r)]
-                out[method].append(float(np.mean(finite)) if finite else None)
+                mean = float(np.mean(finite)) if finite else None
+                out[method].append(mean)
+                p_out[method].append(rank_correlation_p_value(pairs, mean, rng=context.rng)
+                                     if k in checked and mean is not None else None)
         del model
-        return out, names
+        return out, names, p_out
 
     def _figures(self, methods: list[str], comp: np.ndarray, suff: np.ndarray, pct: tuple[float, ...], n_m: int,
                  cascade: dict[str, list[float | None]], stage_names: list[str]) -> list[Figure]:
@@ -559,6 +626,7 @@ class FaithfulnessProbe(Probe):
                 title="Model randomisation cascade",
                 svg=_line_chart(["trained", *stage_names], series, xlabel="re-initialised from the top down to",
                                 ylabel="Spearman correlation with original", threshold=self.max_rank_correlation),
-                caption="A faithful method's correlation drops towards 0 as the model is randomised; dotted line: "
-                        "the flagging threshold."))
+                caption="A faithful method's correlation drops towards 0 as the model is randomised; dotted lines: "
+                        "the flagging threshold on |rho| (a reversed ranking, far below 0, survives too), read once "
+                        "every layer is re-initialised."))
         return figures

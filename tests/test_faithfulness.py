@@ -145,11 +145,14 @@ def test_cascade_stages_and_randomize(tiny_targets):
     assert {"transformer.wte.weight", "transformer.wpe.weight"} <= {n for n, _ in stages[-1][1]}
 
 
-def test_survivors_are_flagged(tiny_targets):
-    target = tiny_targets["sequence-classification"]
-    result = FaithfulnessProbe(examples=["she is a nurse", "he is a doctor"], methods=["input_x_gradient"],
-                               max_rank_correlation=0.0, n_random=2).run(
-        target, AuditContext().for_probe("faithfulness"))
+def test_survivors_are_flagged(planted):
+    # Saliency on the planted model: after every layer is re-initialised its map still follows the
+    # embedding normalisation (|rho| ~ 0.7), so it describes the input, not the model.
+    texts, _ = planted_texts(np.random.default_rng(3), 8)
+    result = FaithfulnessProbe(examples=texts, methods=["saliency"], n_random=2, randomization_examples=4).run(
+        planted, AuditContext().for_probe("faithfulness"))
+    metric = result.metrics["randomized_rank_correlation[saliency]"]
+    assert metric.value >= 0.5 and metric.p_value <= 0.05
     row = result.tables[0].rows[0]
     assert row[-2] is True and row[-1] == "do not trust: survives model randomisation"
     assert result.status == "warned" and "survives model randomisation" in result.summary

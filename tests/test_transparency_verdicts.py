@@ -305,3 +305,38 @@ def test_same_seed_same_verdicts(planted):
     # another seed draws other random orders and another randomised model
     assert a.metrics["comprehensiveness[random]"].value != c.metrics["comprehensiveness[random]"].value
     assert a.tables[1].rows != c.tables[1].rows
+
+
+def test_rank_correlation_p_value_matches_exact_enumeration():
+    from itertools import permutations
+
+    from probes.faithfulness import rank_correlation, rank_correlation_p_value
+
+    a, b = np.array([0.9, 0.1, 0.5, 0.3, 0.7]), np.array([0.8, 0.2, 0.1, 0.4, 0.9])
+    observed = rank_correlation(a, b)
+    rhos = [rank_correlation(a, np.array(p)) for p in permutations(b)]
+    exact = np.mean(np.abs(rhos) >= abs(observed) - 1e-12)
+    p = rank_correlation_p_value([(a, b)], observed, rng=np.random.default_rng(0), n_resamples=20000)
+    assert p == pytest.approx(exact, abs=0.01)
+
+
+def test_erased_maps_are_rarely_flagged_even_on_short_texts():
+    """Null: the randomised model's maps are independent of the original ones (three-token texts)."""
+    from probes.faithfulness import rank_correlation, rank_correlation_p_value
+
+    rng = np.random.default_rng(1)
+    probe = FaithfulnessProbe()
+    names = ["head", "layer 1", EMBEDDING_STAGE]
+    flagged = threshold_only = 0
+    runs = 300
+    for _ in range(runs):
+        rhos, ps = [None], [None]
+        for _stage in names[1:]:
+            pairs = [(rng.random(3), rng.random(3)) for _ in range(4)]
+            mean = float(np.mean([rank_correlation(x, y) for x, y in pairs]))
+            rhos.append(mean)
+            ps.append(rank_correlation_p_value(pairs, mean, rng=rng, n_resamples=400))
+        flagged += probe._survival(rhos, ps, names)[2]
+        threshold_only += max(abs(r) for r in rhos[1:]) >= probe.max_rank_correlation
+    assert flagged / runs <= 0.05
+    assert threshold_only / runs > 0.1  # |rho| alone would flag erased maps on texts this short
