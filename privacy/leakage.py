@@ -325,14 +325,11 @@ CANARY_SEAL_BROKEN = ("The sealed canary secrets in this training record do not 
                       "record was altered). Restore the record written by the trainer.")
 
 
-def _seal_keys(key: bytes) -> tuple[bytes, bytes]:
-    return (hmac.new(key, b"rai-audit canary encryption", hashlib.sha256).digest(),
-            hmac.new(key, b"rai-audit canary authentication", hashlib.sha256).digest())
+def _aead(key: bytes) -> Any:
+    """AES-256-GCM (the ``cryptography`` package) under a key derived from the secret key for this use only."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-
-def _keystream(enc_key: bytes, nonce: bytes, size: int) -> bytes:
-    blocks = (hmac.new(enc_key, nonce + i.to_bytes(4, "big"), hashlib.sha256).digest() for i in range(size // 32 + 1))
-    return b"".join(blocks)[:size]
+    return AESGCM(hmac.new(key, b"rai-audit canary sealing", hashlib.sha256).digest())
 
 
 def _bound(public: Mapping[str, Any]) -> bytes:
@@ -341,37 +338,32 @@ def _bound(public: Mapping[str, Any]) -> bytes:
 
 
 def _seal(key: bytes, secrets: list[str], public: Mapping[str, Any]) -> dict[str, str]:
-    """Encrypt-then-MAC with HMAC-SHA256 as the PRF (counter-mode keystream, then a tag)."""
-    enc_key, mac_key = _seal_keys(key)
-    nonce = os.urandom(16)
-    plain = json.dumps(secrets).encode("utf-8")
-    cipher = bytes(a ^ b for a, b in zip(plain, _keystream(enc_key, nonce, len(plain)), strict=True))
-    tag = hmac.new(mac_key, nonce + cipher + _bound(public), hashlib.sha256).hexdigest()
-    return {"scheme": "HMAC-SHA256 counter-mode stream cipher, encrypt-then-MAC", "key_id": key_id(key),
-            "nonce": nonce.hex(), "ciphertext": cipher.hex(), "tag": tag}
+    """Encrypt and authenticate the secrets (AES-GCM), binding the public fields as associated data."""
+    nonce = os.urandom(12)
+    cipher = _aead(key).encrypt(nonce, json.dumps(secrets).encode("utf-8"), _bound(public))
+    return {"scheme": "AES-256-GCM (cryptography), public fields as associated data", "key_id": key_id(key),
+            "nonce": nonce.hex(), "ciphertext": cipher.hex()}
 
 
 def _unseal(record: Mapping[str, Any]) -> list[str]:
+    from cryptography.exceptions import InvalidTag
+
     sealed = record.get("sealed")
     if not isinstance(sealed, Mapping) or not all(isinstance(sealed.get(k), str)
-                                                  for k in ("key_id", "nonce", "ciphertext", "tag")):
+                                                  for k in ("key_id", "nonce", "ciphertext")):
         raise DataError("A canaries record says its secrets are 'sealed' but has no valid 'sealed' entry "
-                        "(key_id, nonce, ciphertext, tag). Restore the record written by the trainer.")
+                        "(key_id, nonce, ciphertext). Restore the record written by the trainer.")
     key = secret_key(create=False)
     if key is None or key_id(key) != sealed["key_id"]:
         reason = "there is no key on this machine" if key is None else f"this machine's key is {key_id(key)}"
         raise DataError(CANARY_KEY_MISSING.format(key_id=sealed["key_id"], reason=reason, path=str(key_file_path()),
                                                   env=KEY_FILE_ENV))
-    enc_key, mac_key = _seal_keys(key)
     try:
         nonce, cipher = bytes.fromhex(sealed["nonce"]), bytes.fromhex(sealed["ciphertext"])
         public = {k: record[k] for k in ("template", "alphabet", "repetitions")}
-    except (ValueError, KeyError):
+        plain = _aead(key).decrypt(nonce, cipher, _bound(public))
+    except (ValueError, KeyError, InvalidTag):
         raise DataError(CANARY_SEAL_BROKEN.format(key_id=sealed["key_id"])) from None
-    tag = hmac.new(mac_key, nonce + cipher + _bound(public), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(tag, sealed["tag"]):
-        raise DataError(CANARY_SEAL_BROKEN.format(key_id=sealed["key_id"]))
-    plain = bytes(a ^ b for a, b in zip(cipher, _keystream(enc_key, nonce, len(cipher)), strict=True))
     return [str(s) for s in json.loads(plain.decode("utf-8"))]
 
 
