@@ -1036,6 +1036,11 @@ class AttributionProbe(Probe):
             heat.append(entry)
 
         share = metrics[f"demographic_share[{lead}]"]
+        if (not finding and self.max_demographic_share is not None and share.value is not None
+                and share.value > self.max_demographic_share):
+            share = metrics[f"demographic_share[{lead}]"] = share.model_copy(update={"note": (
+                f"above max_demographic_share ({self.max_demographic_share:g}) but not beyond what position-matched "
+                "controls get, so not a finding and no warning")})
         parts = [f"Explained {len(encs)} text(s) with {', '.join(TITLES[m] for m in methods)}"]
         if ig_rows is not None:
             parts.append(

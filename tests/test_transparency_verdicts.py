@@ -260,6 +260,7 @@ def test_random_gpt2_share_is_not_a_finding(texts, tiny_targets):
     share = result.metrics["demographic_share[input_x_gradient]"]
     if texts is TERM_LAST:
         assert share.value > 0.3  # position alone puts most of it on the last word: the old rule warned here
+        assert "not a finding" in share.note
     excess = result.metrics["demographic_share_excess[input_x_gradient]"]
     assert excess.p_value > 0.05 and excess.note is None
     assert result.status == "passed" and "not a finding" in result.summary
@@ -274,6 +275,9 @@ def test_planted_term_share_is_a_finding(planted):
     excess = result.metrics["demographic_share_excess[input_x_gradient]"]
     assert excess.value > 0.3 and excess.p_value <= 0.05
     assert result.status == "warned" and ": a finding" in result.summary
+    # the controls' replacement words come from the context's generator: same seed, same numbers
+    again = probe.run(planted, CTX.for_probe("attribution")).metrics["demographic_share_excess[input_x_gradient]"]
+    assert again == excess
 
 
 def test_position_matched_controls_keep_positions(tiny_targets):
