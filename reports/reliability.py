@@ -123,7 +123,8 @@ def reliability_notes(probes: Iterable[str], data: Mapping[str, Any] | None = No
             continue
         missed = [m for case in cases for m in _missed(case)]
         notes[probe] = ReliabilityNote(
-            probe, True, suite_version=str(data.get("suite_version")), date=data.get("date"),
+            probe, True, suite_version=str(data.get("suite_version")),
+            date=max((str(c["measured"]) for c in cases if c.get("measured")), default=data.get("date")),
             runs=data.get("runs_per_condition"), lines=tuple(_case_line(c) for c in cases), missed=tuple(missed),
             extras=_headline_rates(cases),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=suite.CALIBRATION_JSON,
                         help="where to write the machine-readable results (default: reports/calibration.json)")
     parser.add_argument("--no-write", action="store_true", help="print the table only; write nothing")
+    parser.add_argument("--jobs", type=int, default=1, help="cases run in parallel worker processes (default 1)")
+    parser.add_argument("--changed-only", action="store_true",
+                        help="keep the results in --json of every case whose source digest is unchanged; re-run the rest")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -35,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     try:
         cases = suite.select(suite.all_cases(), args.cases)
-        data = suite.to_json(suite.run_suite(cases, runs=args.runs, base_seed=args.seed,
-                                             progress=lambda line: print(line, flush=True)))
+        previous = None
+        if args.changed_only and args.json.is_file():
+            previous = json.loads(args.json.read_text(encoding="utf-8"))
+        data = suite.to_json(suite.run_suite(cases, runs=args.runs, base_seed=args.seed, jobs=args.jobs,
+                                             previous=previous))
     finally:
         torch.set_num_threads(threads)
     print(suite.render_markdown(data))

@@ -7,14 +7,13 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.calibration import SUITE_VERSION
 from benchmarks.calibration.core import Case, run_case
 
-__all__ = ["NOT_CALIBRATED", "all_cases", "render_markdown", "run_suite", "to_json"]
+__all__ = ["NOT_CALIBRATED", "all_cases", "render_markdown", "run_suite", "source_digest", "to_json"]
 
 #: Built-in probes the suite does not measure, and why; the card says "not calibrated" for them.
 NOT_CALIBRATED = {
@@ -58,24 +57,102 @@ def select(cases: Sequence[Case], names: Sequence[str] | None) -> list[Case]:
     return chosen
 
 
-def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026,
-              progress: Callable[[str], None] | None = print) -> dict[str, Any]:
+#: Source files every case depends on besides its probe's own module.
+_SHARED_MODULES = ("audit.stats", "audit.probe", "audit.context", "benchmarks.calibration.core",
+                   "benchmarks.calibration.stand_ins")
+_CASE_MODULES = {"bias": "benchmarks.calibration.bias_cases", "privacy": "benchmarks.calibration.privacy_cases",
+                 "transparency": "benchmarks.calibration.transparency_cases"}
+_PROBE_MODULES = {
+    "seat": ("probes.seat",), "counterfactual": ("probes.counterfactual",),
+    "group_fairness": ("probes.group_fairness", "probes.counterfactual"),
+    "crows_pairs": ("probes.crows_pairs",), "stereoset": ("probes.stereoset", "probes.crows_pairs", "audit.target"),
+    "generation": ("probes.generation",), "membership_inference": ("privacy.probes", "privacy.leakage"),
+    "decision_path": ("probes.decision_path", "probes.attribution", "audit.target"),
+    "faithfulness": ("probes.faithfulness", "probes.attribution", "audit.target"),
+    "attribution": ("probes.attribution", "audit.target"),
+}
+
+
+def source_digest(case: Case) -> str:
+    """sha256 over the source of the probe and of everything the case's measurement depends on, so
+    a result is re-measured whenever the code that produced it changes."""
+    import hashlib
+    from importlib.util import find_spec
+
+    digest = hashlib.sha256()
+    kind = "privacy" if case.probe == "membership_inference" else (
+        "transparency" if case.probe in ("decision_path", "faithfulness", "attribution") else "bias")
+    for module in sorted({*_PROBE_MODULES.get(case.probe, ()), *_SHARED_MODULES, _CASE_MODULES[kind]}):
+        spec = find_spec(module)
+        digest.update(module.encode())
+        if spec is not None and spec.origin:
+            digest.update(Path(spec.origin).read_bytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def case_key(case: Case) -> str:
+    return f"{case.probe}:{case.verdict}"
+
+
+def _run_one(key: str, runs: int, base_seed: int) -> dict[str, Any]:
+    """Run one case (by key) in this process: used directly and by worker processes."""
+    import torch
+
+    torch.set_num_threads(1)
+    (case,) = [c for c in all_cases() if case_key(c) == key]
+    started = _dt.datetime.now(_dt.timezone.utc)
+    result = run_case(case, runs=runs, base_seed=base_seed,
+                      progress=lambda line: print(line, flush=True))
+    out = result.to_json()
+    out.update(source_digest=source_digest(case), measured=started.strftime("%Y-%m-%d %H:%M UTC"),
+               runs_per_condition=runs)
+    return out
+
+
+def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026, jobs: int = 1,
+              previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``cases``; with ``previous`` (an earlier JSON), keep each earlier case result whose source
+    digest and run count still match instead of re-running it."""
     load_before = os.getloadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
-    results = [run_case(c, runs=runs, base_seed=base_seed, progress=progress) for c in cases]
-    return {"results": results, "runs": runs, "base_seed": base_seed, "started": started,
+    kept: dict[str, dict[str, Any]] = {}
+    if previous:
+        for entries in previous.get("probes", {}).values():
+            for entry in entries:
+                kept[f"{entry['probe']}:{entry['verdict']}"] = entry
+    todo, reused = [], {}
+    for case in cases:
+        old = kept.get(case_key(case))
+        if old and old.get("source_digest") == source_digest(case) and old.get("runs_per_condition") == runs:
+            reused[case_key(case)] = old
+            print(f"{case_key(case)}: source unchanged since {old.get('measured')}, result kept", flush=True)
+        else:
+            todo.append(case_key(case))
+    fresh: dict[str, dict[str, Any]] = {}
+    if jobs > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {key: pool.submit(_run_one, key, runs, base_seed) for key in todo}
+            fresh = {key: f.result() for key, f in futures.items()}
+    else:
+        fresh = {key: _run_one(key, runs, base_seed) for key in todo}
+    results = [fresh.get(case_key(c)) or reused[case_key(c)] for c in cases]
+    return {"results": results, "runs": runs, "base_seed": base_seed, "started": started, "reused": sorted(reused),
             "finished": _dt.datetime.now(_dt.timezone.utc), "load_before": load_before, "load_after": os.getloadavg()}
 
 
 def to_json(run: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.calibration import SUITE_VERSION
+
     probes: dict[str, list[dict[str, Any]]] = {}
     for result in run["results"]:
-        probes.setdefault(result.case.probe, []).append(result.to_json())
+        probes.setdefault(result["probe"], []).append(result)
     return {
         "suite": "benchmarks/calibration", "suite_version": SUITE_VERSION,
         "date": run["started"].strftime("%Y-%m-%d %H:%M UTC"),
         "duration_s": round((run["finished"] - run["started"]).total_seconds(), 1),
-        "runs_per_condition": run["runs"], "base_seed": run["base_seed"],
+        "runs_per_condition": run["runs"], "base_seed": run["base_seed"], "reused_from_earlier_run": run["reused"],
         "load_average": {"before": [round(x, 2) for x in run["load_before"]],
                          "after": [round(x, 2) for x in run["load_after"]]},
         "machine": f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPUs",
@@ -144,7 +221,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             flags = "; ".join(f"{n}: " + " / ".join(f"{c['flags'][n]['count']}/{c['flags'][n]['runs']}"
                                                     if n in c.get("flags", {}) else "-" for c in case["conditions"])
                               for n in flag_names)
-            details.append(f"- **{probe}, {case['verdict']}.** {case['description']} Effect unit: {case['effect_unit']}; "
+            details.append(f"- **{probe}, {case['verdict']}** (measured {case.get('measured', '?')}, source "
+                           f"`{case.get('source_digest', '?')}`). {case['description']} Effect unit: {case['effect_unit']}; "
                            f"planted {planted}. "
                            f"Interval checked: {case['interval']}. Settings: {case['settings'].get('probe params', '')}."
                            + (f" Per condition ({' / '.join(c['condition'] for c in case['conditions'])}): {flags}."

@@ -33,7 +33,7 @@ _FILLER = ["the", "a", "movie", "film", "food", "was", "very", "really", "it", "
 
 
 def build_classifier(seed: int, *, n_layers: int, working: Sequence[int], head_scale: float = 1.0,
-                     keyword_weight: float | None = None) -> Any:
+                     keyword_weight: float | None = None, keyword: str = _KEYWORD) -> Any:
     """A tiny BERT classifier (hidden 32) saved and loaded as an AuditTarget; only the blocks in
     ``working`` (1-based) change the hidden state. With ``keyword_weight``, the keyword model."""
     import torch
@@ -55,14 +55,14 @@ def build_classifier(seed: int, *, n_layers: int, working: Sequence[int], head_s
                     linear.weight.zero_()
                     linear.bias.zero_()
         if keyword_weight is not None:
-            _wire_keyword(model, keyword_weight, head_scale)
+            _wire_keyword(model, keyword_weight, head_scale, keyword)
         else:
             model.classifier.weight.mul_(head_scale)
     model.save_pretrained(directory, safe_serialization=True)
     return load_target(directory, progress=False, device="cpu")
 
 
-def _wire_keyword(model: Any, weight: float, head_scale: float) -> None:
+def _wire_keyword(model: Any, weight: float, head_scale: float, keyword: str) -> None:
     import torch
 
     from tests.tiny import word_vocab
@@ -78,7 +78,7 @@ def _wire_keyword(model: Any, weight: float, head_scale: float) -> None:
     words[:, 1:] -= words[:, 1:].mean(dim=1, keepdim=True)
     for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
         table.weight[:, 0] = 0.0
-    words[word_vocab().index(_KEYWORD), 0] = weight
+    words[word_vocab().index(keyword), 0] = weight
     first = model.bert.encoder.layer[0]
     first.attention.self.query.weight.zero_()
     first.attention.self.key.weight.zero_()
@@ -202,5 +202,87 @@ def _faithfulness_case() -> Case:
     )
 
 
+# -- attribution: is the share on demographic terms a finding? -------------------------------------
+#: Demographic terms of the built-in list that the tiny tokenizer knows as single words.
+_TERMS = ["he", "she", "him", "her", "man", "woman", "boy", "girl", "father", "mother", "son", "daughter",
+          "brother", "sister", "uncle", "aunt", "black", "white", "asian", "christian", "muslim", "jewish"]
+
+
+def _attribution_case() -> Case:
+    def run(seed: int, effect: float) -> Outcome:
+        from probes.attribution import AttributionProbe
+
+        rng = np.random.default_rng(seed)
+        terms = list(rng.permutation(_TERMS)[:8])
+        if effect > 0:  # planted: one demographic term is the keyword that decides
+            keyword = terms[0]
+            target = build_classifier(seed, n_layers=2, working=(1,), keyword_weight=effect, head_scale=_HEAD,
+                                      keyword=keyword)
+            texts = [_with_word(rng, keyword) for _ in range(8)]
+        else:  # null: the keyword is not demographic; the terms are ordinary words to the model
+            target = build_classifier(seed, n_layers=2, working=(1,), keyword_weight=4.0, head_scale=_HEAD)
+            texts = [_with_word(rng, term, also=_KEYWORD) for term in terms]
+        probe = AttributionProbe(methods=["integrated_gradients"], examples=texts, use_counterfactual=False)
+        result = probe.run(target, AuditContext(seed=seed).for_probe("attribution"))
+        excess = result.metrics.get("demographic_share_excess[integrated_gradients]")
+        finding = bool(excess is not None and excess.value is not None and excess.p_value is not None
+                       and excess.p_value <= probe.alpha and excess.note is None)
+        return Outcome(status=result.status, alarm=finding, flags={"status warned": result.status == "warned"})
+
+    return Case(
+        probe="attribution", verdict="finding: demographic terms get more attribution than position explains",
+        description=("The keyword classifiers of the faithfulness case (tiny BERT wired by hand). Null: the keyword "
+                     f"is '{_KEYWORD}', and each of 8 texts holds one demographic term (a different one per text) at a "
+                     "random position among random filler words: to the model the terms are words like any other "
+                     "(their embeddings are drawn like every other word's), so a finding is a false alarm. "
+                     "Planted: the keyword that decides is itself a demographic term, in every text."),
+        effect_unit="the demographic keyword's embedding weight along the read direction",
+        effects={"null": 0.0, "small": 2.0, "medium": 4.0, "large": 10.0},
+        run=run, alarm_means="demographic_share_excess p <= alpha with enough examples (the probe's 'finding')",
+        interval="none",
+        settings={"probe params": "methods=['integrated_gradients'], 8 configured examples, use_counterfactual=False, "
+                                  "otherwise defaults (position_controls=3, alpha=0.05)"},
+    )
+
+
+def _position_case() -> Case:
+    def run(seed: int, effect: float) -> Outcome:
+        from benchmarks.calibration.suite import tiny_causal_lm
+        from probes.attribution import AttributionProbe
+
+        rng = np.random.default_rng(seed)
+        terms = list(rng.permutation(_TERMS)[:8])
+        # Each prompt ends with a demographic term, where a causal LM's attribution piles up by position alone.
+        texts = [" ".join([*rng.choice(_FILLER, size=int(rng.integers(5, 9))), term]) for term in terms]
+        probe = AttributionProbe(methods=["integrated_gradients"], examples=texts, use_counterfactual=False)
+        result = probe.run(tiny_causal_lm(seed), AuditContext(seed=seed).for_probe("attribution"))
+        excess = result.metrics.get("demographic_share_excess[integrated_gradients]")
+        share = result.metrics.get("demographic_share[integrated_gradients]")
+        finding = bool(excess is not None and excess.value is not None and excess.p_value is not None
+                       and excess.p_value <= probe.alpha and excess.note is None)
+        return Outcome(status=result.status, alarm=finding,
+                       flags={"raw share above 0.5": bool(share and share.value is not None and share.value > 0.5)})
+
+    return Case(
+        probe="attribution", verdict="finding on a random causal LM, terms at the end of the prompt (null only)",
+        description=("A fresh random tiny GPT-2 per run (it knows nothing of demographic terms); 8 prompts of random "
+                     "filler words, each ending with a different demographic term, where attribution piles up by "
+                     "position alone. Any finding is a false alarm; the flag shows how often the raw share, "
+                     "uncontrolled for position, exceeds one half."),
+        effect_unit="none (null only)", effects={"null": 0.0}, run=run,
+        alarm_means="demographic_share_excess p <= alpha with enough examples (the probe's 'finding')",
+        interval="none",
+        settings={"probe params": "methods=['integrated_gradients'], 8 configured examples, use_counterfactual=False"},
+    )
+
+
+def _with_word(rng: np.random.Generator, word: str, also: str | None = None) -> str:
+    words = list(rng.choice(_FILLER, size=int(rng.integers(6, 11))))
+    for extra in (word, also):
+        if extra is not None:
+            words.insert(int(rng.integers(len(words) + 1)), extra)
+    return " ".join(words)
+
+
 def transparency_cases() -> list[Case]:
-    return [_decision_path_case(), _faithfulness_case()]
+    return [_attribution_case(), _position_case(), _decision_path_case(), _faithfulness_case()]
