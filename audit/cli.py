@@ -81,6 +81,8 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--sensitive-feature", action="append", dest="sensitive_features", metavar="COLUMN")
     p.add_argument("--no-cache", action="store_true", help="recompute every probe instead of reusing cached results")
     p.add_argument("--show-pii", action="store_true", default=None, help="allow raw personal data in the reports")
+    p.add_argument("--show-examples", action="store_true", default=None,
+                   help="allow rows of --data to appear verbatim in the reports (default: masked)")
     p.add_argument("--baseline", type=Path, metavar="RESULTS_JSON",
                    help="fail when a metric is significantly worse than in this earlier results.json")
     p.add_argument("--allow-different-models", action="store_true",

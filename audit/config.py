@@ -142,6 +142,7 @@ class AuditConfig(_Validated):
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    show_examples: bool = False
     loc = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         parent = error["loc"][:-1]

@@ -286,6 +286,7 @@ class Auditor:
             rai_audit_version=_version(),
             model_id=target.model_id,
             model_path=str(target.path),
+                                        show_examples=self.config.show_examples,
             revision=target.revision,
             fingerprint=target.fingerprint,
             fingerprint_parts=getattr(target, "fingerprint_parts", {}),
@@ -376,6 +377,7 @@ class Auditor:
             result = result.model_copy(update={"category": probe.category})
         return result
 
+            "show_examples": context.show_examples,
     def _execute(self, name: str, probe: Probe, target: AuditTarget, context: AuditContext) -> ProbeResult:
         if not probe.applies_to(target):
             return probe.result(
@@ -404,13 +406,15 @@ class Auditor:
             if not isinstance(result, ProbeResult):
                 raise TypeError(f"probe {name!r} returned {type(result).__name__}, not ProbeResult")
         except NotApplicableError as exc:
-            result = probe.result(status="not_applicable", summary=str(exc))
+            result = probe.result(status="not_applicable", summary=context.scrub(str(exc)))
         except Exception as exc:  # isolate: one probe's failure never stops the audit
-            message = str(exc) if isinstance(exc, AuditError) else f"{type(exc).__name__}: {exc}"
+            # An exception's text may quote a row of the data: scrub() masks the words it shares with it.
+            message = context.scrub(str(exc) if isinstance(exc, AuditError) else f"{type(exc).__name__}: {exc}")
             result = probe.result(
                 status="errored",
                 summary=f"The probe raised an error: {message.splitlines()[0] if message else type(exc).__name__}",
-                error=ErrorInfo(type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()),
+                error=ErrorInfo(type=type(exc).__name__, message=context.scrub(str(exc)),
+                                traceback=context.scrub(traceback.format_exc())),
             )
         result = result.model_copy(update={"duration_s": round(time.perf_counter() - start, 3)})
         # Keyed digests, never the texts: a resumed run then counts the same truncated texts as a clean one.

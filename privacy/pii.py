@@ -40,6 +40,7 @@ from typing import Any, Literal, NamedTuple, get_args
 import numpy as np
 
 from audit.errors import ConfigError, DataError
+from audit.masking import BASE_WORDS, mask_text
 
 __all__ = [
     "ENGINES",
@@ -549,14 +550,18 @@ def _window(text: str, first: int) -> str:
 
 def redacted_example(text: str, detections: Sequence[Detection], *, show_pii: bool = False) -> dict[str, Any]:
     """A report-safe view of one document: its text with every detected span replaced by
-    ``<ENTITY_TYPE>`` (cut to a window around the first one), the entity types and top score.
+    ``<ENTITY_TYPE>`` and every other word that is not a common function word by ``<WORD>``
+    (cut to a window around the first span), the entity types and top score. What the detector
+    missed is therefore masked too (:func:`audit.masking.mask_text`).
     With ``show_pii`` the raw window and the values found are added."""
-    redacted, items = anonymize(text, detections)
-    first = min((item.start for item in items), default=0)
+    spans = [(d.start, d.end, d.entity_type) for d in detections]
+    masked = mask_text(text, allowed=BASE_WORDS, entities=spans, limit=None)
+    first = min((d for d in detections), key=lambda d: d.start, default=None)
+    at = masked.find(f"<{first.entity_type}>") if first is not None else 0
     example: dict[str, Any] = {
         "entities": ", ".join(sorted({d.entity_type for d in detections})),
         "max score": round(max(d.score for d in detections), 3),
-        "text (redacted)": _window(redacted, first),
+        "text (redacted)": _window(masked, max(at, 0)),
     }
     if show_pii:
         raw_first = min(d.start for d in detections)
@@ -619,7 +624,7 @@ class PIIScanner:
     >>> scanner = PIIScanner(entities=["EMAIL_ADDRESS"], engine="pattern", progress=False)
     >>> summary = scanner.scan(["write to jo@example.com", "nothing here"])
     >>> summary.documents_with_pii, summary.examples[0]["text (redacted)"]
-    (1, 'write to <EMAIL_ADDRESS>')
+    (1, '<WORD> to <EMAIL_ADDRESS>')
     """
 
     def __init__(

@@ -15,6 +15,7 @@ from audit.figures import to_svg
 from audit.probe import KINDS, Figure, Metric, Probe, ProbeResult, Table
 from audit.target import AuditTarget
 from probes.attribution import Encoded, collect_examples, encode, heat_colors, redact_for_display
+from probes.display import data_masker
 
 __all__ = ["AttentionProbe", "attention_maps", "attention_rollout", "eager_attention", "heatmap_grid"]
 
@@ -208,11 +209,15 @@ class AttentionProbe(Probe):
         for i, ex in enumerate(examples):
             enc = encode(target.tokenizer, ex.text, max_length=target.max_length, keep="end" if causal else "start")
             if not len(enc.content):
-                raise DataError(f"Probe 'attention': example {i} ({ex.source}) has no tokens (received "
-                                f"{ex.text[:60]!r}). Remove it or give a text with at least one word.")
+                received = "its text is not shown" if ex.private else f"received {ex.text[:60]!r}"
+                raise DataError(f"Probe 'attention': example {i} ({ex.source}) has no tokens ({received}). "
+                                "Remove it or give a text with at least one word.")
             encs.append(enc)
         per_layer: list[dict[str, np.ndarray]] = []
         figures, out_examples, top_rows = [], [], []
+        masker = data_masker(context)
+        if masker is not None:
+            masker.prepare([ex.text for ex in examples if ex.private])
         n_layers = n_heads = 0
         for i, (enc, ex) in enumerate(zip(encs, examples, strict=True)):
             maps = attention_maps(target.model, enc.ids, device=target.device)
@@ -220,7 +225,7 @@ class AttentionProbe(Probe):
             special = np.asarray(enc.special, dtype=bool)
             per_layer.append(_entropy_stats(maps, special, causal))
             rollout = attention_rollout(maps, residual=self.residual)
-            text, tokens = redact_for_display(enc) if (ex.source.startswith("data") and not context.show_pii) \
+            text, tokens = redact_for_display(enc, masker) if ex.private and masker is not None \
                 else (enc.text, list(enc.tokens))
             # The representation a decision is read from: [CLS] (first) for encoders, the last token for causal LMs.
             source = len(enc) - 1 if causal else 0

@@ -34,10 +34,11 @@ import torch
 from audit.context import AuditContext
 from audit.errors import ConfigError, DataError, NotApplicableError
 from audit.figures import interval_bar_chart
-from audit.masking import PII_PATTERNS
+from audit.masking import TextMasker
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.stats import bootstrap_ci, paired_permutation_test
 from audit.target import AuditTarget
+from probes.display import data_masker
 
 __all__ = [
     "EXPLAINABLE_KINDS",
@@ -180,35 +181,15 @@ def encode(tokenizer: Any, text: str, *, max_length: int, keep: Literal["start",
                    spans=spans)
 
 
-def redact_for_display(enc: Encoded) -> tuple[str, list[str]]:
-    """The text and tokens of ``enc`` with e-mail addresses, URLs and long digit runs masked.
+def redact_for_display(enc: Encoded, masker: TextMasker) -> tuple[str, list[str]]:
+    """The text and tokens of ``enc`` as a report may show them when ``enc`` is a row of the data.
 
-    For texts from the user's data when ``show_pii`` is off: the model still sees the real text;
-    the card shows ``<EMAIL>`` (etc.) in the text and a block character for every token that
-    overlaps one. Names are not masked, since they are often the demographic terms being measured.
+    The model still sees the real text; the card shows it through ``masker`` (entity types, and
+    ``<WORD>`` for every word that is not in the project's word lists), and every token that
+    overlaps a masked word as that word's tag, so the token list keeps one entry per score.
     """
-    hits = sorted((m.start(), m.end(), label) for pattern, label in PII_PATTERNS for m in pattern.finditer(enc.text))
-    merged: list[list[Any]] = []
-    for start, end, label in hits:
-        if merged and start < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end, label])
-    if not merged:
-        return enc.text, list(enc.tokens)
-    text = enc.text
-    for start, end, label in reversed(merged):
-        text = text[:start] + label + text[end:]
     spans = enc.spans or ((0, 0),) * len(enc.tokens)
-    tokens = []
-    for tok, (s, e), special in zip(enc.tokens, spans, enc.special, strict=True):
-        if special:
-            tokens.append(tok)
-        elif e > s:
-            tokens.append("\u2588" if any(s < end and start < e for start, end, _ in merged) else tok)
-        else:  # no character offsets from this tokenizer: mask anything that could be part of one
-            tokens.append("\u2588" if re.search(r"[\d@/]", tok) else tok)
-    return text, tokens
+    return masker.text(enc.text, limit=None), masker.tokens(enc.text, enc.tokens, spans, enc.special)
 
 
 def _sig(value: Any, digits: int = 4) -> float:
@@ -599,6 +580,7 @@ class Example:
     target: Any = None
     pair: int | None = None
     side: str | None = None
+    private: bool = False  # a row of the user's data (or made from one): shown only masked
 
 
 _PAIR_KEYS = (
@@ -616,9 +598,14 @@ def counterfactual_pairs(result: Any, limit: int) -> list[tuple[str, str, str]]:
     ``original``/``counterfactual``, ...) or as the first two text-like string fields; anything
     else is ignored.
     """
+    return [(a, b, label) for a, b, label, _ in _pair_entries(result, limit)]
+
+
+def _pair_entries(result: Any, limit: int) -> list[tuple[str, str, str, Mapping[str, Any]]]:
+    """:func:`counterfactual_pairs`, each with the example it was read from."""
     if result is None or getattr(result, "status", None) not in ("passed", "warned", "failed"):
         return []
-    pairs: list[tuple[str, str, str]] = []
+    pairs: list[tuple[str, str, str, Mapping[str, Any]]] = []
     for example in getattr(result, "examples", None) or []:
         if not isinstance(example, Mapping):
             continue
@@ -636,7 +623,7 @@ def counterfactual_pairs(result: Any, limit: int) -> list[tuple[str, str, str]]:
             continue
         groups = [str(example[k]) for k in ("group_a", "group_b") if isinstance(example.get(k), (str, int, float))]
         label = " vs ".join(groups) if len(groups) == 2 else str(example.get("axis", example.get("group", "")))
-        pairs.append((found[0], found[1], label))
+        pairs.append((found[0], found[1], label, example))
         if len(pairs) >= limit:
             break
     return pairs
@@ -673,15 +660,38 @@ def collect_examples(*, probe: str, examples: Sequence[Any] | None, context: Aud
             notes.append(f"{len(texts) - len(usable)} empty text(s) in the data were skipped.")
         if len(usable) > max_examples:
             usable = sorted(int(i) for i in context.rng.choice(usable, size=max_examples, replace=False))
-        chosen = [Example(text=texts[i], source=f"data row {i}") for i in usable]
+        chosen = [Example(text=texts[i], source=f"data row {i}", private=True) for i in usable]
     if not chosen and not examples:
         chosen = [Example(text=t, source="built-in") for t in builtin_examples()[:max_examples]]
     if pairs and context is not None:
-        for n, (a, b, label) in enumerate(counterfactual_pairs(context.results.get("counterfactual"), pairs)):
+        for n, (a, b, label, private) in enumerate(_pairs_with_rows(context, pairs)):
             tag = f"counterfactual pair {n + 1}" + (f" ({label})" if label else "")
-            chosen.append(Example(text=a, source=tag + ", side a", pair=n, side="a"))
-            chosen.append(Example(text=b, source=tag + ", side b", pair=n, side="b"))
+            chosen.append(Example(text=a, source=tag + ", side a", pair=n, side="a", private=private))
+            chosen.append(Example(text=b, source=tag + ", side b", pair=n, side="b", private=private))
     return chosen, notes
+
+
+def _pairs_with_rows(context: AuditContext, limit: int) -> list[tuple[str, str, str, bool]]:
+    """The counterfactual probe's worst pairs, with whether each was made from a row of the data.
+
+    A pair swapped from a data row is stored masked in that probe's result, with its ``row`` and
+    ``swap_axis``; the two texts are rebuilt here from the data, so the real texts are explained.
+    """
+    out = []
+    for a, b, label, example in _pair_entries(context.results.get("counterfactual"), limit):
+        private = example.get("origin") == "data"
+        row, axis = example.get("row"), example.get("swap_axis")
+        if private and isinstance(row, int) and isinstance(axis, str) and context.data is not None \
+                and 0 <= row < len(context.data):
+            from probes.counterfactual import counterfactual_copies
+
+            groups, copies = counterfactual_copies([context.data.texts[row]], axis)
+            if copies:
+                _, side, original, swapped = copies[0]
+                by_group = {groups[side]: original, groups[1 - side]: swapped}
+                a, b = by_group.get(example.get("group_a"), a), by_group.get(example.get("group_b"), b)
+        out.append((a, b, label, private))
+    return out
 
 
 def resolve_targets(explainer: Explainer, encs: Sequence[Encoded], examples: Sequence[Example], default: Any,
@@ -922,13 +932,15 @@ class AttributionProbe(Probe):
                 attributions[method] = explainer.attribute(encs, targets, method,
                                                            internal_batch_size=self.internal_batch_size)
         terms = self.demographic_terms if self.demographic_terms is not None else demographic_terms()
+        masker = data_masker(context, extra=[t for group in terms.values() for t in group])
         return self._report(explainer, encs, examples, targets, attributions, terms, labels, notes, context.rng,
-                            redact=not context.show_pii)
+                            masker=masker)
 
     # -- reporting ----------------------------------------------------------------------------
     def _report(self, explainer: Explainer, encs: list[Encoded], examples: list[Example], targets: list[Any],
                 attributions: dict[str, list[TokenAttribution]], terms: Mapping[str, Sequence[str]],
-                labels: Sequence[str], notes: list[str], rng: np.random.Generator, *, redact: bool) -> ProbeResult:
+                labels: Sequence[str], notes: list[str], rng: np.random.Generator, *,
+                masker: TextMasker | None) -> ProbeResult:
         methods = list(attributions)
         lead = "integrated_gradients" if "integrated_gradients" in methods else methods[0]
         f_name = "log p(continuation)" if explainer.kind == "causal-lm" else "p(class)"
@@ -987,7 +999,13 @@ class AttributionProbe(Probe):
                 description=f"Most Integrated Gradients steps any example needed (started at {self.n_steps})",
             )
 
-        pair_table, pair_shares = self._pairs(explainer, encs, examples, attributions[lead], f_values, lead)
+        private = [masker is not None and ex.private for ex in examples]
+        if masker is not None:
+            masker.prepare([e.text for e, p in zip(encs, private, strict=True) if p])
+        shown = [redact_for_display(e, masker) if p and masker is not None else (e.text, list(e.tokens))
+                 for e, p in zip(encs, private, strict=True)]
+        pair_table, pair_shares = self._pairs(explainer, encs, examples, attributions[lead], f_values, lead, shown,
+                                              masker)
         if pair_shares:
             ci = bootstrap_ci(np.asarray(pair_shares), rng=rng)
             metrics["counterfactual_term_share"] = Metric(
@@ -1001,11 +1019,9 @@ class AttributionProbe(Probe):
             notes.append(f"{len(truncated)} example(s) were longer than the model's {explainer.max_length} tokens "
                          f"and were truncated before attribution (marked in the table).")
 
-        private = [redact and ex.source.startswith("data") for ex in examples]
-        shown = [redact_for_display(e) if p else (e.text, list(e.tokens)) for e, p in zip(encs, private, strict=True)]
         tables = [self._examples_table(explainer, encs, examples, targets, attributions, probs, dem, labels, lead,
                                        shown)]
-        top_table, top_words, top_mass = self._top_words(encs, attributions, dem, methods, lead, private)
+        top_table, top_words, top_mass = self._top_words(encs, attributions, dem, methods, lead, private, masker)
         tables.append(top_table)
         if pair_table is not None:
             tables.append(pair_table)
@@ -1156,7 +1172,7 @@ class AttributionProbe(Probe):
 
     def _top_words(self, encs: list[Encoded], attributions: dict[str, list[TokenAttribution]],
                    dem: list[np.ndarray], methods: list[str], lead: str,
-                   private: list[bool]) -> tuple[Table, list[str], list[float]]:
+                   private: list[bool], masker: TextMasker | None) -> tuple[Table, list[str], list[float]]:
         mass: dict[str, dict[str, float]] = {m: defaultdict(float) for m in methods}
         signed: dict[str, list[float]] = defaultdict(list)
         count: dict[str, int] = defaultdict(int)
@@ -1171,8 +1187,8 @@ class AttributionProbe(Probe):
                 total = np.abs(ws).sum()
                 for w, word in enumerate(enc.word_texts):
                     key = _normalise_word(word) or word
-                    if private[i] and any(p.search(word) for p, _ in PII_PATTERNS):
-                        key = "\u2588 (masked personal data)"
+                    if private[i] and masker is not None:
+                        key = masker.word(key)
                     if total > 0:
                         mass[method][key] += float(abs(ws[w]) / total)
                     if method == lead:
@@ -1189,7 +1205,8 @@ class AttributionProbe(Probe):
         return table, ranked, [mass[lead][w] for w in ranked]
 
     def _pairs(self, explainer: Explainer, encs: list[Encoded], examples: list[Example],
-               lead_attr: list[TokenAttribution], f_values: np.ndarray, lead: str) -> tuple[Table | None, list[float]]:
+               lead_attr: list[TokenAttribution], f_values: np.ndarray, lead: str, shown: list[tuple[str, list[str]]],
+               masker: TextMasker | None) -> tuple[Table | None, list[float]]:
         sides: dict[int, dict[str, int]] = defaultdict(dict)
         for i, ex in enumerate(examples):
             if ex.pair is not None and ex.side is not None:
@@ -1212,7 +1229,8 @@ class AttributionProbe(Probe):
                 context = np.where(swapped, -1.0, change)
                 if context.size and context.max() > 0:
                     moved = encs[a].word_texts[int(np.argmax(context))]
-            rows.append([pair + 1, examples[a].source.split(", side")[0], encs[a].text, encs[b].text,
+                    moved = masker.word(moved) if masker is not None and examples[a].private else moved
+            rows.append([pair + 1, examples[a].source.split(", side")[0], shown[a][0], shown[b][0],
                          _sig(f_values[a]), _sig(f_values[b]), _sig(f_values[a] - f_values[b]),
                          _sig(lead_attr[a].scores.sum() - lead_attr[b].scores.sum()),
                          None if share is None else _sig(share), moved])
@@ -1259,9 +1277,10 @@ def encode_examples(explainer: Explainer, target: AuditTarget, examples: Sequenc
     for i, ex in enumerate(examples):
         enc = explainer.encode(ex.text, reserve=reserve if explainer.kind == "causal-lm" else 0)
         if not len(enc.content):
+            received = "its text is not shown" if ex.private else f"received {ex.text[:60]!r}"
             raise DataError(
-                f"Probe {probe!r}: example {i} ({ex.source}) has no tokens to attribute (received "
-                f"{ex.text[:60]!r}). Remove it or give a text with at least one word."
+                f"Probe {probe!r}: example {i} ({ex.source}) has no tokens to attribute ({received}). "
+                "Remove it or give a text with at least one word."
             )
         encs.append(enc)
     return encs

@@ -23,9 +23,9 @@ import numpy as np
 
 from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart
-from audit.masking import redact_text
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.stats import Interval, PermutationResult, bootstrap_ci, holm_bonferroni
+from probes.display import data_masker
 
 if TYPE_CHECKING:
     from audit.context import AuditContext
@@ -838,10 +838,21 @@ class CounterfactualProbe(Probe):
         candidates.sort(key=lambda c: -c[0])
         label = target.labels
         examples = []
-        for _, run, a, b, pos in candidates[: self.n_examples]:
+        masker = data_masker(context)
+        shown = candidates[: self.n_examples]
+        row_of = {t: i for i, t in reversed(list(enumerate(context.data.texts)))} if context.data is not None else {}
+        if masker is not None:
+            masker.prepare([str(run.texts[(side, *pos)]) for _, run, a, b, pos in shown if run.spec.origin == "data"
+                            for side in (a, b)])
+        for _, run, a, b, pos in shown:
             text_a, text_b = str(run.texts[(a, *pos)]), str(run.texts[(b, *pos)])
-            if run.spec.origin == "data" and not context.show_pii:
-                text_a, text_b = redact_text(text_a), redact_text(text_b)
+            origin: dict[str, Any] = {}
+            if run.spec.origin == "data":
+                # The row and axis let a later probe (attribution) rebuild the pair without the text.
+                origin = {"origin": "data", "row": row_of.get(text_a, row_of.get(text_b)),
+                          "swap_axis": run.spec.name.removesuffix(" (dataset swaps)")}
+                if masker is not None:
+                    text_a, text_b = masker.text(text_a), masker.text(text_b)
             pred_a = label[positive] if run.positive[(a, *pos)] else "other"
             pred_b = label[positive] if run.positive[(b, *pos)] else "other"
             examples.append({
@@ -850,6 +861,7 @@ class CounterfactualProbe(Probe):
                 "score_b": round(float(run.scores[(b, *pos)]), 4),
                 "score_change": round(float(run.scores[(a, *pos)] - run.scores[(b, *pos)]), 4),
                 "predicted_a": pred_a, "predicted_b": pred_b, "label_flipped": bool(pred_a != pred_b),
+                **origin,
             })
         return examples
 

@@ -19,6 +19,7 @@ from audit.figures import to_svg
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.target import AuditTarget
 from probes.attribution import collect_examples, encode, redact_for_display, transformer_blocks
+from probes.display import data_masker
 
 __all__ = ["DecisionPathProbe", "decision_layer", "input_dependent_layers", "layer_logits", "layer_margins"]
 
@@ -208,12 +209,19 @@ class DecisionPathProbe(Probe):
         tables, figures, out_examples, depths, layers_at = [], [], [], [], []
         constant_layers: set[int] = set()
         n_layers = 0
+        masker = data_masker(context)
+        if masker is not None:
+            masker.prepare([ex.text for ex in examples if ex.private])
         for i, ex in enumerate(examples):
             enc = encode(target.tokenizer, ex.text, max_length=target.max_length, keep="end" if causal else "start")
             if not len(enc.content):
-                raise DataError(f"Probe 'decision_path': example {i} ({ex.source}) has no tokens (received "
-                                f"{ex.text[:60]!r}). Remove it or give a text with at least one word.")
-            text = redact_for_display(enc)[0] if ex.source.startswith("data") and not context.show_pii else enc.text
+                received = "its text is not shown" if ex.private else f"received {ex.text[:60]!r}"
+                raise DataError(f"Probe 'decision_path': example {i} ({ex.source}) has no tokens ({received}). "
+                                "Remove it or give a text with at least one word.")
+            private = ex.private and masker is not None
+            text = redact_for_display(enc, masker)[0] if private and masker is not None else enc.text
+            # A predicted token may copy a word of a private row: mask the words it shares with the data.
+            decode = (lambda ids: context.scrub(target.tokenizer.decode(ids))) if private else target.tokenizer.decode
             probs = _softmax(layer_logits(target.model, enc.ids, device=target.device))
             n_layers = probs.shape[0] - 1
             predicted = probs.argmax(-1).tolist()
@@ -231,15 +239,15 @@ class DecisionPathProbe(Probe):
                 rows = []
                 for k in range(n_layers + 1):
                     top = np.argsort(-probs[k])[: self.top_k]
-                    rows.append([layer_names[k], ", ".join(f"{target.tokenizer.decode([int(t)])!r} ({probs[k, t]:.2f})"
+                    rows.append([layer_names[k], ", ".join(f"{decode([int(t)])!r} ({probs[k, t]:.2f})"
                                                            for t in top), float(probs[k, final])])
-                final_name = target.tokenizer.decode([final])
+                final_name = decode([final])
                 tables.append(Table(title=f"Example {i + 1}: logit lens", columns=[
                     "layer", f"top {self.top_k} next tokens (probability)", f"p({final_name!r}), the final top token"],
                     rows=rows, caption=f"{ex.source}: {text[:200]}"))
                 final_top = np.argsort(-probs[-1])[:3]
-                series = {repr(target.tokenizer.decode([int(t)])): probs[:, t] for t in final_top}
-                marks = [target.tokenizer.decode([int(t)]) for t in predicted]
+                series = {repr(decode([int(t)])): probs[:, t] for t in final_top}
+                marks = [decode([int(t)]) for t in predicted]
                 ylabel = "next-token probability"
             else:
                 names = [labels[c] if c < len(labels) else str(c) for c in range(probs.shape[1])]

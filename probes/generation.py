@@ -396,7 +396,8 @@ class GenerationProbe(Probe):
         order = sorted(prompts, key=lambda p: scorers["vader"][p])[: self.n_examples]
         group_of = {p: (s.axis, g) for s in sets for g, ps in s.groups.items() for p in ps}
         examples = [{"axis": group_of[p][0], "group": group_of[p][1], "prompt": p,
-                     "continuation": text_of[p] if context.show_pii else redact_text(text_of[p]),
+                     # A continuation may repeat the audit's data: scrub() masks the words it shares with it.
+                     "continuation": context.scrub(text_of[p] if context.show_pii else redact_text(text_of[p])),
                      "vader_compound": round(float(scorers["vader"][p]), 4),
                      **({"classifier_negative": round(float(scorers["classifier"][p]), 4)} if "classifier" in scorers else {})}
                     for p in order]
