@@ -9,6 +9,7 @@ other word becomes ``<WORD>``, so a name Presidio misses is masked as well.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 from collections.abc import Callable, Iterable
 from importlib import resources
@@ -38,10 +39,11 @@ def known_words() -> frozenset[str]:
 
 
 def _presidio() -> Callable[[list[str]], list[list[Span]]] | None:
-    try:
-        from privacy.probes import detect_entities
-    except ImportError:  # privacy's extras are not installed: the allow-list alone still masks
+    # Without Presidio (an optional extra) the allow-list alone still masks every unknown word.
+    if importlib.util.find_spec("presidio_analyzer") is None:
         return None
+    from privacy.probes import detect_entities
+
     return detect_entities
 
 

@@ -254,3 +254,14 @@ def test_cache_key_depends_on_show_examples(tmp_path: Path, tiny_targets):
     paths = {flag: auditor._cache_path(probe, tiny_targets["sequence-classification"], AuditContext(show_examples=flag))
              for flag in (False, True)}
     assert paths[False] != paths[True]
+
+
+def test_pii_redacted_example_masks_what_the_detector_missed():
+    """pii_data's "redacted" text used to show every word Presidio did not flag, names included."""
+    from privacy.pii import Detection, redacted_example
+
+    text = "Zebulon Quargh wrote to jo@example.com"
+    example = redacted_example(text, [Detection("EMAIL_ADDRESS", 24, 38, 1.0)])
+    assert example["text (redacted)"] == "<WORD> <WORD> <WORD> to <EMAIL_ADDRESS>"
+    shown = redacted_example(text, [Detection("EMAIL_ADDRESS", 24, 38, 1.0)], show_pii=True)
+    assert "Zebulon Quargh" in shown["text (raw, --show-pii)"]
