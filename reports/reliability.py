@@ -122,6 +122,8 @@ def reliability_notes(probes: Iterable[str], data: Mapping[str, Any] | None = No
             notes[probe] = ReliabilityNote(probe, False, suite_version=data.get("suite_version"), reason=why)
             continue
         missed = [m for case in cases for m in _missed(case)]
+        missed += [f"{case.get('verdict')}: measured on earlier code of this probe (stale)"
+                   for case in cases if case.get("stale")]
         notes[probe] = ReliabilityNote(
             probe, True, suite_version=str(data.get("suite_version")),
             date=max((str(c["measured"]) for c in cases if c.get("measured")), default=data.get("date")),

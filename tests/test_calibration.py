@@ -98,3 +98,26 @@ def test_suite_command_writes_a_partial_run_where_asked(tmp_path):
     conditions = data["probes"]["crows_pairs"][0]["conditions"]
     assert [c["condition"] for c in conditions] == ["null", "small", "medium", "large"]
     assert all(c["runs"] == 2 for c in conditions)
+
+
+@pytest.mark.slow
+def test_changed_only_reruns_exactly_the_cases_whose_source_changed(tmp_path, capsys):
+    from benchmarks.calibration.__main__ import main
+
+    out = tmp_path / "cal.json"
+    assert main(["--runs", "2", "--cases", "crows_pairs", "membership_inference", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    crows = data["probes"]["crows_pairs"][0]
+    assert crows["source_digest"].startswith("sha256:")
+    # Pretend the CrowS-Pairs code changed since its result was measured.
+    crows["source_digest"] = "sha256:0000000000000000"
+    out.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["--runs", "2", "--cases", "crows_pairs", "membership_inference", "--changed-only",
+                 "--json", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert "membership_inference:attack AUC significantly above 0.5: source unchanged" in log
+    assert "crows_pairs:metric score significantly different from 50: source unchanged" not in log
+    rerun = json.loads(out.read_text())
+    assert rerun["probes"]["crows_pairs"][0]["source_digest"] != "sha256:0000000000000000"
+    assert rerun["reused_from_earlier_run"] == ["membership_inference:attack AUC significantly above 0.5"]

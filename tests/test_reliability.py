@@ -95,3 +95,10 @@ def test_shipped_results_cover_the_built_in_verdicts():
     for probe in ("seat", "counterfactual", "group_fairness", "crows_pairs", "stereoset", "generation",
                   "membership_inference", "faithfulness", "decision_path"):
         assert probe in covered, probe
+
+
+def test_a_result_measured_on_earlier_code_is_marked_stale():
+    data = {**CALIBRATION, "probes": {"seat": [{**CALIBRATION["probes"]["seat"][0], "stale": True}]}}
+    note = reliability_notes(["seat"], data)["seat"]
+    assert note.calibrated
+    assert "significant association: measured on earlier code of this probe (stale)" in note.missed

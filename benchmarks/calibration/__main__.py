@@ -42,17 +42,22 @@ def main(argv: list[str] | None = None) -> int:
         previous = None
         if args.changed_only and args.json.is_file():
             previous = json.loads(args.json.read_text(encoding="utf-8"))
+        full = not args.cases and args.runs >= 40
+        write = not args.no_write and (full or args.json != suite.CALIBRATION_JSON)
+
+        def update(run: dict) -> None:
+            if write:  # after every case, so a run cut short still leaves its finished cases on disk
+                suite.write_outputs(suite.to_json(run), json_path=args.json, results_md=full)
+
         data = suite.to_json(suite.run_suite(cases, runs=args.runs, base_seed=args.seed, jobs=args.jobs,
-                                             previous=previous))
+                                             previous=previous, on_update=update))
     finally:
         torch.set_num_threads(threads)
     print(suite.render_markdown(data))
-    if not args.no_write:
-        full = not args.cases and args.runs >= 40
-        if not full and args.json == suite.CALIBRATION_JSON:
-            print("A partial run (fewer cases or runs than the full suite) does not replace reports/calibration.json "
-                  "or RESULTS.md; pass --json PATH to keep it.", file=sys.stderr)
-            return 0
+    if not args.no_write and not write:
+        print("A partial run (fewer cases or runs than the full suite) does not replace reports/calibration.json "
+              "or RESULTS.md; pass --json PATH to keep it.", file=sys.stderr)
+    elif write:
         suite.write_outputs(data, json_path=args.json, results_md=full)
         print(f"wrote {args.json}" + (" and benchmarks/RESULTS.md" if full else ""))
     return 0

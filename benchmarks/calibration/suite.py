@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +110,15 @@ def _run_one(key: str, runs: int, base_seed: int) -> dict[str, Any]:
 
 
 def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026, jobs: int = 1,
-              previous: dict[str, Any] | None = None) -> dict[str, Any]:
+              previous: dict[str, Any] | None = None,
+              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``cases``; with ``previous`` (an earlier JSON), keep each earlier case result whose source
-    digest and run count still match instead of re-running it."""
+    digest and run count still match instead of re-running it.
+
+    ``on_update`` receives the run so far after each case finishes: cases not yet re-measured carry
+    their earlier result marked ``stale`` (measured on other code), so a run cut short still leaves
+    an honest file.
+    """
     load_before = os.getloadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
     kept: dict[str, dict[str, Any]] = {}
@@ -124,22 +130,40 @@ def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026, jobs: 
     for case in cases:
         old = kept.get(case_key(case))
         if old and old.get("source_digest") == source_digest(case) and old.get("runs_per_condition") == runs:
-            reused[case_key(case)] = old
+            reused[case_key(case)] = {**old, "stale": False}
             print(f"{case_key(case)}: source unchanged since {old.get('measured')}, result kept", flush=True)
         else:
             todo.append(case_key(case))
     fresh: dict[str, dict[str, Any]] = {}
+
+    def snapshot() -> dict[str, Any]:
+        results = []
+        for c in cases:
+            key = case_key(c)
+            entry = fresh.get(key) or reused.get(key)
+            if entry is None and key in kept:
+                entry = {**kept[key], "stale": True}
+            if entry is not None:
+                results.append(entry)
+        return {"results": results, "runs": runs, "base_seed": base_seed, "started": started, "reused": sorted(reused),
+                "finished": _dt.datetime.now(_dt.timezone.utc), "load_before": load_before,
+                "load_after": os.getloadavg(), "pending": [k for k in todo if k not in fresh]}
+
     if jobs > 1 and len(todo) > 1:
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {key: pool.submit(_run_one, key, runs, base_seed) for key in todo}
-            fresh = {key: f.result() for key, f in futures.items()}
+            futures = {pool.submit(_run_one, key, runs, base_seed): key for key in todo}
+            for future in as_completed(futures):
+                fresh[futures[future]] = {**future.result(), "stale": False}
+                if on_update:
+                    on_update(snapshot())
     else:
-        fresh = {key: _run_one(key, runs, base_seed) for key in todo}
-    results = [fresh.get(case_key(c)) or reused[case_key(c)] for c in cases]
-    return {"results": results, "runs": runs, "base_seed": base_seed, "started": started, "reused": sorted(reused),
-            "finished": _dt.datetime.now(_dt.timezone.utc), "load_before": load_before, "load_after": os.getloadavg()}
+        for key in todo:
+            fresh[key] = {**_run_one(key, runs, base_seed), "stale": False}
+            if on_update:
+                on_update(snapshot())
+    return snapshot()
 
 
 def to_json(run: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +177,7 @@ def to_json(run: dict[str, Any]) -> dict[str, Any]:
         "date": run["started"].strftime("%Y-%m-%d %H:%M UTC"),
         "duration_s": round((run["finished"] - run["started"]).total_seconds(), 1),
         "runs_per_condition": run["runs"], "base_seed": run["base_seed"], "reused_from_earlier_run": run["reused"],
+        "not_yet_remeasured": run.get("pending", []),
         "load_average": {"before": [round(x, 2) for x in run["load_before"]],
                          "after": [round(x, 2) for x in run["load_after"]]},
         "machine": f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPUs",
@@ -213,6 +238,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                                       for c in case["conditions"]) for n in names)
             errors = sum(c["errors"] for c in case["conditions"])
             verdict = case["verdict"] + (f" ({errors} runs errored)" if errors else "")
+            if case.get("stale"):
+                verdict += " (STALE: measured on earlier code of this probe)"
             met = case["targets_met"]
             lines.append(f"| {probe} | {verdict} | {fa} | {' / '.join(power)} | {coverage or 'n/a'} | "
                          f"{_mark(met['false_alarm'])} | {_mark(met['coverage'])} |")
