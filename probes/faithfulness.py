@@ -48,15 +48,15 @@ from probes.attribution import (
 )
 
 __all__ = [
+    "EMBEDDING_STAGE",
     "PERCENTAGES",
     "FaithfulnessProbe",
-    "EMBEDDING_STAGE",
     "cascade_stages",
+    "checked_stages",
     "eraser_curves",
     "min_examples_for",
     "randomize_",
     "rank_correlation",
-    "checked_stages",
     "rank_correlation_p_value",
     "removal_order",
     "survival_statistic",
@@ -432,9 +432,8 @@ class FaithfulnessProbe(Probe):
         adjusted = {k: min(1.0, (p_values[k] if p_values[k] is not None else 1.0) * n_checked) for k in stages}
         big = [k for k in stages if abs(rhos[k]) >= self.max_rank_correlation]
         survives = any(adjusted[k] <= self.alpha for k in big)
-        top = max(stages, key=lambda k: abs(rhos[k]))
-        shown = min(big, key=lambda k: adjusted[k]) if big else top
-        return float(abs(rhos[top])), float(adjusted[shown]), survives
+        shown = min(big, key=lambda k: adjusted[k]) if big else max(stages, key=lambda k: abs(rhos[k]))
+        return survival_statistic(rhos, stage_names), float(adjusted[shown]), survives
 
     def _verdict(self, *, survives: bool, checked: bool, enough: bool, beats: bool, n: int, n_min: int) -> str:
         if survives:

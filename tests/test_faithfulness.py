@@ -32,7 +32,7 @@ def planted():
 @pytest.fixture(scope="module")
 def planted_result(planted):
     texts, _ = planted_texts(np.random.default_rng(3), 16)
-    probe = FaithfulnessProbe(examples=texts, max_examples=len(texts), randomization_examples=4)
+    probe = FaithfulnessProbe(examples=texts, max_examples=len(texts), randomization_examples=4, max_n_steps=100)
     return probe.run(planted, AuditContext(seed=0).for_probe("faithfulness"))
 
 
