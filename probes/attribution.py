@@ -1004,6 +1004,10 @@ class AttributionProbe(Probe):
             masker.prepare([e.text for e, p in zip(encs, private, strict=True) if p])
         shown = [redact_for_display(e, masker) if p and masker is not None else (e.text, list(e.tokens))
                  for e, p in zip(encs, private, strict=True)]
+        # A causal LM's predicted continuation may copy a word of the private row it continues.
+        explained = [masker.text(label, limit=None) if p and masker is not None and explainer.kind == "causal-lm"
+                     else label for label, p in zip((target_label(explainer, t, labels) for t in targets), private,
+                                                    strict=True)]
         pair_table, pair_shares = self._pairs(explainer, encs, examples, attributions[lead], f_values, lead, shown,
                                               masker)
         if pair_shares:
@@ -1020,7 +1024,7 @@ class AttributionProbe(Probe):
                          f"and were truncated before attribution (marked in the table).")
 
         tables = [self._examples_table(explainer, encs, examples, targets, attributions, probs, dem, labels, lead,
-                                       shown)]
+                                       shown, explained)]
         top_table, top_words, top_mass = self._top_words(encs, attributions, dem, methods, lead, private, masker)
         tables.append(top_table)
         if pair_table is not None:
@@ -1038,7 +1042,7 @@ class AttributionProbe(Probe):
         for i, (enc, ex) in enumerate(zip(encs, examples, strict=True)):
             entry: dict[str, Any] = {
                 "example": i + 1, "source": ex.source, "text": shown[i][0],
-                "explained": target_label(explainer, targets[i], labels), "output": f_name,
+                "explained": explained[i], "output": f_name,
                 "probability": float(probs[i]), "truncated": enc.truncated, "tokens": shown[i][1],
                 "demographic": [bool(x) for x in dem[i]], "methods": methods,
             }
@@ -1143,7 +1147,8 @@ class AttributionProbe(Probe):
 
     def _examples_table(self, explainer: Explainer, encs: list[Encoded], examples: list[Example], targets: list[Any],
                         attributions: dict[str, list[TokenAttribution]], probs: np.ndarray, dem: list[np.ndarray],
-                        labels: Sequence[str], lead: str, shown: list[tuple[str, list[str]]]) -> Table:
+                        labels: Sequence[str], lead: str, shown: list[tuple[str, list[str]]],
+                        explained: list[str]) -> Table:
         ig = attributions.get("integrated_gradients")
         rows = []
         for i, (enc, ex) in enumerate(zip(encs, examples, strict=True)):
@@ -1152,7 +1157,7 @@ class AttributionProbe(Probe):
             mass = np.abs(scores).sum()
             text = shown[i][0]
             row = [i + 1, ex.source, text if len(text) <= 160 else text[:157] + "...",
-                   target_label(explainer, targets[i], labels), _sig(probs[i]), shown[i][1][top],
+                   explained[i], _sig(probs[i]), shown[i][1][top],
                    _sig(np.abs(scores)[dem[i]].sum() / mass) if dem[i].any() and mass > 0 else None]
             if ig is not None:
                 r = ig[i]
