@@ -562,8 +562,7 @@ class FaithfulnessProbe(Probe):
                        f"{comp_aopc[:, methods.index(best)].mean():.3f} vs {rand_comp.mean():.3f} random); the "
                        "randomisation check was not run")
         elif n < n_min:
-            summary = (f"No verdict on any attribution method: {n} examples, but at least {n_min} are needed "
-                       "before a method can be shown better than random")
+            summary = "No verdict on any attribution method: too few examples to show one better than random"
         else:
             summary = "No attribution method passed both checks on this model"
         if flagged:
