@@ -295,7 +295,8 @@ class FaithfulnessProbe(Probe):
        (with or without the embeddings), and a permutation test of no correlation
        (:func:`rank_correlation_p_value`, Bonferroni over those two stages) has p <= ``alpha``,
        the map describes the input, not the model. The test bounds how often a method whose
-       maps are erased is flagged, whatever the lengths of the texts.
+       maps are erased is flagged, whatever the lengths of the texts. |rho| at or above the
+       threshold without that evidence makes the verdict undetermined, never "trust".
     2. *Undetermined*: fewer examples than :func:`min_examples_for` (``ceil(log2(m / alpha))``
        for ``m`` methods; 6 for three methods at 0.05), where no test could pass.
     3. *Better than random* (needed for trust): a one-sided sign-flip test of
@@ -418,26 +419,30 @@ class FaithfulnessProbe(Probe):
 
     def _survival(self, rhos: Sequence[float | None], p_values: Sequence[float | None],
                   stage_names: Sequence[str]) -> tuple[float | None, float | None, bool]:
-        """The survival statistic, its adjusted p-value and whether the method survives randomisation.
+        """The survival statistic, its adjusted p-value and the outcome of the randomisation check.
 
-        It survives when, at some checked stage, ``|mean rho| >= max_rank_correlation`` and the
+        ``"survives"`` when, at some checked stage, ``|mean rho| >= max_rank_correlation`` and the
         permutation p-value times the number of checked stages is at most ``alpha``, so that a
         method whose maps are erased is flagged at most ``alpha`` of the time whatever the lengths
-        of the texts.
+        of the texts; ``"inconclusive"`` when |mean rho| reaches the threshold without that
+        evidence (too few or too short examples: not trusted either); ``"erased"`` otherwise.
         """
         stages = [k for k in checked_stages(stage_names) if k < len(rhos) and rhos[k] is not None]
         if not stages:
-            return None, None, False
+            return None, None, "erased"
         n_checked = len(checked_stages(stage_names))
         adjusted = {k: min(1.0, (p_values[k] if p_values[k] is not None else 1.0) * n_checked) for k in stages}
         big = [k for k in stages if abs(rhos[k]) >= self.max_rank_correlation]
-        survives = any(adjusted[k] <= self.alpha for k in big)
+        outcome = "survives" if any(adjusted[k] <= self.alpha for k in big) else "inconclusive" if big else "erased"
         shown = min(big, key=lambda k: adjusted[k]) if big else max(stages, key=lambda k: abs(rhos[k]))
-        return survival_statistic(rhos, stage_names), float(adjusted[shown]), survives
+        return survival_statistic(rhos, stage_names), float(adjusted[shown]), outcome
 
-    def _verdict(self, *, survives: bool, checked: bool, enough: bool, beats: bool, n: int, n_min: int) -> str:
-        if survives:
+    def _verdict(self, *, survival: str, checked: bool, enough: bool, beats: bool, n: int, n_min: int) -> str:
+        if survival == "survives":
             return "do not trust: survives model randomisation"
+        if survival == "inconclusive":
+            return (f"undetermined: |rho| after randomisation reaches {self.max_rank_correlation:g} but is not "
+                    f"significant at {self.alpha:g} (use more randomization_examples)")
         if not enough:
             return f"undetermined: {n} examples, at least {n_min} needed"
         if not beats:
@@ -492,7 +497,7 @@ class FaithfulnessProbe(Probe):
                 direction="lower_is_better",
                 description=f"ERASER sufficiency AOPC of {TITLES[method]} (p: better than random by {self.min_gain:g} "
                             "of p(y|x), Holm-adjusted; reported, not used in the verdict)")
-            final_rho, survival_p, survives = self._survival(cascade.get(method, []), cascade_p.get(method, []),
+            final_rho, survival_p, survival = self._survival(cascade.get(method, []), cascade_p.get(method, []),
                                                              stage_names)
             if cascade:
                 metrics[f"randomized_rank_correlation[{method}]"] = Metric(
@@ -503,7 +508,8 @@ class FaithfulnessProbe(Probe):
                                 "layer and the head (and then the embeddings) are re-initialised, the larger of the "
                                 "two (Adebayo et al. 2018); p: permutation test of no correlation, Bonferroni over "
                                 "the two stages")
-            verdict = self._verdict(survives=survives, checked=bool(cascade), enough=len(encs) >= n_min,
+            survives = survival == "survives"
+            verdict = self._verdict(survival=survival, checked=bool(cascade), enough=len(encs) >= n_min,
                                     beats=bool(comp_reject[j]), n=len(encs), n_min=n_min)
             verdicts[method] = verdict
             rows.append([TITLES[method], float(comp_aopc[:, j].mean()), float(rand_comp.mean()),

@@ -341,7 +341,22 @@ def test_erased_maps_are_rarely_flagged_even_on_short_texts():
             mean = float(np.mean([rank_correlation(x, y) for x, y in pairs]))
             rhos.append(mean)
             ps.append(rank_correlation_p_value(pairs, mean, rng=rng, n_resamples=400))
-        flagged += probe._survival(rhos, ps, names)[2]
+        flagged += probe._survival(rhos, ps, names)[2] == "survives"
         threshold_only += max(abs(r) for r in rhos[1:]) >= probe.max_rank_correlation
     assert flagged / runs <= 0.05
     assert threshold_only / runs > 0.1  # |rho| alone would flag erased maps on texts this short
+
+
+@pytest.mark.parametrize(("rhos", "p_values", "outcome"), [
+    ([0.9, 0.7, 0.1], [None, 0.001, 0.5], "survives"),
+    ([0.9, 0.1, -0.8], [None, 0.6, 0.02], "survives"),  # reversed at the embeddings stage; 0.02 x 2 <= 0.05
+    ([0.9, 0.1, -0.8], [None, 0.6, 0.03], "inconclusive"),  # 0.03 x 2 > 0.05: no evidence, and no trust
+    ([0.9, 0.7, 0.1], [None, 0.2, 0.9], "inconclusive"),
+    ([0.9, 0.3, -0.2], [None, 0.04, 0.1], "erased"),  # significant but small: below the threshold
+])
+def test_survival_outcomes(rhos, p_values, outcome):
+    probe = FaithfulnessProbe()
+    value, _, got = probe._survival(rhos, p_values, ["head", "layer 1", EMBEDDING_STAGE])
+    assert got == outcome and value == pytest.approx(max(abs(r) for r in rhos[1:]))
+    verdict = probe._verdict(survival=got, checked=True, enough=True, beats=True, n=8, n_min=6)
+    assert (verdict == "trust") is (outcome == "erased")
