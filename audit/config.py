@@ -62,13 +62,21 @@ class DataConfig(_Validated):
 class GateSpec(_Validated):
     """Gates on one metric: the audit fails when the value is above ``max`` or below ``min``, or,
     when run against a baseline, when it got significantly worse than the baseline by more than
-    ``tolerance``."""
+    ``tolerance``.
+
+    On a metric with an ideal inside its range (a signed effect size, ideal 0; a stereotype
+    score, ideal 50) the bounds apply to the distance from the ideal unless ``signed`` is true:
+    ``effect_size[weat7]: {max: 0.5}`` means ``|d| <= 0.5``, ``ss: {max: 60}`` means
+    ``|SS - 50| <= 10``, and a tolerance limits how much further from the ideal it may move.
+    With ``signed: true`` the bounds apply to the value itself (lower is better for tolerance).
+    """
 
     model_config = _STRICT
 
     max: float | None = None
     min: float | None = None
     tolerance: float | None = Field(default=None, ge=0)
+    signed: bool = False
 
     @model_validator(mode="after")
     def _one_bound(self) -> GateSpec:
@@ -134,6 +142,7 @@ class AuditConfig(_Validated):
     cache: bool = True
     cache_dir: Path | None = None
     show_pii: bool = False
+    show_examples: bool = False
     data: DataConfig | None = None
     select: list[str] | None = None
     disable: list[str] = Field(default_factory=list)
@@ -142,7 +151,6 @@ class AuditConfig(_Validated):
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
-    show_examples: bool = False
     loc = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         parent = error["loc"][:-1]

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     from audit.context import AuditContext
@@ -37,7 +37,7 @@ Kind = Literal["encoder", "masked-lm", "causal-lm", "sequence-classification"]
 KINDS: tuple[str, ...] = get_args(Kind)
 Status = Literal["passed", "warned", "failed", "errored", "skipped", "not_applicable"]
 STATUSES: tuple[str, ...] = get_args(Status)
-Direction = Literal["lower_is_better", "higher_is_better"]
+Direction = Literal["lower_is_better", "higher_is_better", "closer_to_ideal"]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -54,12 +54,20 @@ class Metric(BaseModel):
     ``value`` may be ``None`` only when ``note`` says why it could not be computed; a NaN is
     never stored, so no card ever shows one silently.
 
+    ``ideal`` is the value of no effect when it is not an end of the metric's range (a signed
+    effect size: 0; a stereotype score: 50). Such a metric improves when it moves closer to its
+    ideal, whichever side it is on; its ``direction`` is ``"closer_to_ideal"`` (set by default).
+    Comparisons, regression gates and threshold gates use :meth:`distance`.
+
     Examples
     --------
     >>> from audit.probe import Metric
     >>> m = Metric(value=0.12, ci=(0.08, 0.16), p_value=0.001, direction="lower_is_better")
     >>> m.ci
     (0.08, 0.16)
+    >>> d = Metric(value=-0.56, ideal=0.0)
+    >>> d.direction, d.distance()
+    ('closer_to_ideal', 0.56)
     """
 
     model_config = _FROZEN
@@ -70,10 +78,36 @@ class Metric(BaseModel):
     p_value: float | None = None
     threshold: float | None = None
     direction: Direction | None = None
+    ideal: float | None = None
     description: str = ""
     note: str | None = None
 
-    @field_validator("value", "p_value", "threshold", "ci_level", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _ideal_direction(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        ideal, direction = data.get("ideal"), data.get("direction")
+        if ideal is not None and direction is None:
+            return {**data, "direction": "closer_to_ideal"}
+        if (ideal is None) == (direction == "closer_to_ideal"):
+            raise ValueError(f"direction 'closer_to_ideal' goes with an ideal value and only with one; got "
+                             f"direction={direction!r}, ideal={ideal!r}")
+        return data
+
+    def distance(self, value: float | None = None) -> float:
+        """How bad ``value`` (default: this metric's value) is: larger is worse.
+
+        ``|value - ideal|`` with an ideal, ``-value`` when higher is better, else ``value``.
+        """
+        v = self.value if value is None else value
+        if v is None:
+            raise ValueError("metric has no value")
+        if self.ideal is not None:
+            return abs(float(v) - self.ideal)
+        return -float(v) if self.direction == "higher_is_better" else float(v)
+
+    @field_validator("value", "p_value", "threshold", "ci_level", "ideal", mode="before")
     @classmethod
     def _no_nan(cls, value: Any) -> Any:
         if isinstance(value, (float, int)) and not isinstance(value, bool) and not math.isfinite(value):

@@ -22,7 +22,7 @@ from audit.config import AuditConfig, GateSpec
 from audit.context import AuditContext
 from audit.data import AuditDataset, load_dataset
 from audit.errors import AuditError, ConfigError, NotApplicableError
-from audit.probe import ErrorInfo, Probe, ProbeResult
+from audit.probe import ErrorInfo, Metric, Probe, ProbeResult
 from audit.registry import ProbeSpec, discover_probes
 from audit.results import AuditResults, DataManifest, GateOutcome, Manifest, library_versions
 from audit.target import AuditTarget
@@ -164,13 +164,31 @@ def _check_gate(probe: str, metric_name: str, spec: GateSpec, result: ProbeResul
                                         value=None, passed=False,
                                         message=f"{probe}.{metric_name} {why}; available: {sorted(result.metrics)}"))
             continue
-        ok = metric.value <= threshold if bound == "max" else metric.value >= threshold
-        sign = "<=" if bound == "max" else ">="
-        outcomes.append(GateOutcome(
-            probe=probe, metric=metric_name, bound=bound, threshold=threshold, value=metric.value, passed=ok,
-            message=f"{probe}.{metric_name} = {metric.value:.4g} {'meets' if ok else 'violates'} {sign} {threshold:g}",
-        ))
+        ok, message = _bound_check(f"{probe}.{metric_name}", bound, threshold, metric, signed=spec.signed)
+        outcomes.append(GateOutcome(probe=probe, metric=metric_name, bound=bound, threshold=threshold,
+                                    value=metric.value, passed=ok, message=message))
     return outcomes
+
+
+def _bound_check(where: str, bound: str, threshold: float, metric: Metric, *, signed: bool) -> tuple[bool, str]:
+    """Whether ``metric`` meets a ``max``/``min`` gate; on a metric with an ideal (and not ``signed``),
+    the gate bounds the distance from the ideal, so -0.56 fails ``max: 0.5`` on a signed effect size."""
+    value = float(metric.value)  # type: ignore[arg-type]
+    if metric.ideal is None or signed:
+        ok = value <= threshold if bound == "max" else value >= threshold
+        sign = "<=" if bound == "max" else ">="
+        return ok, f"{where} = {value:.4g} {'meets' if ok else 'violates'} {sign} {threshold:g}"
+    ideal = metric.ideal
+    if (threshold < ideal) if bound == "max" else (threshold > ideal):
+        side = "above" if bound == "max" else "below"
+        return False, (f"{where}: gate {bound}: {threshold:g} is on the wrong side of the metric's ideal {ideal:g}, so it "
+                       f"cannot bound the distance from the ideal. Give a {bound} {side} {ideal:g}, or set signed: true "
+                       "to bound the value itself.")
+    limit, distance = abs(threshold - ideal), abs(value - ideal)
+    ok = distance <= limit
+    return ok, (f"{where} = {value:.4g}: distance from the ideal {ideal:g} is {distance:.4g}, which "
+                f"{'meets' if ok else 'violates'} <= {limit:g} (gate {bound}: {threshold:g} bounds the distance; "
+                "signed: true bounds the value)")
 
 
 class Auditor:
@@ -268,6 +286,7 @@ class Auditor:
         gates: list[GateOutcome] = []
         with tempfile.TemporaryDirectory(prefix="rai-audit-") as scratch:
             base_context = AuditContext(seed=self.config.seed, data=dataset, show_pii=self.config.show_pii,
+                                        show_examples=self.config.show_examples,
                                         scratch_dir=Path(scratch))
             for position, (name, probe, spec) in enumerate(plan, start=1):
                 result = self._run_one(name, probe, spec, target, base_context.for_probe(name, results))
@@ -286,7 +305,6 @@ class Auditor:
             rai_audit_version=_version(),
             model_id=target.model_id,
             model_path=str(target.path),
-                                        show_examples=self.config.show_examples,
             revision=target.revision,
             fingerprint=target.fingerprint,
             fingerprint_parts=getattr(target, "fingerprint_parts", {}),
@@ -349,7 +367,7 @@ class Auditor:
         data = context.data
         key = {
             "rai_audit": _version(),
-            "model": target.fingerprint,
+            "model": target.fingerprint,  # covers weights, config, tokenizer, artefacts, record, new head
             "kind": target.kind,
             "dtypes": getattr(target, "dtypes", []),
             "device": target.device.type,
@@ -359,6 +377,7 @@ class Auditor:
             "params": probe.get_params(),
             "seed": context.seed,
             "show_pii": context.show_pii,
+            "show_examples": context.show_examples,
             "data": None if data is None else [data.fingerprint, data.text_column, data.label_column,
                                                list(data.sensitive_features)],
             "after": {n: context.results[n].model_dump(mode="json", exclude={"duration_s", "cached"})
@@ -377,7 +396,6 @@ class Auditor:
             result = result.model_copy(update={"category": probe.category})
         return result
 
-            "show_examples": context.show_examples,
     def _execute(self, name: str, probe: Probe, target: AuditTarget, context: AuditContext) -> ProbeResult:
         if not probe.applies_to(target):
             return probe.result(

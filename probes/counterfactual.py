@@ -24,7 +24,7 @@ import numpy as np
 from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
-from audit.stats import Interval, PermutationResult, bootstrap_ci, holm_bonferroni
+from audit.stats import EXACT_SIGN_FLIP_LIMIT, Interval, bootstrap_ci, holm_bonferroni, sign_flip_tests, t_interval
 from probes.display import data_masker
 
 if TYPE_CHECKING:
@@ -240,79 +240,6 @@ def resolve_positive_label(target: AuditTarget, positive_label: int | str | None
     )
 
 
-# -- statistics on unit-level values ------------------------------------------------------
-def sign_flip_tests(
-    diffs: np.ndarray,
-    *,
-    rng: np.random.Generator,
-    n_resamples: int = 10_000,
-    alternative: str = "two-sided",
-    batch: int = 8192,
-) -> list[PermutationResult]:
-    """Sign-flip permutation tests of the mean of each row of ``diffs``, sharing one set of sign draws.
-
-    The same test as :func:`audit.stats.paired_permutation_test` (same p-value conventions: exact
-    when ``2 ** n <= n_resamples``, the observed arrangement counted among the permutations;
-    ``(k + 1) / (n + 1)`` when sampled; two-sided is twice the smaller tail), for many paired
-    comparisons over the same units at once. Sharing the draws leaves each p-value valid on its
-    own; it only correlates them, which Holm-Bonferroni allows. scipy's generic permutation
-    machinery costs about 0.2 s per test on 160 pairs; this costs a matrix product.
-
-    Parameters
-    ----------
-    diffs : array of shape (k, n)
-        Paired differences, one comparison per row, over the same n units.
-    rng : numpy.random.Generator
-    n_resamples : int, default=10000
-    alternative : {"two-sided", "greater", "less"}
-    batch : int, default=8192
-        Sign vectors per block, to bound memory.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from probes.counterfactual import sign_flip_tests
-    >>> (r,) = sign_flip_tests(np.array([[1.0, 2, 3, 4]]), rng=np.random.default_rng(0))
-    >>> r.exact, r.p_value == 2 / 16
-    (True, True)
-    """
-    if alternative not in ("two-sided", "greater", "less"):
-        raise ValueError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}")
-    d = np.atleast_2d(np.asarray(diffs, dtype=float))
-    k, n = d.shape
-    if n == 0:
-        raise ValueError("sign_flip_tests needs at least one pair")
-    observed = d.mean(axis=1)
-    exact = n < 63 and 2**n <= n_resamples
-    total = 2**n if exact else int(n_resamples)
-    gamma = np.abs(np.finfo(float).eps * 100 * observed)
-    at_most = np.zeros(k, dtype=np.int64)
-    at_least = np.zeros(k, dtype=np.int64)
-    bits = np.arange(n, dtype=np.int64)
-    for start in range(0, total, batch):
-        size = min(batch, total - start)
-        if exact:
-            codes = np.arange(start, start + size, dtype=np.int64)
-            signs = ((codes[:, None] >> bits) & 1) * -2 + 1
-        else:
-            signs = np.unpackbits(rng.integers(0, 256, size=(size, -(-n // 8)), dtype=np.uint8),
-                                  axis=1, count=n).astype(np.int8) * 2 - 1
-        null = (signs.astype(float) @ d.T) / n
-        at_most += np.count_nonzero(null <= observed + gamma, axis=0)
-        at_least += np.count_nonzero(null >= observed - gamma, axis=0)
-    adjustment = 0 if exact else 1
-    p_less = (at_most + adjustment) / (total + adjustment)
-    p_greater = (at_least + adjustment) / (total + adjustment)
-    p = {"less": p_less, "greater": p_greater, "two-sided": 2 * np.minimum(p_less, p_greater)}[alternative]
-    results = []
-    for i in range(k):
-        if np.all(d[i] == 0):
-            results.append(PermutationResult(0.0, 1.0, True, 1))
-        else:
-            results.append(PermutationResult(float(observed[i]), float(min(1.0, p[i])), exact, total))
-    return results
-
-
 def _range_of_means(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
     means = np.stack([np.mean(s, axis=axis) for s in samples])
     return means.max(axis=0) - means.min(axis=0)
@@ -379,8 +306,10 @@ class CounterfactualProbe(Probe):
     axis. Per pair of groups: the gap in positive rate and in mean score, the counterfactual flip
     rate (share of inputs whose predicted label changes when only the group term changes; Garg et
     al. 2019, "Counterfactual fairness in text classification") and the mean absolute score change.
-    Each gap gets a paired sign-flip permutation test and a percentile bootstrap interval over the
-    axis's units, and the p-values are Holm-Bonferroni adjusted across the probe. A gap is flagged
+    Each gap gets a paired sign-flip permutation test (exact, all ``2 ** n`` sign vectors, up to
+    n = 20 units) and a Student-t interval over the axis's units (a percentile bootstrap covered
+    the true gap in only 85% of runs with 16 terms), and the p-values are Holm-Bonferroni adjusted
+    across the probe. A gap is flagged
     when its adjusted p-value is below ``alpha``; the probe fails when a flagged gap exceeds
     ``max_gap``, and warns when flagged gaps are all smaller.
 
@@ -420,9 +349,10 @@ class CounterfactualProbe(Probe):
     max_gap : float, default=0.05
         Largest acceptable gap in positive rate or mean score between two groups.
     n_boot : int, default=1000
-        Bootstrap resamples per interval.
+        Bootstrap resamples for the intervals of the demographic parity difference and ratio (the
+        other intervals are Student-t intervals over the units).
     n_resamples : int, optional
-        Sign draws per test; exact when 2 ** n_units is at most this. By default
+        Sign draws per test; exact when 2 ** n_units is at most this or 2 ** 20. By default
         ``max(10000, 20 * n_tests / alpha)``, so that a Holm-adjusted p-value can reach alpha / 20.
     n_examples : int, default=10
         How many of the worst pairs (largest score change) to show.
@@ -441,7 +371,7 @@ class CounterfactualProbe(Probe):
     description: ClassVar[str] = (
         "Counterfactual fairness: positive-rate and score gaps, flip rate when only a group term changes"
     )
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     def __init__(
         self,
@@ -654,14 +584,14 @@ class CounterfactualProbe(Probe):
             dpr = float(ratios.loc[axis]) if any_selected else None
             sel_units = run.unit_means(run.positive.astype(float))
             score_units = run.unit_means(run.scores)
-            sel_cis = [bootstrap_ci(sel_units[g], **boot) for g in range(len(names))]
+            sel_cis = [t_interval(sel_units[g], bounds=(0.0, 1.0)) for g in range(len(names))]
             for g, group in enumerate(names):
                 terms = run.spec.groups[group]
                 group_rows.append([
                     axis, group, int(by_label.by_group.loc[(axis, group), "count"]), run.spec.unit,
                     float(by_label.by_group.loc[(axis, group), "selection_rate"]), _fmt_ci(sel_cis[g]),
                     float(by_score.by_group.loc[(axis, group), "mean_score"]),
-                    _fmt_ci(bootstrap_ci(score_units[g], **boot)),
+                    _fmt_ci(t_interval(score_units[g])),
                     ", ".join(terms[:4]) + (" ..." if len(terms) > 4 else ""),
                 ])
             all_same = (run.positive == run.positive[:1]).all(axis=0)
@@ -673,8 +603,7 @@ class CounterfactualProbe(Probe):
                 diffs += [d_score, d_sel]
                 axis_gaps.append(_Gap(
                     axis=run.spec.name, unit=run.spec.unit, a=names[a], b=names[b], n_units=d_score.size,
-                    score_gap=bootstrap_ci(d_score, **boot), selection_gap=bootstrap_ci(d_sel, **boot),
-                    flip_rate=bootstrap_ci(flips, **boot),
+                    score_gap=t_interval(d_score), selection_gap=t_interval(d_sel), flip_rate=t_interval(flips, bounds=(0.0, 1.0)),
                     mean_abs_change=float(np.abs(run.scores[a] - run.scores[b]).mean()),
                     p_score=1.0, p_selection=1.0, exact=True,
                 ))
@@ -687,7 +616,7 @@ class CounterfactualProbe(Probe):
                 "run": run, "gaps": axis_gaps, "dpd": dpd, "dpr": dpr,
                 "dpd_ci": bootstrap_ci(tuple(sel_units), _range_of_means, paired=True, **boot),
                 "dpr_ci": bootstrap_ci(tuple(sel_units), _ratio_of_means, paired=True, **boot) if any_selected else None,
-                "flip": bootstrap_ci(run.unit_means((~all_same).astype(float)[None])[0], **boot),
+                "flip": t_interval(run.unit_means((~all_same).astype(float)[None])[0], bounds=(0.0, 1.0)),
                 "mean_abs": float(np.mean([g.mean_abs_change for g in axis_gaps])),
                 "sel": [float(by_label.by_group.loc[(axis, g), "selection_rate"]) for g in names], "sel_cis": sel_cis,
             }
@@ -785,7 +714,7 @@ class CounterfactualProbe(Probe):
                                                 "positive rate 95% CI", "mean score", "mean score 95% CI", "terms"],
                       rows=group_rows,
                       caption=f"Positive rate: share predicted '{label}'. Mean score: mean probability of that class. "
-                              "From fairlearn MetricFrame; intervals bootstrap the units."),
+                              "From fairlearn MetricFrame; intervals: Student-t over the units."),
                 Table(title="Gaps between groups", columns=[
                     "axis", "group a", "group b", "units", "score gap (a - b)", "score gap 95% CI",
                     "positive-rate gap", "positive-rate gap 95% CI", "flip rate", "mean |score change|", "p (score)", "p Holm (score)",
@@ -793,8 +722,9 @@ class CounterfactualProbe(Probe):
                     rows=[[g.axis, g.a, g.b, g.n_units, g.score_gap.estimate, _fmt_ci(g.score_gap),
                            g.selection_gap.estimate, _fmt_ci(g.selection_gap), g.flip_rate.estimate,
                            g.mean_abs_change, g.p_score, g.p_score_holm, g.p_selection_holm, g.flagged] for g in gaps],
-                    caption=f"Paired sign-flip permutation tests over the units ({n_resamples:,} sign draws, or exact "
-                            f"when 2^units is fewer); Holm-Bonferroni across all {len(p_all)} tests of this probe. "
+                    caption=f"Paired sign-flip permutation tests over the units (exact when 2^units is at most "
+                            f"{max(n_resamples, EXACT_SIGN_FLIP_LIMIT):,}, else {n_resamples:,} sign draws); intervals: "
+                            f"Student-t over the units; Holm-Bonferroni across all {len(p_all)} tests of this probe. "
                             f"Flagged: either adjusted p < {self.alpha}."),
             ],
             figures=self._figures(gaps, per_axis, label),
@@ -812,14 +742,14 @@ class CounterfactualProbe(Probe):
                 svg=interval_bar_chart([f"{g.axis}: {g.a} - {g.b}" for g in top], [g.score_gap.estimate for g in top],
                                        [g.score_gap.as_tuple() for g in top], highlight=[g.flagged for g in top],
                                        xlabel="difference in mean probability of the positive class "
-                                              "(95% bootstrap interval); red = significant after Holm"),
+                                              "(95% t-interval over units); red = significant after Holm"),
                 caption=f"The {len(top)} largest of {len(gaps)} pairwise gaps; 0 means the group term does not matter.",
             ),
             Figure(
                 title="Positive rate by group",
                 svg=interval_bar_chart([b[0] for b in bars], [b[1] for b in bars], [b[2].as_tuple() for b in bars],
                                        reference=None,
-                                       xlabel=f"share of inputs predicted '{label}' (95% bootstrap interval)"),
+                                       xlabel=f"share of inputs predicted '{label}' (95% t-interval over units)"),
                 caption=f"The {len(shown)} axes with the largest demographic parity difference. Within an axis the "
                         "sentences are the same and only the group term differs, so the bars should be equal.",
             ),

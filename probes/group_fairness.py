@@ -17,7 +17,7 @@ import numpy as np
 from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
-from audit.stats import Interval, bootstrap_ci
+from audit.stats import Interval, bootstrap_ci, holm_bonferroni, range_interval, stratified_permutation_test
 from probes.counterfactual import resolve_positive_label
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["GroupFairnessProbe", "borkan_aucs", "equalized_odds_gap"]
 
 _RATES = ("accuracy", "selection_rate", "true_positive_rate", "false_positive_rate", "false_negative_rate")
+_GAPS = ("demographic_parity_difference[", "equalized_odds_difference[")
 _NEED = {"true_positive_rate": "positives", "false_negative_rate": "positives", "false_positive_rate": "negatives"}
 
 
@@ -139,8 +140,16 @@ class GroupFairnessProbe(Probe):
 
     A cell that cannot be computed is left empty and says why (a group with no positives has no
     true positive rate; fairlearn would report 0). Groups with no positives or no negatives are
-    left out of ``equalized_odds_difference`` and the exclusion is noted. A gap fails the probe
-    when its whole interval lies above ``max_gap`` and warns when only its point estimate does.
+    left out of ``equalized_odds_difference`` and the exclusion is noted.
+
+    The verdict is a test. Each parity and equalized odds difference gets a permutation p-value
+    (``n_permutations`` shuffles of the predictions across all rows for parity, within each true
+    label for equalized odds; exact in distribution when the group has no effect on the
+    predictions, or none given the label), Holm-adjusted over every gap of the probe. A
+    significant gap above ``max_gap`` fails, a significant gap within it warns, and a gap above
+    ``max_gap`` that is not significant is reported as inconclusive without changing the status.
+    The gaps' intervals bound every group's rate at once (Wilson intervals, Bonferroni over the
+    groups and, for equalized odds, the two rates), so they cover the true gap, zero included.
 
     Parameters
     ----------
@@ -157,9 +166,12 @@ class GroupFairnessProbe(Probe):
         Groups smaller than this are marked: their rates and intervals are unreliable.
     n_boot : int, default=100
         fairlearn ``MetricFrame`` bootstrap resamples for the per-group intervals (fairlearn's
-        bootstrap is slow: about 0.05 s per resample per feature); the same number is used for
-        the gap intervals.
+        bootstrap is slow: about 0.05 s per resample per feature).
     ci_level : float, default=0.95
+    alpha : float, default=0.05
+        Family-wise level of the Holm-adjusted gap tests.
+    n_permutations : int, default=2000
+        Shuffles per gap test (the smallest p-value is ``1 / (n_permutations + 1)``).
 
     Examples
     --------
@@ -174,7 +186,7 @@ class GroupFairnessProbe(Probe):
     description: ClassVar[str] = (
         "Group fairness on labelled data: per-group error rates, parity and equalized odds, Borkan AUCs"
     )
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     requires_data: ClassVar[bool] = True
 
     def __init__(
@@ -187,6 +199,8 @@ class GroupFairnessProbe(Probe):
         min_group_size: int = 30,
         n_boot: int = 100,
         ci_level: float = 0.95,
+        alpha: float = 0.05,
+        n_permutations: int = 2000,
     ) -> None:
         self.positive_label = positive_label
         self.threshold = threshold
@@ -195,7 +209,13 @@ class GroupFairnessProbe(Probe):
         self.min_group_size = min_group_size
         self.n_boot = n_boot
         self.ci_level = ci_level
+        self.alpha = alpha
+        self.n_permutations = n_permutations
         where = f"Probe {self.name!r}"
+        if not 0 < alpha < 1:
+            raise ConfigError(f"{where}: alpha must be between 0 and 1, got {alpha!r}.")
+        if not isinstance(n_permutations, int) or isinstance(n_permutations, bool) or n_permutations < 1:
+            raise ConfigError(f"{where}: n_permutations must be a positive integer, got {n_permutations!r}.")
         if threshold is not None and not 0 < threshold < 1:
             raise ConfigError(f"{where}: threshold must be between 0 and 1, got {threshold!r}.")
         if not 0 <= max_gap <= 1:
@@ -256,22 +276,23 @@ class GroupFairnessProbe(Probe):
             "accuracy": Metric(value=float(np.mean(y_true == y_pred)), direction="higher_is_better",
                                description="Share of rows whose predicted outcome matches the label"),
         }
-        tables, figures, worst = [], [], []
+        tables, figures = [], []
         for name, columns in analyses:
-            table, figure, feature_metrics, verdicts = self._analyse(name, columns, y_true, y_pred, scores, context)
+            table, figure, feature_metrics = self._analyse(name, columns, y_true, y_pred, scores, context)
             tables.append(table)
             figures.append(figure)
             metrics.update(feature_metrics)
-            worst += verdicts
-        status = "failed" if any(v == "failed" for v, _ in worst) else "warned" if worst else "passed"
+        worst = self._verdicts(metrics)
+        status = "failed" if any(v == "failed" for v, _ in worst) else "warned" if any(
+            v == "warned" for v, _ in worst) else "passed"
         names = [name for name, _ in analyses]
         largest = max(names, key=lambda n: metrics[f"equalized_odds_difference[{n}]"].value or 0.0)
         headline_name = f"equalized_odds_difference[{largest}]"
         eod_value = metrics[headline_name].value
         if worst:
-            verdict = "; ".join(msg for _, msg in worst[:3]) + ("; ..." if len(worst) > 3 else "") + "."
+            verdict = "; ".join(msg for _, msg in worst[:4]) + ("; ..." if len(worst) > 4 else "") + "."
         else:
-            verdict = f"every parity and equalized odds difference is at most {self.max_gap}."
+            verdict = f"no parity or equalized odds difference is significant at alpha={self.alpha} after Holm."
         eod_text = f"{eod_value:.3f} ({largest})" if eod_value is not None else "not computable (no group has both outcomes)"
         return self.result(
             status=status,
@@ -283,8 +304,48 @@ class GroupFairnessProbe(Probe):
             figures=figures,
         )
 
+    def _verdicts(self, metrics: dict[str, Metric]) -> list[tuple[str, str]]:
+        """Holm over every gap's permutation p-value: significant and above ``max_gap`` fails,
+        significant warns; a gap above ``max_gap`` that is not significant is said, not judged."""
+        keys = [k for k, m in metrics.items() if k.startswith(_GAPS) and m.p_value is not None]
+        adjusted, reject = holm_bonferroni([metrics[k].p_value for k in keys], alpha=self.alpha)
+        out = []
+        for key, p_adj, significant in zip(keys, adjusted, reject, strict=True):
+            m = metrics[key]
+            metrics[key] = m.model_copy(update={"p_value": float(p_adj)})
+            what = f"{key.replace('_', ' ')} {m.value:.3f} (p Holm {p_adj:.3g})"
+            if significant:
+                out.append(("failed" if m.value > self.max_gap else "warned", what + (
+                    f" > {self.max_gap}" if m.value > self.max_gap else f", within {self.max_gap}")))
+            elif m.value > self.max_gap:
+                out.append(("inconclusive", what + f" > {self.max_gap} but not significant: too little data to tell"))
+        return sorted(out, key=lambda v: ("failed", "warned", "inconclusive").index(v[0]))
+
+    def _parity_test(self, y_pred: np.ndarray, codes: np.ndarray, n_groups: int,
+                     context: AuditContext) -> tuple[float, Interval]:
+        test = stratified_permutation_test(y_pred.astype(float), lambda p: _selection_gap(p, codes, n_groups),
+                                           rng=context.rng, n_resamples=self.n_permutations)
+        onehot = codes[:, None] == np.arange(n_groups)
+        ci = range_interval((onehot * y_pred[:, None]).sum(0), onehot.sum(0), confidence_level=self.ci_level)
+        return test.p_value, ci
+
+    def _odds_test(self, y_true: np.ndarray, y_pred: np.ndarray, labels: np.ndarray, groups: list[str],
+                   context: AuditContext) -> tuple[float, Interval]:
+        codes = np.searchsorted(np.array(groups, dtype=object), labels)
+        test = stratified_permutation_test(
+            y_pred.astype(float), lambda p: equalized_odds_gap(y_true, p, codes, len(groups)), rng=context.rng,
+            strata=y_true, n_resamples=self.n_permutations)
+        onehot = codes[:, None] == np.arange(len(groups))
+        level = 1 - (1 - self.ci_level) / 2  # Bonferroni over the two rates
+        tpr = range_interval((onehot * (y_pred & y_true)[:, None]).sum(0), (onehot * y_true[:, None]).sum(0),
+                             confidence_level=level)
+        fpr = range_interval((onehot * (y_pred & ~y_true)[:, None]).sum(0), (onehot * ~y_true[:, None]).sum(0),
+                             confidence_level=level)
+        ci = Interval(max(tpr.estimate, fpr.estimate), max(tpr.low, fpr.low), max(tpr.high, fpr.high), self.ci_level)
+        return test.p_value, ci
+
     def _analyse(self, name: str, columns: Any, y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray,
-                 context: AuditContext) -> tuple[Table, Figure, dict[str, Metric], list[tuple[str, str]]]:
+                 context: AuditContext) -> tuple[Table, Figure, dict[str, Metric]]:
         from fairlearn.metrics import (
             MetricFrame,
             count,
@@ -354,31 +415,23 @@ class GroupFairnessProbe(Probe):
         excluded = sorted(set(present) - set(evaluable))
         if excluded:
             notes.append(f"groups without both outcomes left out of equalized odds: {', '.join(excluded)}")
-        boot = {"rng": context.rng, "n_resamples": self.n_boot, "confidence_level": self.ci_level, "paired": True}
-        dpd_ci = bootstrap_ci((y_pred.astype(float), codes), lambda p, c, axis=-1: _selection_gap(p, c, n_groups), **boot)
-        eod_ci: Interval | None = None
-        if eod is not None:
-            eval_codes = np.searchsorted(np.array(sorted(evaluable), dtype=object), labels[keep])
-            eod_ci = bootstrap_ci((y_true[keep].astype(float), y_pred[keep].astype(float), eval_codes),
-                                  lambda t, p, c, axis=-1: equalized_odds_gap(t, p, c, len(evaluable)), **boot)
+        gap_tests = {"demographic_parity_difference": self._parity_test(y_pred, codes, n_groups, context)}
+        gap_tests["equalized_odds_difference"] = (
+            self._odds_test(y_true[keep], y_pred[keep], labels[keep], sorted(evaluable), context) if eod is not None else None)
         metrics: dict[str, Metric] = {}
-        verdicts: list[tuple[str, str]] = []
-        for metric_name, value, ci, meaning in (
-            ("demographic_parity_difference", dpd, dpd_ci, "largest gap in selection rate between groups"),
-            ("equalized_odds_difference", eod, eod_ci, "largest gap in true or false positive rate between groups"),
+        for metric_name, value, meaning in (
+            ("demographic_parity_difference", dpd, "largest gap in selection rate between groups"),
+            ("equalized_odds_difference", eod, "largest gap in true or false positive rate between groups"),
         ):
+            test = gap_tests[metric_name]
+            ci = test[1] if test else None
             metrics[f"{metric_name}[{name}]"] = Metric(
                 value=value, ci=ci.as_tuple() if ci else None, ci_level=self.ci_level if ci else None,
-                threshold=self.max_gap, direction="lower_is_better", description=f"{name}: {meaning} (fairlearn)",
+                p_value=test[0] if test else None, threshold=self.max_gap, direction="lower_is_better",
+                description=f"{name}: {meaning} (fairlearn); p: permutation test of no group "
+                            "effect, Holm-adjusted over the probe; interval: simultaneous Wilson bounds",
                 note=None if value is not None else "fewer than two groups have both outcomes",
             )
-            if value is not None and value > self.max_gap:
-                if ci is not None and ci.low > self.max_gap:
-                    verdicts.append(("failed", f"{name} {metric_name.replace('_', ' ')} {value:.3f} > {self.max_gap} "
-                                               f"(interval {ci.low:.3f}-{ci.high:.3f})"))
-                else:
-                    verdicts.append(("warned", f"{name} {metric_name.replace('_', ' ')} {value:.3f} > {self.max_gap}, "
-                                               "but its interval reaches below"))
         for auc_key, column in (("subgroup_auc", -4), ("bpsn_auc", -3), ("bnsp_auc", -2)):
             values = [(r[column], r[0]) for r in rows if r[column] is not None]
             if values:
@@ -401,9 +454,11 @@ class GroupFairnessProbe(Probe):
             title=f"Groups by {name}", columns=columns_out, rows=rows,
             caption=("; ".join(notes) + ". " if notes else "")
             + f"Rates from fairlearn MetricFrame with {self.ci_level:.0%} bootstrap intervals ({self.n_boot} resamples). "
-              "Empty cells cannot be computed (see notes). AUCs from scikit-learn roc_auc_score. The intervals of the "
-              "parity and equalized odds differences are percentile bootstraps of a largest gap: near zero they lie "
-              "above the estimate, because the largest of several noisy gaps is biased upward.",
+              "Empty cells cannot be computed (see notes). AUCs from scikit-learn roc_auc_score. Parity and equalized "
+              "odds differences: p from a permutation test (predictions shuffled across rows for parity, within "
+              "each true label for equalized odds: exact under no group effect), Holm-adjusted over the probe; "
+              "their intervals hold Wilson intervals for every group's rate at once (Bonferroni), so they cover a "
+              "true gap of 0, which a bootstrap of the largest plug-in gap (biased upward) does not.",
         )
         figure = Figure(
             title=f"Selection rate by {name}",
@@ -411,7 +466,7 @@ class GroupFairnessProbe(Probe):
                                    reference=None, xlabel=f"share predicted positive ({self.ci_level:.0%} bootstrap interval)"),
             caption="Equal bars mean demographic parity; compare with the error rates in the table.",
         )
-        return table, figure, metrics, verdicts
+        return table, figure, metrics
 
 
 def _threshold_feature(target: AuditTarget) -> str | None:

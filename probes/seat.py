@@ -231,8 +231,8 @@ class SEATProbe(Probe):
         for (test, d, perm, ci, extremes), p_adj, sig in zip(measured, adjusted, reject):
             metrics[f"effect_size[{test.name}]"] = Metric(
                 value=d, ci=ci.as_tuple(), ci_level=ci.level, p_value=float(p_adj),
-                threshold=self.max_effect_size, direction="lower_is_better",
-                description=f"SEAT effect size, {test.title} (Holm-adjusted one-sided p)",
+                threshold=self.max_effect_size, ideal=0.0,
+                description=f"SEAT effect size, {test.title}; signed, 0 is ideal (Holm-adjusted one-sided p)",
             )
             table_rows.append([
                 test.name, test.title, len(test.X), len(test.Y), len(test.A), len(test.B),

@@ -14,6 +14,14 @@ quantile of its level), ``se_d = sqrt(se_0^2 + se_i^2)``, interval ``d +/- z se_
 p-value ``2 (1 - Phi(|d| / se_d))``. Treating the audits as independent is conservative when both
 ran on the same inputs (their errors are then positively correlated, so the true ``se_d`` is
 smaller). Metrics without an interval get the change and no test.
+
+Metrics with an ideal inside their range (a signed SEAT effect size, ideal 0; a stereotype score,
+ideal 50) improve by moving closer to it: their tested change is the change in distance from the
+ideal, ``|v_i - ideal| - |v_0 - ideal|``, with the same standard error (a distance moves with
+its value away from the ideal, and the approximation is conservative near it). A value that
+crosses to the other side of the ideal is reported as ``reversed`` (0.728 -> -0.745 is a
+reversal, 0.017 further from 0, not an improvement of 1.47), and as a significant reversal when
+both intervals exclude the ideal.
 """
 
 from __future__ import annotations
@@ -33,10 +41,10 @@ from audit.errors import DataError
 from audit.results import AuditResults
 from audit.stats import holm_bonferroni
 
-__all__ = ["COMPARISON_VERSION", "PERFORMANCE_METRICS", "compare_results", "render_comparison_html",
+__all__ = ["COMPARISON_VERSION", "PERFORMANCE_METRICS", "compare_results", "ideal_change", "render_comparison_html",
            "write_comparison"]
 
-COMPARISON_VERSION = "1.0"
+COMPARISON_VERSION = "1.1"
 #: Metric names (before any ``[group]`` suffix) that measure task performance, not fairness.
 PERFORMANCE_METRICS = frozenset({"accuracy", "balanced_accuracy", "f1", "roc_auc", "lms", "lm_score"})
 _RAN = ("passed", "warned", "failed")
@@ -129,6 +137,34 @@ def _improved(direction: str | None, delta: float) -> bool | None:
     return delta > 0 if direction == "higher_is_better" else delta < 0
 
 
+def _side(value: float, ideal: float) -> int:
+    return int(np.sign(value - ideal))
+
+
+def ideal_change(base: tuple[float, Sequence[float] | None, float | None],
+                 other: tuple[float, Sequence[float] | None, float | None],
+                 ideal: float, level: float = 0.95) -> dict[str, Any]:
+    """Change of a metric with an ideal: in distance from it, plus whether it changed side.
+
+    ``delta`` (and its interval and p-value) is ``|other - ideal| - |base - ideal|``, negative
+    when ``other`` is closer to the ideal; ``value_change`` is the plain ``other - base``.
+
+    Examples
+    --------
+    >>> from reports.compare import ideal_change
+    >>> d = ideal_change((0.728, (0.70, 0.75), 0.95), (-0.745, (-0.77, -0.72), 0.95), 0.0)
+    >>> round(d["delta"], 3), d["improved"], d["reversed"], d["significantly_reversed"]
+    (0.017, False, True, True)
+    """
+    d = delta_interval((abs(base[0] - ideal), base[1], base[2]), (abs(other[0] - ideal), other[1], other[2]), level)
+    sides = (_side(base[0], ideal), _side(other[0], ideal))
+    excludes = [ci is not None and not ci[0] <= ideal <= ci[1] for ci in (base[1], other[1])]
+    reversed_ = sides[0] * sides[1] < 0
+    return {**d, "value_change": float(other[0]) - float(base[0]), "ideal": ideal,
+            "improved": None if d["delta"] == 0 else d["delta"] < 0,
+            "reversed": reversed_, "significantly_reversed": reversed_ and all(excludes)}
+
+
 def compare_results(
     results: Sequence[AuditResults],
     *,
@@ -177,19 +213,25 @@ def compare_results(
         rows = []
         for metric in metric_names:
             ms = [r.metrics[metric] for r in per_input]
-            direction = next((m.direction for m in ms if m.direction), None)
+            ideal = next((m.ideal for m in ms if m.ideal is not None), None)
+            direction = "closer_to_ideal" if ideal is not None else next((m.direction for m in ms if m.direction), None)
             values = [{"value": m.value, "ci": list(m.ci) if m.ci else None, "ci_level": m.ci_level} for m in ms]
             deltas: list[dict[str, Any] | None] = [None]
             for i, m in enumerate(ms[1:], start=1):
-                d = delta_interval((ms[0].value, ms[0].ci, ms[0].ci_level), (m.value, m.ci, m.ci_level), level)
-                d["improved"] = _improved(direction, d["delta"])
+                pair = ((ms[0].value, ms[0].ci, ms[0].ci_level), (m.value, m.ci, m.ci_level))
+                if ideal is not None:
+                    d = ideal_change(*pair, ideal, level)
+                else:
+                    d = delta_interval(*pair, level)
+                    d["improved"] = _improved(direction, d["delta"])
+                    d["reversed"] = False
                 d["p_holm"] = None
                 d["significant"] = None
                 deltas.append(d)
                 if d["p_value"] is not None:
                     tests[i].append(d)
             rows.append({
-                "metric": metric, "direction": direction, "description": ms[0].description,
+                "metric": metric, "direction": direction, "ideal": ideal, "description": ms[0].description,
                 "performance": _base_name(metric) in PERFORMANCE_METRICS,
                 "headline": metric == per_input[0].headline, "values": values, "deltas": deltas,
             })
@@ -206,9 +248,10 @@ def compare_results(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "alpha": alpha,
         "level": level,
-        "method": ("change = value - baseline value; interval and p-value from the two metrics' confidence intervals "
-                   "(normal approximation, audits treated as independent: conservative for shared inputs); "
-                   "Holm-Bonferroni over each input's tested changes"),
+        "method": ("change = value - baseline value (for a metric with an ideal inside its range: the change in "
+                   "distance from the ideal, and a sign change is reported as reversed); interval and p-value from the "
+                   "two metrics' confidence intervals (normal approximation, audits treated as independent: "
+                   "conservative for shared inputs); Holm-Bonferroni over each input's tested changes"),
         "inputs": [_input_summary(r, label) for r, label in zip(results, labels)],
         "probes": probes,
         "tradeoffs": _tradeoffs(probes, labels),
@@ -249,6 +292,7 @@ def _tradeoffs(probes: list[dict[str, Any]], labels: list[str]) -> list[dict[str
             for row in probe["metrics"]:
                 entry = {"probe": probe["probe"], "metric": row["metric"], "direction": row["direction"],
                          "baseline": row["values"][0]["value"], "value": row["values"][i]["value"],
+                         "ideal": row["ideal"], "reversed": row["deltas"][i]["reversed"],
                          **{k: row["deltas"][i][k] for k in ("delta", "ci", "p_holm", "significant", "improved")}}
                 if row["performance"]:
                     performance.append(entry)

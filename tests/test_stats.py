@@ -83,3 +83,90 @@ def test_bootstrap_degenerate_sample_gives_point_interval():
 def test_bad_alternative_is_rejected():
     with pytest.raises(ValueError, match="alternative"):
         permutation_test(np.ones(2), np.zeros(2), rng=np.random.default_rng(0), alternative="bigger")
+
+
+# -- issue 13: exact sign flips, t, Wilson, range and two-stage intervals, stratified permutations --
+def test_sign_flips_are_enumerated_up_to_a_million_vectors():
+    from audit.stats import sign_flip_tests
+
+    d = np.random.default_rng(4).normal(0.4, 1, 16)
+    signs = np.array(list(itertools.product([1.0, -1.0], repeat=16)))
+    null = signs @ d / 16
+    expected = 2 * min(np.mean(null <= d.mean() + 1e-12), np.mean(null >= d.mean() - 1e-12))
+    (result,) = sign_flip_tests(d[None], rng=np.random.default_rng(0), n_resamples=10_000)
+    assert result.exact and result.n_permutations == 2**16
+    assert result.p_value == pytest.approx(expected, rel=1e-12)
+    (sampled,) = sign_flip_tests(np.ones((1, 21)), rng=np.random.default_rng(0))
+    assert not sampled.exact and sampled.n_permutations == 10_000
+
+
+def test_t_interval_matches_scipy_and_keeps_coverage_with_16_units():
+    from scipy import stats
+
+    from audit.stats import t_interval
+
+    x = np.random.default_rng(1).normal(0.2, 1, 16)
+    ci = t_interval(x)
+    assert ci.as_tuple() == pytest.approx(tuple(stats.ttest_1samp(x, 0).confidence_interval(0.95)))
+    rng = np.random.default_rng(2)
+    covered = [(lambda c: c.low <= 0.3 <= c.high)(t_interval(rng.normal(0.3, 1, 16))) for _ in range(2000)]
+    assert abs(np.mean(covered) - 0.95) < 0.015
+    assert t_interval(np.array([0.2, 0.9]), bounds=(0.0, 1.0)).high == 1.0
+
+
+def test_wilson_interval_matches_scipy():
+    from scipy.stats import binomtest
+
+    from audit.stats import wilson_interval
+
+    for k, n in [(0, 10), (3, 10), (47, 50), (120, 300)]:
+        expected = binomtest(k, n).proportion_ci(0.95, method="wilson")
+        assert wilson_interval(k, n) == pytest.approx((expected.low, expected.high), abs=1e-12)
+
+
+def test_range_interval_covers_a_true_gap_of_zero_and_a_planted_one():
+    from audit.stats import range_interval
+
+    rng = np.random.default_rng(5)
+    n = np.array([80, 120, 60])
+    null = [range_interval(rng.binomial(n, 0.4), n) for _ in range(500)]
+    assert np.mean([c.low <= 0.0 for c in null]) >= 0.95
+    planted = [range_interval(rng.binomial(n, [0.2, 0.5, 0.4]), n) for _ in range(500)]
+    assert np.mean([c.low <= 0.3 <= c.high for c in planted]) >= 0.95
+
+
+def test_two_stage_bootstrap_variance_matches_its_formula():
+    from audit.stats import two_stage_bootstrap
+
+    rng = np.random.default_rng(6)
+    clusters = [rng.normal(m, 1, (k, 1)) for m, k in [(0, 5), (1, 12), (3, 8), (2, 30)]]
+    reps = two_stage_bootstrap(clusters, rng=np.random.default_rng(7), n_resamples=40_000)[:, 0]
+    means = np.array([c.mean() for c in clusters])
+    within = np.array([c.var() / c.size for c in clusters])  # variance of a resampled unit mean
+    # One drawn slot: between-cluster variance of the means plus the average within variance.
+    expected = (means.var() + within.mean()) / len(clusters)
+    assert reps.mean() == pytest.approx(means.mean(), abs=0.02)
+    assert reps.var() == pytest.approx(expected, rel=0.04)
+
+
+def test_stratified_permutation_test_matches_enumeration():
+    from audit.stats import stratified_permutation_test
+
+    values = np.array([1.0, 1, 0, 1, 0, 0, 1, 1, 0])
+    group = np.array([0, 0, 0, 1, 1, 1, 0, 1, 1])
+    strata = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])
+
+    def gap(v):
+        return np.abs(v[..., group == 0].mean(-1) - v[..., group == 1].mean(-1))
+
+    observed = gap(values[None])[0]
+    first, second = np.flatnonzero(strata == 0), np.flatnonzero(strata == 1)
+    null = []
+    for p1 in itertools.permutations(values[first]):
+        for p2 in itertools.permutations(values[second]):
+            v = values.copy()
+            v[first], v[second] = p1, p2
+            null.append(gap(v[None])[0])
+    expected = np.mean(np.array(null) >= observed - 1e-12)
+    result = stratified_permutation_test(values, gap, strata=strata, rng=np.random.default_rng(0), n_resamples=20_000)
+    assert result.p_value == pytest.approx(expected, abs=0.01)
