@@ -46,7 +46,7 @@ from audit._io import write_json_atomic
 from audit.data import AuditDataset, load_dataset
 from audit.errors import ConfigError, DataError, ModelLoadError, NotFittedError, OutputError
 from audit.records import append_step, chain_entry, data_digest
-from audit.target import RECORD_FILENAME, AuditTarget, detect_kind, fingerprint_files, read_records
+from audit.target import RECORD_FILENAME, AuditTarget, detect_kind, model_fingerprint, read_records
 
 __all__ = [
     "ACCOUNTANTS",
@@ -531,7 +531,7 @@ def _load_from_path(path: Path, model_id: str, task: str, classes: list[Any] | N
         finally:
             transformers.utils.logging.set_verbosity(verbosity)
     return _Source(model=model.float(), tokenizer=tokenizer, task=task, model_id=model_id, path=path,
-                   fingerprint=fingerprint_files(weights), records=records if records is not None else read_records(path),
+                   fingerprint=model_fingerprint(path), records=records if records is not None else read_records(path),
                    notes=notes, head_initialised=head_initialised)
 
 

@@ -21,6 +21,8 @@ for _key, _value in {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TOKENIZERS_PARALLELISM": "false",
     "MPLBACKEND": "Agg",
+    # the secret key for keyed data fingerprints and sealed canaries: never the developer's own
+    "RAI_AUDIT_KEY_FILE": os.path.join(_HF_HOME, "rai-audit-secret.key"),
 }.items():
     os.environ[_key] = _value
 

@@ -18,7 +18,7 @@ from audit._io import write_json_atomic
 from audit.data import AuditDataset, fingerprint_path, load_dataset
 from audit.errors import ConfigError, DataError, NotFittedError, OutputError
 from audit.records import append_step, chain_entry, data_digest
-from audit.target import RECORD_FILENAME, AuditTarget, fingerprint_files, read_records
+from audit.target import RECORD_FILENAME, AuditTarget, model_fingerprint, read_records
 from privacy.federated.partition import parse_partition
 from privacy.federated.runner import FederationError
 from privacy.federated.task import (
@@ -565,7 +565,7 @@ class FederatedFineTuner:
             "max_length": settings.max_length, "eval_fraction": settings.eval_fraction, "seed": settings.seed,
             "partitioning": {"spec": parsed.spec, "method": parsed.method, "alpha": parsed.alpha,
                              "column": parsed.column, "description": parsed.describe()},
-            "base_model": {"path": str(model_dir), "fingerprint": fingerprint_files(sorted(model_dir.glob("*.safetensors")))},
+            "base_model": {"path": str(model_dir), "fingerprint": model_fingerprint(model_dir)},
             "dataset": {"path": str(data_path), "fingerprint": fingerprint, "rows": rows,
                         "text_column": settings.text_column, "label_column": settings.label_column,
                         "sensitive_features": list(settings.sensitive_features)},
