@@ -852,7 +852,7 @@ class AttributionProbe(Probe):
     category: ClassVar[str] = "transparency"
     kinds: ClassVar[frozenset[str]] = EXPLAINABLE_KINDS
     description: ClassVar[str] = "Token attributions (Integrated Gradients, Saliency, Input x Gradient) with Captum"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     after: ClassVar[tuple[str, ...]] = ("counterfactual",)
 
     def __init__(
