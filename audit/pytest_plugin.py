@@ -70,8 +70,10 @@ class AuditSession:
             model = self.model or config.model
             if model and not Path(model).is_absolute() and (Path(self.rootdir) / model).exists():
                 model = str(Path(self.rootdir) / model)
-            target = load_target(model, kind=config.kind, device=config.device, progress=False,
-                                 trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle)
+            target = load_target(model, kind=config.kind, revision=config.revision, device=config.device,
+                                 progress=False, trust_remote_code=config.trust_remote_code,
+                                 allow_pickle=config.allow_pickle, allow_new_weights=config.allow_new_weights,
+                                 seed=config.seed, batch_size=config.batch_size, max_length=config.max_length)
             self._results = Auditor(config).run(target)
         return self._results
 

@@ -136,6 +136,7 @@ def run_experiment(experiment: ExperimentConfig, audit: AuditConfig, *, log: Any
     for name, path in models.items():
         log(f"[{name}] auditing {path}")
         results = auditor.run(load_target(path, kind=audit.kind, device=audit.device, progress=False,
+                                          allow_new_weights=audit.allow_new_weights, seed=audit.seed,
                                           batch_size=audit.batch_size, max_length=audit.max_length), data=eval_data)
         write_reports(results, out / "audits" / name)
         audits.append(results)
