@@ -45,8 +45,8 @@ def borkan_aucs(y_true: np.ndarray, scores: np.ndarray, in_group: np.ndarray) ->
     >>> import numpy as np
     >>> from probes.group_fairness import borkan_aucs
     >>> y = np.array([0, 1, 0, 1]); s = np.array([0.1, 0.9, 0.8, 0.7]); g = np.array([0, 0, 1, 1], bool)
-    >>> borkan_aucs(y, s, g)["bpsn_auc"]
-    0.5
+    >>> borkan_aucs(y, s, g)["bpsn_auc"]  # background positive 0.9 above the group's negative 0.8
+    1.0
     """
     from sklearn.metrics import roc_auc_score
 

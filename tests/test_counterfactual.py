@@ -174,6 +174,12 @@ def test_default_run_enumerates_the_sign_flips_and_reports_t_intervals(tokenizer
     assert row["p (score)"] == pytest.approx(min(1.0, expected), rel=1e-12)  # exact, not sampled
     low, high = stats.ttest_1samp(diff, 0.0).confidence_interval(0.95)
     assert row["score gap 95% CI"] == f"[{low:.3f}, {high:.3f}]"
+    # Two groups: the parity difference is |positive-rate gap|, its interval the folded t-interval
+    # (a bootstrap of the plug-in |gap| never reaches 0, so it cannot cover a true gap of 0).
+    sel = (s[:16] > 0.5).mean(axis=1) - (s[16:] > 0.5).mean(axis=1)
+    low, high = stats.ttest_1samp(sel, 0.0).confidence_interval(0.95)
+    folded = (0.0, max(-low, high)) if low <= 0 <= high else tuple(sorted((abs(low), abs(high))))
+    assert result.metrics["demographic_parity_difference[gender]"].ci == pytest.approx(folded)
 
 
 @pytest.mark.slow

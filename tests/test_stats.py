@@ -170,3 +170,13 @@ def test_stratified_permutation_test_matches_enumeration():
     expected = np.mean(np.array(null) >= observed - 1e-12)
     result = stratified_permutation_test(values, gap, strata=strata, rng=np.random.default_rng(0), n_resamples=20_000)
     assert result.p_value == pytest.approx(expected, abs=0.01)
+
+
+def test_max_abs_mean_interval_covers_zero_and_a_planted_largest_gap():
+    from audit.stats import max_abs_mean_interval
+
+    rng = np.random.default_rng(8)
+    null = [max_abs_mean_interval([rng.normal(0, 1, 16) for _ in range(3)]) for _ in range(1000)]
+    assert np.mean([c.low <= 0.0 for c in null]) >= 0.935  # 0.9833 ** 3 = 0.951 for independent gaps
+    planted = [max_abs_mean_interval([rng.normal(m, 1, 16) for m in (0.8, -0.2, 0.1)]) for _ in range(400)]
+    assert np.mean([c.low <= 0.8 <= c.high for c in planted]) >= 0.95
