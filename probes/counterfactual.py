@@ -618,6 +618,7 @@ class CounterfactualProbe(Probe):
             per_axis[run.spec.name] = {
                 "run": run, "gaps": axis_gaps, "dpd": dpd, "dpr": dpr,
                 "dpd_ci": max_abs_mean_interval([sel_units[a] - sel_units[b] for a, b in pairs[run.spec.name]]),
+                "score_ci": max_abs_mean_interval([score_units[a] - score_units[b] for a, b in pairs[run.spec.name]]),
                 "dpr_ci": bootstrap_ci(tuple(sel_units), _ratio_of_means, paired=True, **boot) if any_selected else None,
                 "flip": t_interval(run.unit_means((~all_same).astype(float)[None])[0], bounds=(0.0, 1.0)),
                 "mean_abs": float(np.mean([g.mean_abs_change for g in axis_gaps])),
@@ -648,10 +649,11 @@ class CounterfactualProbe(Probe):
                 note=None if info["dpr"] is not None else "no input of this axis got the positive label, so the ratio is 0/0",
             )
             metrics[f"max_score_gap[{axis}]"] = Metric(
-                value=abs(largest.score_gap.estimate), ci=_abs_ci(largest.score_gap), ci_level=largest.score_gap.level,
+                value=abs(largest.score_gap.estimate), ci=info["score_ci"].as_tuple(), ci_level=info["score_ci"].level,
                 p_value=largest.p_score_holm, threshold=self.max_gap, direction="lower_is_better",
                 description=f"{axis}: largest |difference in mean score| between two groups "
-                            f"({largest.a} vs {largest.b}); Holm-adjusted paired test",
+                            f"({largest.a} vs {largest.b}); Holm-adjusted paired test; interval: Student-t over every "
+                            "pair at once (Bonferroni)",
             )
             metrics[f"flip_rate[{axis}]"] = Metric(
                 value=info["flip"].estimate, ci=info["flip"].as_tuple(), ci_level=info["flip"].level,
@@ -802,12 +804,3 @@ class CounterfactualProbe(Probe):
 
 def _fmt_ci(interval: Interval) -> str:
     return f"[{interval.low:.3f}, {interval.high:.3f}]"
-
-
-def _abs_ci(interval: Interval) -> tuple[float, float]:
-    """Interval of |x| from an interval of x (folded when it straddles 0)."""
-    low, high = interval.low, interval.high
-    if low <= 0 <= high:
-        return (0.0, max(-low, high))
-    return (min(abs(low), abs(high)), max(abs(low), abs(high)))
-

@@ -180,6 +180,9 @@ def test_default_run_enumerates_the_sign_flips_and_reports_t_intervals(tokenizer
     low, high = stats.ttest_1samp(sel, 0.0).confidence_interval(0.95)
     folded = (0.0, max(-low, high)) if low <= 0 <= high else tuple(sorted((abs(low), abs(high))))
     assert result.metrics["demographic_parity_difference[gender]"].ci == pytest.approx(folded)
+    low, high = stats.ttest_1samp(diff, 0.0).confidence_interval(0.95)
+    folded = (0.0, max(-low, high)) if low <= 0 <= high else tuple(sorted((abs(low), abs(high))))
+    assert result.metrics["max_score_gap[gender]"].ci == pytest.approx(folded)
 
 
 @pytest.mark.slow
