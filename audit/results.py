@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 #: Major.minor. A reader accepts any file with the same major version.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: manifest provenance fields, Metric.ideal and "closer_to_ideal"
 TRACKED_LIBRARIES = (
     "rai-audit", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub",
     "numpy", "scipy", "pandas", "scikit-learn", "fairlearn", "opacus", "flwr", "captum",
