@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
-from audit._validate import check_device, check_positive_int, check_texts
+from audit._validate import check_device, check_positive_int, check_seed, check_texts
 from audit.errors import ConfigError, ModelLoadError, NotApplicableError
 from audit.probe import KINDS, Kind
 from audit.provenance import ARTEFACTS, check_links, fingerprint_model, tensors_digest, weight_files
@@ -367,6 +367,7 @@ def load_target(
     check_positive_int("max_length", max_length, optional=True,
                        fix="Pass a token count such as max_length=128, or None for the model's own limit.")
     check_device(device)
+    check_seed(seed)
     if model is None:
         path, model_id = default_model_path(), DEFAULT_MODEL_ID
     else:

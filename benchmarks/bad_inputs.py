@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # before site-packages: an installed package there is also called "benchmarks"
 
 ENV = {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
@@ -373,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({outcome.seconds:.1f}s) {_cell(outcome.message, root, 300)}", flush=True)
         body = table(outcomes, root)
         print(f"{sum(o.clean for o in outcomes)} of {len(outcomes)} clean in {time.perf_counter() - started:.0f} s")
+        print(body)
         if not args.only:
             write_results(body)
     return 0 if all(o.clean for o in outcomes) else 1

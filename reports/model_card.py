@@ -218,7 +218,8 @@ def write_reports(results: AuditResults, out_dir: str | os.PathLike[str]) -> dic
     names and renamed together (:func:`audit._io.write_texts_atomic`): a full disk or any other
     failure leaves the earlier set as it was, never a new ``results.json`` beside an old card.
     If a card cannot be rendered, the finished audit is not thrown away: ``results.json`` is
-    written alone (the earlier cards, which describe another audit, are removed) and a one-line
+    written alone (the earlier cards, which describe another audit, are removed; when the
+    directory already holds these very results, nothing is touched) and a one-line
     :class:`~audit.errors.OutputError` says so and how to re-render.
     """
     from audit.target import RECORD_FILENAME
@@ -233,18 +234,26 @@ def write_reports(results: AuditResults, out_dir: str | os.PathLike[str]) -> dic
                       source=str(Path(results.manifest.model_path) / RECORD_FILENAME))
         texts = {"html": render_html_card(results), "markdown": render_markdown_card(results)}
     except Exception as exc:
-        write_text_atomic(files["results"], json_text)
-        for stale in (files["html"], files["markdown"]):
-            stale.unlink(missing_ok=True)
+        if not _same_text(files["results"], json_text):  # re-rendering the same results changes nothing
+            write_text_atomic(files["results"], json_text)
+            for stale in (files["html"], files["markdown"]):
+                stale.unlink(missing_ok=True)
         raise OutputError(RENDER_FAILED.format(results=str(files["results"]), error=_one_line(exc))) from exc
     write_texts_atomic({files["results"]: json_text, files["html"]: texts["html"],
                         files["markdown"]: texts["markdown"]})
     return files
 
 
-RENDER_FAILED = ("The audit finished but its cards could not be rendered ({error}); the results were saved to "
-                 "{results!r} and the earlier cards removed. Fix the cause and re-render with "
+RENDER_FAILED = ("The audit finished but its cards could not be rendered ({error}); the results are in "
+                 "{results!r} (earlier cards of other results removed). Fix the cause and re-render with "
                  "'rai-audit report {results}'.")
+
+
+def _same_text(path: Path, text: str) -> bool:
+    try:
+        return path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _one_line(exc: BaseException) -> str:

@@ -89,6 +89,23 @@ def test_card_that_cannot_render_keeps_the_finished_audit(tiny_targets, tmp_path
     assert json.loads((out / "results.json").read_text())["manifest"]["records"]["dp"]["epsilon"] == "abc"
 
 
+def test_rerendering_the_same_results_that_fail_keeps_the_cards(report_sets, tmp_path, monkeypatch):
+    from reports.model_card import write_reports
+
+    old, _new = report_sets
+    out = tmp_path / "out"
+    write_reports(old, out)
+    before = tree_digest(out)
+
+    def broken(_results):
+        raise RuntimeError("renderer failed")
+
+    monkeypatch.setattr("reports.markdown_card.render_markdown_card", broken)
+    with pytest.raises(OutputError, match="renderer failed"):
+        write_reports(old, out)  # e.g. 'rai-audit report out/results.json' after an upgrade
+    assert tree_digest(out) == before
+
+
 # -- run options -------------------------------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
@@ -199,6 +216,7 @@ def test_experiment_technique_name_cannot_leave_out(capsys, tiny_dirs, tmp_path,
     ({"batch_size": True}, "batch_size must be a positive integer, got True"),
     ({"max_length": 10_000}, "128 position embeddings"),
     ({"device": "tpu"}, "Unknown device 'tpu'"),
+    ({"seed": -1}, "seed must be a whole number from 0 to 2**32 - 1, got -1"),
 ])
 def test_load_target_arguments(tiny_dirs, kwargs, fragment):
     with pytest.raises(ConfigError) as caught:
