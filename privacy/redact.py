@@ -395,6 +395,9 @@ class ScanCommand:
             raise DataError(f"--examples must be 0 or more, got {args.examples}. Pass --examples 5 to see five rows.")
         if args.json is not None:  # a bad --json path must fail before the scan, not after it
             check_output_file(args.json, flag="--json")
+            if args.input.exists() and args.json.exists() and args.json.resolve() == args.input.resolve():
+                raise DataError(f"--json {str(args.json)!r} is the input file; the summary would overwrite the data. "
+                                "Give another path for --json.")
         scanner = PIIScanner(entities=args.entities, score_threshold=args.score_threshold, language=args.language,
                              engine=args.engine,
                              recognizers=load_recognizer_file(args.recognizers) if args.recognizers else (),

@@ -188,6 +188,16 @@ def test_scan_pii_json_directory_fails_before_the_scan(capsys, tmp_path, monkeyp
     assert_one_line(code, err, "is a directory", "--json")
 
 
+def test_scan_pii_json_onto_its_input_is_refused(capsys, tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text\nmail jo@example.com\n")
+    before = tree_digest(tmp_path)
+    code, _, err = run_cli(capsys, "scan-pii", data, "--columns", "text", "--engine", "pattern",
+                           "--json", data, "--no-progress")
+    assert_one_line(code, err, "is the input file", "--json")
+    assert tree_digest(tmp_path) == before
+
+
 def test_redact_csv_with_broken_quote(capsys, tmp_path):
     data = tmp_path / "d.csv"
     data.write_text('id,text\n1,"broken quote\n2,fine\n')
