@@ -7,18 +7,25 @@ the same messages instead of a ``TypeError`` from deep inside torch, numpy or a 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from audit.errors import ConfigError, ModelLoadError
 
-__all__ = ["check_device", "check_positive_int", "check_records", "check_seed", "check_texts", "device_arg", "seed_arg"]
+__all__ = ["check_device", "check_max_length", "check_positive_int", "check_records", "check_seed", "check_texts", "device_arg",
+           "position_limit", "seed_arg"]
 
 NO_DEVICE = ("Device {device!r} was asked for, but {reason}. Use --device cpu (device='cpu'), or 'auto' to pick "
              "the best device present.")
 UNKNOWN_DEVICE = "Unknown device {device!r}. Use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
 BAD_SEED = "seed must be a whole number from 0 to 2**32 - 1, got {value!r}. Pass e.g. --seed 0 (seed=0)."
+MAX_LENGTH_ABOVE_POSITIONS = ("max_length {max_length} is above what {model!r} can read: it has {positions} position "
+                              "embeddings. Pass --max-length {positions} or less (max_length={positions}), or omit it.")
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 NOT_POSITIVE_INT = "{name} must be a positive integer, got {value!r}. {fix}"
 TEXTS_IS_STR = ("{op}() takes a sequence of texts, got one str ({preview!r}); a str would be read as one text "
                 "per character. Wrap it in a list: {op}([text]).")
@@ -104,6 +111,33 @@ def device_arg(text: str) -> str:
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def position_limit(config: Any) -> int | None:
+    """The longest input a model's position embeddings allow, from its config (object or dict)."""
+    for key in _POSITION_KEYS:
+        value = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_max_length(model_dir: str | os.PathLike[str], max_length: Any) -> None:
+    """Refuse, before any work, a ``max_length`` that is not positive or above the model's positions.
+
+    Reads only ``config.json``; a missing or broken one is left for model loading to report.
+    """
+    if max_length is None:
+        return
+    check_positive_int("max_length", max_length, fix="Pass a token count such as --max-length 128, or omit it.")
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    positions = position_limit(config) if isinstance(config, Mapping) else None
+    if positions is not None and max_length > positions:
+        raise ConfigError(MAX_LENGTH_ABOVE_POSITIONS.format(max_length=max_length, model=os.fspath(model_dir),
+                                                            positions=positions))
 
 
 def check_positive_int(name: str, value: Any, *, optional: bool = False, fix: str = "") -> None:

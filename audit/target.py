@@ -20,7 +20,14 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
-from audit._validate import check_device, check_positive_int, check_seed, check_texts
+from audit._validate import (
+    MAX_LENGTH_ABOVE_POSITIONS,
+    check_device,
+    check_positive_int,
+    check_seed,
+    check_texts,
+    position_limit,
+)
 from audit.errors import ConfigError, ModelLoadError, NotApplicableError
 from audit.probe import KINDS, Kind
 from audit.provenance import ARTEFACTS, check_links, fingerprint_model, tensors_digest, weight_files
@@ -618,12 +625,10 @@ class AuditTarget:
         self.projection = projection
         #: The group thresholds from ``rai_audit_thresholds.json`` (applied by :meth:`predict`), or None.
         self.thresholds = thresholds
-        positions = self._position_limit()
+        positions = position_limit(self.model.config)
         if max_length is not None and positions is not None and max_length > positions:
-            raise ConfigError(
-                f"max_length {max_length} is above what {model_id!r} can read: it has {positions} position "
-                f"embeddings. Pass --max-length {positions} or less (max_length={positions}), or omit it."
-            )
+            raise ConfigError(MAX_LENGTH_ABOVE_POSITIONS.format(max_length=max_length, model=model_id,
+                                                                positions=positions))
         self.max_length = max_length or self._model_max_length()
         #: Texts cut to ``max_length`` (in memory only), and those used by operations since the last
         #: :meth:`take_truncated` call (the Auditor counts them per probe, so a resumed run counts the same).
@@ -666,14 +671,6 @@ class AuditTarget:
             candidates.append(tok_max)
         usable = [c for c in candidates if isinstance(c, int) and c > 0]
         return min(usable) if usable else 512
-
-    def _position_limit(self) -> int | None:
-        """The longest input the model's position embeddings allow, where its config says."""
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            value = getattr(self.model.config, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
 
     def _pad_token_id(self) -> int:
         for name in ("pad_token_id", "eos_token_id", "unk_token_id"):

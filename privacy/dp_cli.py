@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from audit._validate import device_arg, seed_arg
+from audit._validate import check_max_length, device_arg, seed_arg
 from audit.errors import ConfigError
 
 __all__ = ["TrainDPCommand"]
@@ -91,6 +91,7 @@ class TrainDPCommand:
         model_path = Path(args.model).expanduser()
         if not model_path.exists():
             raise ConfigError(f"--model {args.model!r} does not exist. Give a directory written by save_pretrained.")
+        check_max_length(model_path, args.max_length)
         tuner = DPFineTuner(
             target_epsilon=args.target_epsilon, target_delta=args.target_delta, max_grad_norm=args.max_grad_norm,
             epochs=args.epochs, batch_size=args.batch_size, max_physical_batch_size=args.max_physical_batch_size,

@@ -141,6 +141,17 @@ def test_max_length_above_position_embeddings(capsys, tiny_dirs, tmp_path, cheap
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["train-dp", "federate"])
+def test_trainers_refuse_max_length_above_positions(capsys, tiny_dirs, tmp_path, command):
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\n" + "".join(f"good movie {i},1\nbad film {i},0\n" for i in range(10)))
+    out = tmp_path / "trained"
+    code, _, err = run_cli(capsys, command, "--model", tiny_dirs["sequence-classification"], "--data", data,
+                           "--label-column", "label", "--out", out, "--max-length", "100000", "--no-progress")
+    assert_one_line(code, err, "100000", "128 position embeddings")
+    assert not out.exists()
+
+
 def test_out_pointing_at_the_model_is_refused(capsys, tiny_dirs, tmp_path, cheap_config):
     model = tmp_path / "model"
     shutil.copytree(tiny_dirs["encoder"], model)

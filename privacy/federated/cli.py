@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audit._validate import device_arg, seed_arg
+from audit._validate import check_max_length, device_arg, seed_arg
 
 __all__ = ["FederateCommand"]
 
@@ -83,6 +83,7 @@ class FederateCommand:
             from audit.errors import OutputError
 
             raise OutputError(f"Output directory {str(out)!r} is not empty. Choose a new --out or pass --overwrite.")
+        check_max_length(Path(args.model), args.max_length)
         tuner = FederatedFineTuner(
             num_clients=args.num_clients, num_rounds=args.num_rounds, partition=args.partition,
             strategy=args.strategy, proximal_mu=args.proximal_mu, fraction_train=args.fraction_train,
