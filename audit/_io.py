@@ -22,7 +22,8 @@ from audit.errors import OutputError
 __all__ = ["check_output_file", "ensure_writable_dir", "new_file_mode", "write_json_atomic", "write_text_atomic", "write_texts_atomic"]
 
 OUTPUT_IS_DIRECTORY = "Output file {path!r} is a directory. Give a file path{hint}."
-OUTPUT_PARENT_MISSING = "Directory {parent!r} for the output file {path!r} does not exist. Create it first{hint}."
+OUTPUT_PARENT_MISSING = ("Directory {parent!r} for the output file {path!r} does not exist. Create it first, or give "
+                         "another path{hint}.")
 OUTPUT_PARENT_NOT_DIR = "Output file {path!r} cannot be created: {parent!r} is a file, not a directory{hint}."
 OUTPUT_NOT_WRITABLE = "Output file {path!r} cannot be written ({reason}). Choose another path{hint}."
 WRITE_FAILED = ("Writing {path!r} failed ({reason}); nothing was replaced and earlier files are unchanged. "
@@ -30,7 +31,13 @@ WRITE_FAILED = ("Writing {path!r} failed ({reason}); nothing was replaced and ea
 
 
 def _umask() -> int:
-    # os.umask can only be read by setting it; set it straight back.
+    try:  # Linux states it; reading it elsewhere means setting it, which races with other threads
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
