@@ -76,6 +76,11 @@ def _case_line(case: Mapping[str, Any]) -> str:
              if name in conds and conds[name].get("runs")]
     if power:
         parts.append("detection of a planted effect " + ", ".join(power))
+    pooled = case.get("pooled_coverage") or {}
+    if pooled:
+        parts.append("coverage of the planted truth by the 95% interval, over all runs: "
+                     + ", ".join(f"{name} {_pct(cov['rate'])} of {cov['runs']}" for name, cov in pooled.items()))
+        return ": ".join(parts[:1]) + ": " + "; ".join(parts[1:])
     coverage = []
     for c in conds.values():
         for name, cov in (c.get("coverage") or {}).items():

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=suite.CALIBRATION_JSON,
                         help="where to write the machine-readable results (default: reports/calibration.json)")
     parser.add_argument("--no-write", action="store_true", help="print the table only; write nothing")
+    parser.add_argument("--null-runs", type=int, default=200,
+                        help="runs of each null condition (default 200; each case caps its own)")
     parser.add_argument("--jobs", type=int, default=1, help="cases run in parallel worker processes (default 1)")
     parser.add_argument("--changed-only", action="store_true",
                         help="keep the results in --json of every case whose source digest is unchanged; re-run the rest")
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 suite.write_outputs(suite.to_json(run), json_path=args.json, results_md=full)
 
         data = suite.to_json(suite.run_suite(cases, runs=args.runs, base_seed=args.seed, jobs=args.jobs,
+                                             null_runs=args.null_runs,
                                              previous=previous, on_update=update))
     finally:
         torch.set_num_threads(threads)

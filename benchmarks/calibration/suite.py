@@ -66,7 +66,7 @@ _PROBE_MODULES = {
     "seat": ("probes.seat",), "counterfactual": ("probes.counterfactual",),
     "group_fairness": ("probes.group_fairness", "probes.counterfactual"),
     "crows_pairs": ("probes.crows_pairs",), "stereoset": ("probes.stereoset", "probes.crows_pairs", "audit.target"),
-    "generation": ("probes.generation",), "membership_inference": ("privacy.probes", "privacy.leakage"),
+    "generation": ("probes.generation", "probes.counterfactual"), "membership_inference": ("privacy.probes", "privacy.leakage"),
     "decision_path": ("probes.decision_path", "probes.attribution", "audit.target"),
     "faithfulness": ("probes.faithfulness", "probes.attribution", "audit.target"),
     "attribution": ("probes.attribution", "audit.target"),
@@ -94,22 +94,22 @@ def case_key(case: Case) -> str:
     return f"{case.probe}:{case.verdict}"
 
 
-def _run_one(key: str, runs: int, base_seed: int) -> dict[str, Any]:
+def _run_one(key: str, runs: int, base_seed: int, null_runs: int | None = None) -> dict[str, Any]:
     """Run one case (by key) in this process: used directly and by worker processes."""
     import torch
 
     torch.set_num_threads(1)
     (case,) = [c for c in all_cases() if case_key(c) == key]
     started = _dt.datetime.now(_dt.timezone.utc)
-    result = run_case(case, runs=runs, base_seed=base_seed,
+    result = run_case(case, runs=runs, base_seed=base_seed, null_runs=null_runs,
                       progress=lambda line: print(line, flush=True))
     out = result.to_json()
     out.update(source_digest=source_digest(case), measured=started.strftime("%Y-%m-%d %H:%M UTC"),
-               runs_per_condition=runs)
+               runs_per_condition=runs, null_runs=result.null.runs if result.null else None)
     return out
 
 
-def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026, jobs: int = 1,
+def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026, jobs: int = 1, null_runs: int | None = None,
               previous: dict[str, Any] | None = None,
               on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``cases``; with ``previous`` (an earlier JSON), keep each earlier case result whose source
@@ -129,7 +129,8 @@ def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026, jobs: 
     todo, reused = [], {}
     for case in cases:
         old = kept.get(case_key(case))
-        if old and old.get("source_digest") == source_digest(case) and old.get("runs_per_condition") == runs:
+        if (old and old.get("source_digest") == source_digest(case) and old.get("runs_per_condition") == runs
+                and old.get("requested_null_runs") == null_runs):
             reused[case_key(case)] = {**old, "stale": False}
             print(f"{case_key(case)}: source unchanged since {old.get('measured')}, result kept", flush=True)
         else:
@@ -145,7 +146,7 @@ def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026, jobs: 
                 entry = {**kept[key], "stale": True}
             if entry is not None:
                 results.append(entry)
-        return {"results": results, "runs": runs, "base_seed": base_seed, "started": started, "reused": sorted(reused),
+        return {"results": results, "runs": runs, "null_runs": null_runs, "base_seed": base_seed, "started": started, "reused": sorted(reused),
                 "finished": _dt.datetime.now(_dt.timezone.utc), "load_before": load_before,
                 "load_after": os.getloadavg(), "pending": [k for k in todo if k not in fresh]}
 
@@ -153,14 +154,14 @@ def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026, jobs: 
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_run_one, key, runs, base_seed): key for key in todo}
+            futures = {pool.submit(_run_one, key, runs, base_seed, null_runs): key for key in todo}
             for future in as_completed(futures):
-                fresh[futures[future]] = {**future.result(), "stale": False}
+                fresh[futures[future]] = {**future.result(), "stale": False, "requested_null_runs": null_runs}
                 if on_update:
                     on_update(snapshot())
     else:
         for key in todo:
-            fresh[key] = {**_run_one(key, runs, base_seed), "stale": False}
+            fresh[key] = {**_run_one(key, runs, base_seed, null_runs), "stale": False, "requested_null_runs": null_runs}
             if on_update:
                 on_update(snapshot())
     return snapshot()
@@ -176,7 +177,7 @@ def to_json(run: dict[str, Any]) -> dict[str, Any]:
         "suite": "benchmarks/calibration", "suite_version": SUITE_VERSION,
         "date": run["started"].strftime("%Y-%m-%d %H:%M UTC"),
         "duration_s": round((run["finished"] - run["started"]).total_seconds(), 1),
-        "runs_per_condition": run["runs"], "base_seed": run["base_seed"], "reused_from_earlier_run": run["reused"],
+        "runs_per_condition": run["runs"], "null_runs": run.get("null_runs"), "base_seed": run["base_seed"], "reused_from_earlier_run": run["reused"],
         "not_yet_remeasured": run.get("pending", []),
         "load_average": {"before": [round(x, 2) for x in run["load_before"]],
                          "after": [round(x, 2) for x in run["load_after"]]},
@@ -209,11 +210,13 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"Suite `benchmarks/calibration` version {data['suite_version']}, run {data['date']} "
         f"({data['duration_s']:.0f} s; load average before {data['load_average']['before']}, after "
         f"{data['load_average']['after']}; {data['machine']}). {data['runs_per_condition']} independent runs per "
-        "condition; every run builds its model and data from its own seed and gives the probe a context seeded "
+        f"condition, up to {data.get('null_runs') or data['runs_per_condition']} for the null; every run builds its model and data from its own seed and gives the probe a context seeded "
         "from the same run. Models with a known truth: a null (nothing planted) and planted effects of known size.",
         "",
         "Targets: false-alarm rate on the null at most 5% with the upper end of its 95% Clopper-Pearson interval "
-        "at most 10%; 95% intervals cover the planted truth in at least 93% of runs. Alarm = the verdict the row "
+        "at most 10% (which takes about 200 null runs for a test at 5%: with 40, only 0 alarms pass); 95% "
+        "intervals cover the planted truth in at least 93% of all runs of the case (pooled over conditions, as 40 "
+        "runs of one condition cannot resolve 93%; per-condition rates are shown too). Alarm = the verdict the row "
         "names (status warned or failed unless said otherwise). Rates: k/n = rate [95% Clopper-Pearson interval].",
         "",
         "| probe | verdict | null false alarms | power: small / medium / large (truth) | interval coverage per condition "
@@ -233,9 +236,12 @@ def render_markdown(data: dict[str, Any]) -> str:
                     truth = f" ({c['mean_truth']:.3g})" if c.get("mean_truth") is not None else ""
                     power.append(f"{c['alarms']}/{c['runs']} = {c['alarm_rate']:.0%}{truth}" if c["runs"] else "n/a")
             names = sorted({n for c in case["conditions"] for n in c["coverage"]})
+            pooled = case.get("pooled_coverage", {})
             coverage = "; ".join(
                 f"{n}: " + " / ".join(f"{c['coverage'][n]['rate']:.0%}" if n in c["coverage"] else "-"
-                                      for c in case["conditions"]) for n in names)
+                                      for c in case["conditions"])
+                + (f" (all runs: {pooled[n]['rate']:.1%} of {pooled[n]['runs']})" if n in pooled else "")
+                for n in names)
             errors = sum(c["errors"] for c in case["conditions"])
             verdict = case["verdict"] + (f" ({errors} runs errored)" if errors else "")
             if case.get("stale"):
