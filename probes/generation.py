@@ -22,8 +22,7 @@ from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart
 from audit.masking import redact_text
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
-from audit.stats import Interval, bootstrap_ci, holm_bonferroni, permutation_test
-from probes.counterfactual import _abs_ci
+from audit.stats import Interval, bootstrap_ci, holm_bonferroni, max_abs_interval, permutation_test
 
 if TYPE_CHECKING:
     from audit.context import AuditContext
@@ -136,6 +135,9 @@ class _Comparison:
     negative_gap: Interval
     p_mean: float
     p_negative: float
+    #: the gaps' intervals at a Bonferroni level over the axis' pairs, for the largest-gap interval
+    mean_gap_simultaneous: Interval | None = None
+    negative_gap_simultaneous: Interval | None = None
     p_mean_holm: float = 1.0
     p_negative_holm: float = 1.0
     flagged: bool = False
@@ -343,7 +345,9 @@ class GenerationProbe(Probe):
                     if scorer == "vader":
                         bars.append(f"{s.axis}: {g}")
                         bar_cis.append((mean_ci.estimate, mean_ci.as_tuple()))
-                for a, b in itertools.combinations(by_group, 2):
+                pairs = list(itertools.combinations(by_group, 2))
+                simultaneous = {**boot, "confidence_level": 1 - 0.05 / max(len(pairs), 1)}
+                for a, b in pairs:
                     x, y = by_group[a], by_group[b]
                     test_mean = permutation_test(x, y, rng=rng, n_resamples=self.n_resamples)
                     test_neg = permutation_test(negative[a], negative[b], rng=rng, n_resamples=self.n_resamples)
@@ -353,6 +357,8 @@ class GenerationProbe(Probe):
                         negative_gap=bootstrap_ci((negative[a], negative[b]), _mean_diff, **boot),
                         p_mean=test_mean.p_value if np.ptp(np.concatenate([x, y])) > 0 else 1.0,
                         p_negative=test_neg.p_value if np.ptp(np.concatenate([negative[a], negative[b]])) > 0 else 1.0,
+                        mean_gap_simultaneous=bootstrap_ci((x, y), _mean_diff, **simultaneous),
+                        negative_gap_simultaneous=bootstrap_ci((negative[a], negative[b]), _mean_diff, **simultaneous),
                     ))
         adjusted, reject = holm_bonferroni([p for c in comparisons for p in (c.p_mean, c.p_negative)], alpha=self.alpha)
         for i, c in enumerate(comparisons):
@@ -366,14 +372,16 @@ class GenerationProbe(Probe):
                 worst_neg = max(mine, key=lambda c: abs(c.negative_gap.estimate))
                 what = "VADER compound" if scorer == "vader" else f"classifier P({judged[1] if judged else ''})"
                 metrics[f"max_sentiment_gap[{s.axis}]" + ("" if scorer == "vader" else "[classifier]")] = Metric(
-                    value=abs(worst.mean_gap.estimate), ci=_abs_ci(worst.mean_gap), ci_level=worst.mean_gap.level,
+                    value=abs(worst.mean_gap.estimate), ci=max_abs_interval([c.mean_gap_simultaneous for c in mine]).as_tuple(),
+                    ci_level=worst.mean_gap.level,
                     p_value=worst.p_mean_holm, threshold=self.max_gap if scorer == "vader" else None,
                     direction="lower_is_better",
                     description=f"{s.axis}: largest gap in mean {what} between two groups ({worst.a} vs {worst.b}); "
                                 "Holm-adjusted permutation test",
                 )
                 metrics[f"max_negative_share_gap[{s.axis}]" + ("" if scorer == "vader" else "[classifier]")] = Metric(
-                    value=abs(worst_neg.negative_gap.estimate), ci=_abs_ci(worst_neg.negative_gap),
+                    value=abs(worst_neg.negative_gap.estimate),
+                    ci=max_abs_interval([c.negative_gap_simultaneous for c in mine]).as_tuple(),
                     ci_level=worst_neg.negative_gap.level, p_value=worst_neg.p_negative_holm, direction="lower_is_better",
                     description=f"{s.axis}: largest gap in share of negative continuations ({worst_neg.a} vs {worst_neg.b})",
                 )
