@@ -19,11 +19,13 @@ attributions rank highest (ERASER) and re-runs them on randomised copies of the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import warnings
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, ClassVar, Literal, get_args
@@ -271,6 +273,39 @@ class TokenAttribution:
             return True
         gap = abs((self.f_x or 0.0) - (self.f_baseline or 0.0))
         return abs(self.delta) <= max_delta * max(gap, _DELTA_FLOOR)
+
+
+class _LabelTokenizer:
+    """The tokenizer as Captum's ``LLMGradientAttribution`` sees it, for its output-token labels only.
+
+    Captum 0.9 turns the target ids into display labels and raises ``IndexError`` when the last one
+    is a byte fragment of a multi-byte character (``"\ufffd"`` when decoded alone, as a greedy next
+    token often is): its fallback reads the id after it. The labels are not used here, so a fragment
+    is labelled ``"<byte>"``; ids, attributions and everything else go to the real tokenizer.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tokenizer(*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self._tokenizer)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        return self._tokenizer.decode(*args, **kwargs).replace("\ufffd", "<byte>")
+
+
+@contextlib.contextmanager
+def _quiet_labels() -> Iterator[None]:
+    """Captum warns while it builds the output-token labels of a byte fragment; the labels are unused."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(Pretty tokens length|\(i=\d+, idx=\d+\))", category=UserWarning)
+        yield
 
 
 def _token_ids_input(ids: Sequence[int], special: Sequence[bool], tokenizer: Any, baseline_id: int) -> Any:
@@ -556,11 +591,15 @@ class Explainer:
             return TokenAttribution(method, scores)
         inp = _token_ids_input(enc.ids, enc.special, self.tokenizer, self.baseline_id)
         if method == "integrated_gradients":
-            llm = LLMGradientAttribution(LayerIntegratedGradients(self.model, self.embeddings), self.tokenizer)
-            result = llm.attribute(inp, target=cont, n_steps=n_steps, internal_batch_size=internal_batch_size)
+            llm = LLMGradientAttribution(LayerIntegratedGradients(self.model, self.embeddings),
+                                         _LabelTokenizer(self.tokenizer))
+            with _quiet_labels():
+                result = llm.attribute(inp, target=cont, n_steps=n_steps, internal_batch_size=internal_batch_size)
         else:
-            llm = LLMGradientAttribution(LayerGradientXActivation(self.model, self.embeddings), self.tokenizer)
-            result = llm.attribute(inp, target=cont)
+            llm = LLMGradientAttribution(LayerGradientXActivation(self.model, self.embeddings),
+                                         _LabelTokenizer(self.tokenizer))
+            with _quiet_labels():
+                result = llm.attribute(inp, target=cont)
         scores[content] = result.seq_attr.float().detach().cpu().numpy()
         if method != "integrated_gradients":
             return TokenAttribution(method, scores)

@@ -342,3 +342,17 @@ def test_minilm_classifier_attributions():
     assert share.value is not None and 0 <= share.ci[0] <= share.value <= share.ci[1] <= 1
     for example in result.examples:
         assert example["tokens"][0] == "[CLS]" and example["tokens"][-1] == "[SEP]"
+
+
+def test_causal_lm_continuation_ending_in_a_byte_fragment(tiny_targets):
+    """A greedy next token is often a lone byte of a multi-byte character. Captum 0.9 labels the
+    target ids and raised IndexError on one; the explainer must still attribute it."""
+    target = tiny_targets["causal-lm"]
+    tok = target.tokenizer
+    fragment = next(i for i in range(len(tok)) if tok.decode([i]) == "\ufffd")
+    explainer = Explainer.for_target(target)
+    enc = explainer.encode("the nurse said she")
+    (ig,) = explainer.integrated_gradients([enc], [(fragment,)], n_steps=20)
+    assert len(ig.scores) == len(enc.ids) and np.isfinite(ig.scores).all()
+    (ixg,) = explainer.attribute([enc], [(fragment,)], "input_x_gradient")
+    assert len(ixg.scores) == len(enc.ids)
