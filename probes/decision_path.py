@@ -263,8 +263,10 @@ class DecisionPathProbe(Probe):
             figures.append(Figure(
                 title=f"Example {i + 1}: decision path",
                 svg=line_chart(series, xlabel="layer (emb = embeddings)", ylabel=ylabel, marks=marks, decided=layer),
-                caption=f"{text[:120]}{'...' if len(text) > 120 else ''} Dashed line: the decision layer"
-                        f"{'; labels on top: each layer' + chr(39) + 's top token' if causal else ''}.",
+                caption=f"{text[:120]}{'...' if len(text) > 120 else ''} "
+                        + ("Undecided: no layer, not even the last, leads by the required margin"
+                           if layer is None else "Dashed line: the decision layer")
+                        + ("; labels on top: each layer's top token" if causal else "") + ".",
             ))
             out_examples.append({"example": i + 1, "source": ex.source, "text": text, "prediction": final_name,
                                  "probability": float(probs[-1, final]), "decision_layer": layer,

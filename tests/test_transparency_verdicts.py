@@ -224,8 +224,10 @@ def test_decision_needs_a_margin(tiny_targets):
         assert row[5] == "undecided"
     assert result.metrics["mean_decision_depth"].value is None
     assert result.metrics["undecided_share"].value == 1.0
+    assert all("Undecided" in f.caption and "Dashed line" not in f.caption for f in result.figures)
     loose = DecisionPathProbe(examples=TEXTS, min_margin=0.0).run(target, CTX.for_probe("decision_path"))
     assert all(row[5] in (1, 2) for row in loose.tables[0].rows)
+    assert all("Dashed line: the decision layer" in f.caption for f in loose.figures)
 
 
 @pytest.mark.parametrize(("probs", "margin", "informative", "expected"), [
