@@ -256,3 +256,17 @@ def test_experiment_file_errors_name_the_key(tmp_path, capsys):
     assert main(["experiment", str(tmp_path / "e.yaml")]) == 2
     err = capsys.readouterr().err
     assert "techniques.0.technique" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("constraints", ["equalized_odds", "true_positive_rate_parity"])
+def test_threshold_refuses_a_group_with_one_label(biased_dir, constraints):
+    """fairlearn raises a bare ValueError ('Degenerate labels') there; the user gets one line naming the group."""
+    from audit.errors import DataError
+    from probes.debias.threshold import ThresholdPostprocessor
+
+    data = planted_data(0)
+    data.loc[data["gender"] == data["gender"].iloc[0], "label"] = 1
+    biased = load_target(biased_dir, progress=False, device="cpu")
+    with pytest.raises(DataError, match=f"group {data['gender'].iloc[0]!r} has only label 1"):
+        ThresholdPostprocessor(constraints=constraints).fit(biased, data["text"].tolist(), data["label"],
+                                                            sensitive_features=data["gender"].tolist())

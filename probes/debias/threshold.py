@@ -41,6 +41,25 @@ class _ScoreColumn(ClassifierMixin, BaseEstimator):
         return (np.asarray(X, dtype=float)[:, 0] > 0.5).astype(int)
 
 
+DEGENERATE_LABELS = ("Threshold post-processing under {constraints} needs both labels in every group, but group "
+                     "{group!r} has only label {label} ({n} rows). Give more rows of that group, or use "
+                     "constraints='demographic_parity'.")
+
+
+def _check_labels(labels: np.ndarray, groups: np.ndarray, constraints: str) -> None:
+    """Refuse rows fairlearn cannot fit: one label overall, or (error-rate constraints) one label in a group."""
+    if np.unique(labels).size < 2:
+        raise DataError(f"The labels hold a single class ({np.unique(labels).tolist()}); thresholds need rows of both "
+                        "classes. Check --label-column.")
+    if constraints == "demographic_parity":
+        return
+    for group in sorted(set(groups)):
+        present = np.unique(labels[groups == group])
+        if present.size < 2:
+            raise DataError(DEGENERATE_LABELS.format(constraints=constraints, group=group, label=int(present[0]),
+                                                     n=int(np.sum(groups == group))))
+
+
 class ThresholdPostprocessor:
     """Group thresholds for a sequence classifier under a fairness constraint.
 
@@ -97,6 +116,7 @@ class ThresholdPostprocessor:
         if len(set(groups)) < 2:
             raise DataError(f"sensitive_features has a single group ({groups[:1].tolist()}); thresholds per group "
                             "need at least two. Pass the column that names each row's group.")
+        _check_labels(labels, groups, self.constraints)
         scores = target.predict_proba(texts)[:, self.positive_label]
         X = scores[:, None]
         with warnings.catch_warnings():
@@ -104,7 +124,11 @@ class ThresholdPostprocessor:
             optimizer = ThresholdOptimizer(estimator=_ScoreColumn().fit(X), constraints=self.constraints,
                                            objective=self.objective, grid_size=self.grid_size, prefit=True,
                                            predict_method="predict_proba")
-            optimizer.fit(X, labels, sensitive_features=groups)
+            try:
+                optimizer.fit(X, labels, sensitive_features=groups)
+            except ValueError as exc:  # fairlearn's own data checks (e.g. a group with one label only)
+                raise DataError(f"ThresholdOptimizer cannot fit these rows ({str(exc).splitlines()[0][:200]}). "
+                                "Give rows with both labels in every group.") from None
             after = optimizer.predict(X, sensitive_features=groups, random_state=self.seed)
         self.thresholder_ = optimizer
         groups_spec = {}
