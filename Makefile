@@ -41,7 +41,7 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check audit probes privacy reports tests benchmarks
+	$(BIN)/ruff check audit probes privacy reports rai_audit tests benchmarks
 
 bench: install
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
