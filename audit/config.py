@@ -95,17 +95,31 @@ class ProbeConfig(_Validated):
     gates: dict[str, GateSpec] = Field(default_factory=dict)
 
 
+_HUB_DATASET = r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$"
+
+
 class CardConfig(_Validated):
-    """Model-card text that only a person can supply (Mitchell et al. 2019 sections)."""
+    """Model-card text that only a person can supply (Mitchell et al. 2019 sections).
+
+    ``base_model``, ``pipeline_tag``, ``license``, ``datasets`` (training data, as Hub dataset ids),
+    ``language`` and ``tags`` go into the Hub card's metadata as given. ``benchmarks`` maps a probe
+    name to the Hub dataset id (``org/name`` or ``org/name:task``) of the benchmark its data is, so
+    the Hub card also gets that probe's ``.eval_results`` file; a probe not named there is in the
+    card's ``model-index`` only.
+    """
 
     model_config = _STRICT
 
     model_name: str | None = None
     model_details: str | None = None
     developers: str | None = None
+    base_model: str | list[str] | None = None
+    pipeline_tag: str | None = None
     license: str | None = None
+    datasets: list[str] = Field(default_factory=list)
     language: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
+    benchmarks: dict[str, typing.Annotated[str, Field(pattern=_HUB_DATASET)]] = Field(default_factory=dict)
     intended_use: str | None = None
     out_of_scope_use: str | None = None
     factors: str | None = None

@@ -3,20 +3,38 @@
 Built with huggingface_hub's :class:`~huggingface_hub.ModelCard` and
 :class:`~huggingface_hub.ModelCardData`, without calling the Hub. Markdown on the Hub renders
 inline HTML, so every value that a model, dataset or plugin can influence is escaped.
+
+Each probe's headline metric is a ``model-index`` result (:class:`~huggingface_hub.EvalResult`),
+which the Hub shows on the model page. A probe whose data the config names as a Hub benchmark
+(``card.benchmarks``) also gets a ``.eval_results/*.yaml`` file, the Hub's per-benchmark format
+(:class:`~huggingface_hub.EvalResultEntry`, where the installed huggingface_hub has it), which puts
+the score on that benchmark's leaderboard: only a declared benchmark, since the entry claims it.
 """
 
 from __future__ import annotations
 
+import html
 import re
+from pathlib import PurePath
 
-from huggingface_hub import ModelCard, ModelCardData
+import huggingface_hub
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from audit.records import CHAIN_KEY
 from audit.results import AuditResults
+from audit.target import DEFAULT_MODEL_ID
 from reports.model_card import group_by_category
 from reports.reliability import reliability_line
 
-__all__ = ["md_escape", "render_markdown_card"]
+__all__ = ["eval_result_files", "hub_eval_results", "hub_model_name", "md_escape", "render_markdown_card"]
+
+# The Hub's pipeline tag for each model kind (https://huggingface.co/docs/hub/models-widgets#widget-types).
+PIPELINE_TAGS = {"sequence-classification": "text-classification", "causal-lm": "text-generation",
+                 "masked-lm": "fill-mask", "encoder": "feature-extraction"}
+_NOT_SCORED = ("errored", "skipped", "not_applicable")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+EVAL_RESULTS_DIR = ".eval_results"
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|])")
 
@@ -73,16 +91,114 @@ def _chain_line(chain: object) -> str:
     return f"- **training chain**, oldest first: {shown or 'empty'}"
 
 
+def _text(value: object) -> str:
+    # Metadata values are shown by the Hub's widgets, not rendered as Markdown: one line, HTML escaped.
+    return html.escape(re.sub(r"\s+", " ", str(value)).strip(), quote=False)
+
+
+def hub_model_name(results: AuditResults) -> str:
+    """The model's name on the Hub: ``card.model_name``, else its Hub id, else its directory's name.
+
+    A local path (``./clf``, ``/data/models/clf``) is never a model name: it names a directory
+    on the auditor's machine, which no reader of the card has.
+    """
+    m = results.manifest
+    if results.card.get("model_name"):
+        return _text(results.card["model_name"])
+    local = (m.model_id.startswith((".", "/", "~", "\\")) or not _HUB_ID.match(m.model_id)
+             or PurePath(m.model_path).name == PurePath(m.model_id).name)
+    if m.model_id == DEFAULT_MODEL_ID or not local:
+        return _text(m.model_id)
+    return _text(PurePath(m.model_path).name or "model")
+
+
+def _benchmark(results: AuditResults, probe: str) -> tuple[str, str] | None:
+    declared = (results.card.get("benchmarks") or {}).get(probe)
+    if not declared:
+        return None
+    dataset, _, task = declared.partition(":")
+    return dataset, task or "default"
+
+
+def _scored(results: AuditResults) -> list:
+    return [r for r in results.results if r.status not in _NOT_SCORED
+            and r.headline_metric is not None and r.headline_metric.value is not None]
+
+
+def _interval(metric) -> str:
+    return f"95% CI [{_fmt(metric.ci[0])}, {_fmt(metric.ci[1])}]" if metric.ci else "no interval"
+
+
+def hub_eval_results(results: AuditResults) -> list[EvalResult]:
+    """Each scored probe's headline metric as a ``model-index`` result the Hub displays."""
+    task = PIPELINE_TAGS.get(results.manifest.kind, "other")
+    out = []
+    for r in _scored(results):
+        metric, benchmark = r.headline_metric, _benchmark(results, r.probe)
+        out.append(EvalResult(
+            task_type=_text(results.card.get("pipeline_tag") or task),
+            task_name=_text(f"rai-audit {r.probe} ({r.status})"),
+            dataset_type=benchmark[0] if benchmark else _text(f"rai-audit-{r.probe}"),
+            dataset_name=_text(benchmark[0] if benchmark else f"rai-audit {r.probe} probe inputs (see results.json)"),
+            dataset_config=benchmark[1] if benchmark else None,
+            metric_type=_text(r.headline),
+            metric_name=_text(f"{r.headline}, {_interval(metric)}"),
+            metric_value=float(metric.value),
+        ))
+    return out
+
+
+def eval_result_files(results: AuditResults) -> dict[str, str]:
+    """``.eval_results/rai-audit-<probe>.yaml`` texts for the probes whose data is a declared Hub benchmark.
+
+    Empty when no probe is declared in ``card.benchmarks``, or when the installed huggingface_hub
+    predates the format (it has no ``EvalResultEntry``).
+    """
+    entry_type = getattr(huggingface_hub, "EvalResultEntry", None)
+    if entry_type is None:
+        return {}
+    files = {}
+    for r in _scored(results):
+        benchmark = _benchmark(results, r.probe)
+        if benchmark is None:
+            continue
+        metric = r.headline_metric
+        entry = entry_type(dataset_id=benchmark[0], task_id=benchmark[1], value=float(metric.value),
+                           date=results.manifest.finished_at or None,
+                           notes=_text(f"rai-audit {r.probe}: {r.headline}, {_interval(metric)}; status {r.status}"))
+        text = yaml.safe_dump(huggingface_hub.eval_result_entries_to_yaml([entry]), sort_keys=False)
+        files[f"{EVAL_RESULTS_DIR}/rai-audit-{r.probe}.yaml"] = text
+    return files
+
+
+def _hub_results_line(results: AuditResults) -> str:
+    scored, files = _scored(results), eval_result_files(results)
+    line = (f"Hub results: the headline metric of {len(scored)} probe(s) is in this card's `model-index`"
+            if scored else "Hub results: no probe produced a headline metric, so `model-index` is empty")
+    if files:
+        return line + f"; {len(files)} declared benchmark(s) also in `{EVAL_RESULTS_DIR}/`."
+    if not hasattr(huggingface_hub, "EvalResultEntry"):
+        return line + f"; no `{EVAL_RESULTS_DIR}/` files (huggingface_hub {huggingface_hub.__version__} predates them)."
+    return line + (f"; no `{EVAL_RESULTS_DIR}/` files: no probe's data is declared as a Hub benchmark "
+                   "(set `card.benchmarks`).")
+
+
 def render_markdown_card(results: AuditResults) -> str:
     """Render ``README.md`` for the Hub: YAML metadata, audit summary, per-probe metrics, provenance."""
     m = results.manifest
     card = results.card
+    base_model = card.get("base_model")
     data = ModelCardData(
+        base_model=([_text(b) for b in base_model] if isinstance(base_model, list) else _text(base_model))
+        if base_model else None,
+        datasets=[_text(d) for d in card.get("datasets") or []] or None,
         language=card.get("language") or None,
         license=card.get("license") or None,
         library_name="transformers",
+        pipeline_tag=_text(card.get("pipeline_tag") or PIPELINE_TAGS.get(m.kind) or "") or None,
         tags=["rai-audit", *(md_escape(t) for t in card.get("tags") or [])],
-        model_name=md_escape(card.get("model_name") or m.model_id),
+        model_name=hub_model_name(results),
+        eval_results=hub_eval_results(results) or None,
     )
     data.rai_audit = {
         "schema_version": results.schema_version,
@@ -92,7 +208,7 @@ def render_markdown_card(results: AuditResults) -> str:
         "results": {r.probe: r.status for r in results.results},
     }
     lines = [
-        f"# Model card: {md_escape(card.get('model_name') or m.model_id)}",
+        f"# Model card: {md_escape(hub_model_name(results))}",
         "",
         f"Audited with rai-audit {md_escape(m.rai_audit_version)} on {md_escape(m.finished_at)}. "
         f"Kind: {md_escape(m.kind)}; {m.n_parameters:,} parameters; model fingerprint `{m.fingerprint}`.",
@@ -131,7 +247,7 @@ def render_markdown_card(results: AuditResults) -> str:
             value = _fmt(hm.value) + (f" [{_fmt(hm.ci[0])}, {_fmt(hm.ci[1])}]" if hm.ci else "")
         p = _fmt(hm.p_value) if hm is not None and hm.p_value is not None else ""
         lines.append(f"| {md_escape(r.probe)} | {r.status} | {md_escape(r.headline or '')} | {value} | {p} | {md_escape(r.summary)} |")
-    lines += ["", reliability_line(r.probe for r in results.results)]
+    lines += ["", reliability_line(r.probe for r in results.results), "", _hub_results_line(results)]
     if results.gates:
         lines += ["", "### Gates", "", "| Probe | Metric | Bound | Value | Passed |", "|---|---|---|---|---|"]
         for g in results.gates:

@@ -223,7 +223,7 @@ def write_reports(results: AuditResults, out_dir: str | os.PathLike[str]) -> dic
     :class:`~audit.errors.OutputError` says so and how to re-render.
     """
     from audit.target import RECORD_FILENAME
-    from reports.markdown_card import render_markdown_card
+    from reports.markdown_card import EVAL_RESULTS_DIR, eval_result_files, render_markdown_card
 
     directory = ensure_writable_dir(out_dir)
     json_text = results.to_json() + "\n"
@@ -233,15 +233,22 @@ def write_reports(results: AuditResults, out_dir: str | os.PathLike[str]) -> dic
         check_records(results.manifest.records,
                       source=str(Path(results.manifest.model_path) / RECORD_FILENAME))
         texts = {"html": render_html_card(results), "markdown": render_markdown_card(results)}
+        eval_files = {directory / name: text for name, text in eval_result_files(results).items()}
     except Exception as exc:
         if not _same_text(files["results"], json_text):  # re-rendering the same results changes nothing
             write_text_atomic(files["results"], json_text)
             for stale in (files["html"], files["markdown"]):
                 stale.unlink(missing_ok=True)
         raise OutputError(RENDER_FAILED.format(results=str(files["results"]), error=_one_line(exc))) from exc
+    if eval_files:
+        (directory / EVAL_RESULTS_DIR).mkdir(exist_ok=True)
     write_texts_atomic({files["results"]: json_text, files["html"]: texts["html"],
-                        files["markdown"]: texts["markdown"]})
-    return files
+                        files["markdown"]: texts["markdown"], **eval_files})
+    # Hub results of an earlier audit in this directory would be read as this model's.
+    for stale in (directory / EVAL_RESULTS_DIR).glob("rai-audit-*.yaml"):
+        if stale not in eval_files:
+            stale.unlink()
+    return files | {f"eval_results:{path.stem}": path for path in eval_files}
 
 
 RENDER_FAILED = ("The audit finished but its cards could not be rendered ({error}); the results are in "
