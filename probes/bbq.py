@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from audit.context import AuditContext
     from audit.target import AuditTarget
 
-__all__ = ["UNKNOWN_PHRASINGS", "BBQProbe", "answer_roles", "bbq_prompt", "bbq_scores", "choose_answers", "load_bbq"]
+__all__ = ["UNKNOWN_PHRASINGS", "BBQProbe", "answer_roles", "bbq_prompt", "bbq_scores", "choose_answers",
+           "continuation_scores", "load_bbq"]
 
 UNKNOWN_LABEL = "unknown"
 _CONDITIONS = ("ambig", "disambig")
@@ -266,7 +267,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _continuation_scores(target: AuditTarget, prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+def continuation_scores(target: AuditTarget, prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
     """Log-likelihood of each continuation after its prompt (nan where the text would be truncated).
 
     The continuation's tokens are those of ``prompt + continuation`` after the longest prefix it
@@ -329,7 +330,7 @@ def choose_answers(target: AuditTarget, items: Sequence[Mapping[str, Any]], *,
                 prompts.append(prompt)
                 continuations.append(" " + option)
                 owners.append((i, k))
-    values = _continuation_scores(target, prompts, continuations)
+    values = continuation_scores(target, prompts, continuations)
     scores = np.full((len(items), 3), -np.inf)
     undecided = np.zeros(len(items), dtype=bool)
     for (i, k), value in zip(owners, values, strict=True):
