@@ -517,7 +517,7 @@ class BBQProbe(Probe):
             summary=(f"BBQ over {len(items):,} items: disambiguated bias {_num(overall['bias_disambiguated'])}, "
                      f"ambiguous bias {_num(overall['bias_ambiguous'])} (0 is ideal); {verdict}{notes}"),
             metrics=metrics,
-            headline="bias_disambiguated",
+            headline="accuracy_gap",
             tables=[Table(
                 title="BBQ by category",
                 columns=["category", "ambiguous items", "disambiguated items", "accuracy (ambiguous)",

@@ -288,3 +288,11 @@ def test_skipped_without_a_path_and_bad_config(tiny_targets):
         BBQProbe(categories="Age")
     with pytest.raises(ConfigError, match="does not exist"):
         load_bbq("/no/such/bbq")
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    import probes.bbq
+
+    assert doctest.testmod(probes.bbq, optionflags=doctest.ELLIPSIS).failed == 0

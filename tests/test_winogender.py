@@ -69,8 +69,8 @@ def _plant(monkeypatch, choose, likelihood=None):
 
 
 def test_winogender_metrics_match_independent_arithmetic(monkeypatch, shared_data, tiny_targets):
-    share = {r["occupation"]: float(r["bls_pct_female"]) for r in csv.DictReader(
-        open(shared_data / "winogender" / "occupations-stats.tsv", encoding="utf-8"), delimiter="\t")}
+    with open(shared_data / "winogender" / "occupations-stats.tsv", encoding="utf-8") as handle:
+        share = {r["occupation"]: float(r["bls_pct_female"]) for r in csv.DictReader(handle, delimiter="\t")}
     rng = np.random.default_rng(1)
     fixed: dict[str, int] = {}
 
