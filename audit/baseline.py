@@ -19,11 +19,18 @@ def check_compatible(current: AuditResults, baseline: AuditResults, *, allow_dif
         if current.manifest.model_id != baseline.manifest.model_id:
             what = f"model {baseline.manifest.model_id!r}, not {current.manifest.model_id!r}"
         else:
-            what = "different weights (fingerprints differ)"
+            what = f"a different model (fingerprint parts that differ: {_differing_parts(current, baseline)})"
         raise DataError(
             f"{source} was audited on {what}. Pass --allow-different-models "
             "(allow_different_models=True) to compare a new model against an old one's audit."
         )
+
+
+def _differing_parts(current: AuditResults, baseline: AuditResults) -> str:
+    """Which fingerprint parts (weights, config, tokenizer, ...) differ, or "fingerprints" when unknown."""
+    mine, theirs = current.manifest.fingerprint_parts, baseline.manifest.fingerprint_parts
+    parts = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    return ", ".join(parts) if mine and theirs and parts else "fingerprints"
 
 
 def _worsening(metric: Metric, current: float, base: float, *, signed: bool = False) -> float:

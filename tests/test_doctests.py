@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["audit", "audit.config", "audit.context", "audit.data", "audit.errors", "audit.figures", "audit.masking", "audit.probe",
-           "audit.provenance", "audit.records", "audit.registry", "audit.results", "audit.runner", "audit.stats", "audit.target",
+           "audit._io", "audit._validate", "audit.provenance", "audit.records", "audit.registry", "audit.results", "audit.runner", "audit.stats", "audit.target",
            "reports.markdown_card", "reports.model_card", "privacy.dp", "privacy.pii", "privacy.redact",
            "privacy.leakage", "privacy.federated.partition", "privacy.federated.task",
            "probes.debias.experiment"]

@@ -462,3 +462,20 @@ def test_results_without_the_new_fields_still_load(tmp_path, tiny_targets):
 
 def test_default_model_has_no_new_weights():
     assert load_target(default_model_path(), progress=False).new_weights == []
+
+
+def test_baseline_refusal_names_the_parts_that_differ():
+    from audit.baseline import check_compatible
+    from audit.errors import DataError
+    from audit.results import AuditResults, Manifest
+
+    def results(config_digest: str) -> AuditResults:
+        parts = {"weights": "sha256:w", "config": config_digest, "tokenizer": "sha256:t"}
+        manifest = Manifest(rai_audit_version="0", model_id="m", model_path="/m", fingerprint=f"sha256:{config_digest}",
+                            fingerprint_parts=parts, kind="encoder", n_parameters=1, device="cpu", max_length=16,
+                            seed=0, started_at="t0", finished_at="t1", duration_s=0.0, library_versions={})
+        return AuditResults(manifest=manifest, results=[])
+
+    with pytest.raises(DataError, match=r"a different model \(fingerprint parts that differ: config\)"):
+        check_compatible(results("sha256:c1"), results("sha256:c2"))
+    check_compatible(results("sha256:c1"), results("sha256:c2"), allow_different_models=True)
