@@ -265,7 +265,7 @@ def _hash_safetensors(path: Path, tensors: dict[str, str]) -> str:
             if name in tensors:
                 raise ModelLoadError(BAD_SAFETENSORS.format(file=str(path), why=f"tensor {name!r} appears in two shards"))
             begin, end = entry["data_offsets"]
-            one = hashlib.sha256(f"{name}\0{entry['dtype']}\0{list(map(int, entry['shape']))}\0".encode("utf-8"))
+            one = hashlib.sha256(f"{name}\0{entry['dtype']}\0{list(map(int, entry['shape']))}\0".encode())
             remaining = end - begin
             while remaining:
                 chunk = handle.read(min(_CHUNK, remaining))
@@ -300,7 +300,7 @@ def tensor_fingerprint(paths: Sequence[str | os.PathLike[str]]) -> tuple[str, di
     files = {Path(p).name: _hash_safetensors(Path(p), tensors) for p in paths}
     outer = hashlib.sha256()
     for name in sorted(tensors):
-        outer.update(f"{name}\0{tensors[name]}\n".encode("utf-8"))
+        outer.update(f"{name}\0{tensors[name]}\n".encode())
     return "sha256:" + outer.hexdigest(), files
 
 
@@ -373,5 +373,5 @@ def tensors_digest(named: Iterable[tuple[str, Any]]) -> str:
         data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
         one = hashlib.sha256(f"{name}\0{str(tensor.dtype).removeprefix('torch.')}\0{list(tensor.shape)}\0".encode())
         one.update(data)
-        outer.update(f"{name}\0{one.hexdigest()}\n".encode("utf-8"))
+        outer.update(f"{name}\0{one.hexdigest()}\n".encode())
     return "sha256:" + outer.hexdigest()

@@ -393,7 +393,7 @@ class StereoSetProbe(Probe):
         for domain in domains:
             label = "all domains" if domain == "overall" else domain
             official, ci, row = self._domain(domain, items, scores, tests[domain], metrics, context)
-            raw, holm = tests[domain]
+            _raw, holm = tests[domain]
             if holm is None:
                 refused.append(f"{label} ({int(official['targets'])} targets)")
             elif holm < self.alpha:

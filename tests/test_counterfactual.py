@@ -165,7 +165,7 @@ def test_default_run_enumerates_the_sign_flips_and_reports_t_intervals(tokenizer
     result = CounterfactualProbe(groups=GROUPS, templates=TEMPLATES, n_boot=50).run(
         as_target(tokenizer, clf, tmp_path), AuditContext(seed=0).for_probe("counterfactual"))
     texts = [[fill_template(t, term) for t in TEMPLATES] for term in FEMALE + MALE]
-    s = clf.predict_proba(_features(tokenizer, sum(texts, [])))[:, 1].reshape(32, len(TEMPLATES))
+    s = clf.predict_proba(_features(tokenizer, [x for row in texts for x in row]))[:, 1].reshape(32, len(TEMPLATES))
     diff = s[:16].mean(axis=1) - s[16:].mean(axis=1)
     signs = np.array(list(itertools.product([1.0, -1.0], repeat=16)))
     null = signs @ diff / 16

@@ -440,7 +440,7 @@ def test_a_hub_snapshot_linking_into_another_repository_is_refused(tiny_dirs, tm
     config = snapshot / "config.json"
     config.unlink()
     config.symlink_to((other / "config.json").resolve())
-    with pytest.raises(ModelLoadError, match="'config.json' in model directory .*models--else--where"):
+    with pytest.raises(ModelLoadError, match=r"'config\.json' in model directory .*models--else--where"):
         load_target(snapshot, progress=False)
 
 
