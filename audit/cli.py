@@ -215,6 +215,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         paths["junit"] = write_junit(results, args.junit)
     for gate in results.failed_gates:
         sys.stderr.write(f"{paint('gate failed')}: {gate.message}\n")
+    if results.gates_not_checked:
+        names = ", ".join(f"{g.probe}.{g.metric}" for g in results.gates_not_checked)
+        sys.stderr.write(f"{paint('gate not checked')}: {names}: {results.gates_not_checked[0].reason}\n")
     if args.json:
         print(json.dumps(_summary(results, paths), indent=2))
     elif not args.quiet:
@@ -223,6 +226,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"Hub card:   {paths['markdown']}")
         if "junit" in paths:
             print(f"JUnit:      {paths['junit']}")
+        verdict = results.verdict()
+        word = verdict.split()[0]
+        print(f"Verdict:    {paint(word)}{verdict[len(word):]}")
+    elif not results.passed:
+        sys.stderr.write(f"Verdict: {results.verdict()}\n")
     return results.exit_code
 
 
@@ -236,11 +244,14 @@ def _summary(results: Any, paths: dict[str, Path]) -> dict[str, Any]:
                        "p_value": hm.p_value if hm else None})
     return {"passed": results.passed, "exit_code": results.exit_code, "model_id": results.manifest.model_id,
             "fingerprint": results.manifest.fingerprint, "probes": probes,
+            "verdict": results.verdict(),
             "gates": [g.model_dump(mode="json") for g in results.gates],
+            "gates_not_checked": [g.model_dump(mode="json") for g in results.gates_not_checked],
+            "probes_not_run": dict(results.probes_not_run),
             "files": {k: str(v) for k, v in paths.items()}}
 
 
-_COLOURS = {"passed": "32", "warned": "33", "failed": "31", "errored": "35", "gate failed": "31"}
+_COLOURS = {"passed": "32", "warned": "33", "failed": "31", "errored": "35", "gate failed": "31", "gate not checked": "33"}
 
 
 def _painter(stream: Any) -> Any:

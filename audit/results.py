@@ -20,6 +20,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AuditResults",
     "DataManifest",
+    "GateNotChecked",
     "GateOutcome",
     "Manifest",
     "json_schema",
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 #: Major.minor. A reader accepts any file with the same major version.
-SCHEMA_VERSION = "1.1"  # 1.1: manifest provenance fields, Metric.ideal and "closer_to_ideal"
+SCHEMA_VERSION = "1.2"  # 1.1: manifest provenance fields, Metric.ideal and "closer_to_ideal"; 1.2: gates_not_checked, probes_not_run
 TRACKED_LIBRARIES = (
     "rai-audit", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub",
     "numpy", "scipy", "pandas", "scikit-learn", "fairlearn", "opacus", "flwr", "captum",
@@ -118,6 +119,18 @@ class GateOutcome(BaseModel):
     interval: tuple[float, float] | None = None
 
 
+class GateNotChecked(BaseModel):
+    """A configured gate this audit did not check, and why (a ``tolerance`` gate without a baseline)."""
+
+    model_config = _FROZEN
+
+    probe: str
+    metric: str
+    bound: str
+    threshold: float
+    reason: str
+
+
 class AuditResults(BaseModel):
     """Everything one audit produced; what reports read.
 
@@ -135,6 +148,8 @@ class AuditResults(BaseModel):
     results: list[ProbeResult]
     gates: list[GateOutcome] = Field(default_factory=list)
     card: dict[str, Any] = Field(default_factory=dict)
+    gates_not_checked: list[GateNotChecked] = Field(default_factory=list)
+    probes_not_run: dict[str, str] = Field(default_factory=dict)
 
     @property
     def failed_gates(self) -> list[GateOutcome]:
@@ -156,6 +171,31 @@ class AuditResults(BaseModel):
         """
         bad = any(r.status in ("failed", "errored") for r in self.results)
         return not bad and not self.failed_gates
+
+    def verdict(self) -> str:
+        """The overall verdict in one line: ``passed``, or ``failed because ...``, and what was not checked.
+
+        Examples
+        --------
+        >>> from audit import AuditConfig, Auditor, load_target
+        >>> results = Auditor(AuditConfig(select=["seat"], probes={"seat": {"params": {"tests": ["weat7"]}}})).run(
+        ...     load_target(progress=False))
+        >>> results.verdict()
+        'passed (no release gates configured: only probe statuses were checked)'
+        """
+        reasons = [f"gate {g.probe}.{g.metric} ({g.bound} {g.threshold:g}) failed" for g in self.failed_gates]
+        reasons += [f"probe {r.probe} {r.status}" for r in self.results
+                    if r.status in ("failed", "errored") and not any(g.probe == r.probe for g in self.failed_gates)]
+        shown = "; ".join(reasons[:_MAX_REASONS]) + (f"; and {len(reasons) - _MAX_REASONS} more" if len(reasons) > _MAX_REASONS else "")
+        line = f"failed because {shown}" if reasons else "passed"
+        n = len(self.gates_not_checked)
+        if n and self.gates:
+            line += f" ({n} gate(s) not checked: {self.gates_not_checked[0].reason})"
+        elif n:
+            line += f" (no release gate was checked: {n} gate(s) not checked: {self.gates_not_checked[0].reason})"
+        elif not self.gates:
+            line += " (no release gates configured: only probe statuses were checked)"
+        return line
 
     @property
     def exit_code(self) -> int:
@@ -211,6 +251,7 @@ class AuditResults(BaseModel):
 
 
 REPORT_GROUP = "rai_audit.reports"
+_MAX_REASONS = 5
 
 
 def _renderer(name: str) -> Any:
@@ -230,8 +271,9 @@ def json_schema() -> dict[str, Any]:
     Examples
     --------
     >>> from audit import json_schema
-    >>> json_schema()["title"]
-    'rai-audit results 1.0'
+    >>> from audit.results import SCHEMA_VERSION
+    >>> json_schema()["title"] == f"rai-audit results {SCHEMA_VERSION}"
+    True
     """
     schema = AuditResults.model_json_schema()
     schema["$id"] = f"urn:rai-audit:results:{SCHEMA_VERSION}"

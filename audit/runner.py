@@ -24,7 +24,7 @@ from audit.data import AuditDataset, load_dataset
 from audit.errors import AuditError, ConfigError, NotApplicableError
 from audit.probe import ErrorInfo, Metric, Probe, ProbeResult
 from audit.registry import ProbeSpec, discover_probes
-from audit.results import AuditResults, DataManifest, GateOutcome, Manifest, library_versions
+from audit.results import AuditResults, DataManifest, GateNotChecked, GateOutcome, Manifest, library_versions
 from audit.target import AuditTarget
 
 __all__ = ["Auditor", "build_probe", "plan_probes"]
@@ -85,6 +85,19 @@ def plan_probes(
     return _order(planned)
 
 
+def probes_not_run(config: AuditConfig, specs: Mapping[str, ProbeSpec], planned: Sequence[str]) -> dict[str, str]:
+    """Each registered probe left out of the plan, with the reason (``disabled``, ``not selected``, ...)."""
+    out = {}
+    for name in sorted({*specs, *config.disable} - set(planned)):
+        if name in config.disable:
+            out[name] = "disabled (--disable)"
+        elif config.probes.get(name) is not None and not config.probes[name].enabled:
+            out[name] = "enabled: false in the config"
+        else:
+            out[name] = "not selected (--probe / select)"
+    return out
+
+
 def _order(planned: dict[str, tuple[str, Probe | None, ProbeSpec]]) -> list[tuple[str, Probe | None, ProbeSpec]]:
     ordered: list[str] = []
     visiting: set[str] = set()
@@ -108,6 +121,7 @@ def _order(planned: dict[str, tuple[str, Probe | None, ProbeSpec]]) -> list[tupl
 
 NOT_A_TARGET = ("Auditor.run() needs an AuditTarget, got {kind}. Load the model first: "
                 "Auditor(config).run(load_target(path)).")
+NO_BASELINE = "no --baseline given, so tolerance gates had nothing to compare with; pass --baseline RESULTS_JSON"
 _KEY_FILE = "truncation.key"
 
 
@@ -242,6 +256,7 @@ class Auditor:
         self.baseline = baseline
         self.allow_different_models = allow_different_models
         self._plan: list[tuple[str, Probe | None, ProbeSpec]] | None = None
+        self._not_run: dict[str, str] = {}
         self._truncated_seen: set[str] = set()
         self._key: bytes | None = None
 
@@ -258,7 +273,9 @@ class Auditor:
             planned = {p.name: (p.name, p, specs[p.name]) for p in self.probes}
             return _order(planned)
         specs = discover_probes(disabled=self.config.disable)
-        return plan_probes(self.config, specs)
+        plan = plan_probes(self.config, specs)
+        self._not_run = probes_not_run(self.config, specs, [name for name, _, _ in plan])
+        return plan
 
     def check_baseline(self, target: AuditTarget) -> None:
         """Refuse a baseline audited on other weights, unless ``allow_different_models``."""
@@ -331,15 +348,22 @@ class Auditor:
             truncated_texts=len(self._truncated_seen),
         )
         audit = AuditResults(manifest=manifest, results=list(results.values()), gates=gates,
-                             card=self.config.card.model_dump(mode="json"))
+                             card=self.config.card.model_dump(mode="json"), probes_not_run=self._not_run)
         if self.baseline is None:
-            return audit
+            return audit.model_copy(update={"gates_not_checked": self._unchecked_tolerances(plan)})
         regressions = regression_gates(audit, self.baseline,
                                        {name: cfg.gates for name, cfg in self.config.probes.items()})
         worse = {g.probe for g in regressions if not g.passed}
         updated = [r.model_copy(update={"status": "failed"}) if r.probe in worse and r.status in ("passed", "warned")
                    else r for r in audit.results]
         return audit.model_copy(update={"results": updated, "gates": [*audit.gates, *regressions]})
+
+    def _unchecked_tolerances(self, plan: Sequence[tuple[str, Probe | None, ProbeSpec]]) -> list[GateNotChecked]:
+        """The ``tolerance`` gates of the planned probes: without a baseline there is nothing to compare with."""
+        return [GateNotChecked(probe=name, metric=metric, bound="tolerance", threshold=gate.tolerance,
+                               reason=NO_BASELINE)
+                for name, _, _ in plan if name in self.config.probes
+                for metric, gate in self.config.probes[name].gates.items() if gate.tolerance is not None]
 
     def _manifest_config(self, plan: Sequence[tuple[str, Probe | None, ProbeSpec]]) -> dict[str, Any]:
         """The configuration for the manifest, with probes' sensitive parameters replaced by digests."""

@@ -213,6 +213,8 @@ def render_markdown_card(results: AuditResults) -> str:
         f"Audited with rai-audit {md_escape(m.rai_audit_version)} on {md_escape(m.finished_at)}. "
         f"Kind: {md_escape(m.kind)}; {m.n_parameters:,} parameters; model fingerprint `{m.fingerprint}`.",
         "",
+        f"**Verdict: {md_escape(results.verdict())}**",
+        "",
     ]
     for title, key in (("Model details", "model_details"), ("Intended use", "intended_use"),
                        ("Out-of-scope uses", "out_of_scope_use"), ("Factors", "factors"),
@@ -252,6 +254,15 @@ def render_markdown_card(results: AuditResults) -> str:
         lines += ["", "### Gates", "", "| Probe | Metric | Bound | Value | Passed |", "|---|---|---|---|---|"]
         for g in results.gates:
             lines.append(f"| {md_escape(g.probe)} | {md_escape(g.metric)} | {g.bound} {_fmt(g.threshold)} | {_fmt(g.value)} | {'yes' if g.passed else 'no'} |")
+    if results.gates_not_checked:
+        lines += ["", "### Gates not checked", "", "| Probe | Metric | Bound | Why not checked |", "|---|---|---|---|"]
+        lines += [f"| {md_escape(g.probe)} | {md_escape(g.metric)} | {g.bound} {_fmt(g.threshold)} | {md_escape(g.reason)} |"
+                  for g in results.gates_not_checked]
+    elif not results.gates:
+        lines += ["", "No release gates configured: the verdict rests on the probes' own statuses only."]
+    if results.probes_not_run:
+        lines += ["", "### Probes not run", ""]
+        lines += [f"- {md_escape(name)}: {md_escape(why)}" for name, why in results.probes_not_run.items()]
     lines += ["", "## Quantitative analyses", ""]
     for _category, title, members in group_by_category(results):
         lines += [f"### {title}", ""]
