@@ -296,3 +296,16 @@ def test_docstring_example_runs():
     import probes.bbq
 
     assert doctest.testmod(probes.bbq, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_calibration_case_plants_a_known_gap():
+    from scipy.stats import norm
+
+    from benchmarks.calibration.qa_cases import qa_cases
+
+    (case,) = qa_cases()
+    planted = case.run(2, 0.4)
+    assert planted.truth == pytest.approx(100 * (norm.cdf(1.4 / np.sqrt(2)) - norm.cdf(0.6 / np.sqrt(2))))
+    assert planted.alarm and planted.covered["accuracy gap"]
+    null = case.run(1000, 0.0)
+    assert null.truth == 0.0 and not null.alarm and null.covered["accuracy gap"]

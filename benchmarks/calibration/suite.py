@@ -40,7 +40,7 @@ def all_cases() -> list[Case]:
     from benchmarks.calibration.bias_cases import bias_cases
     from benchmarks.calibration.privacy_cases import privacy_cases
 
-    cases = bias_cases(tiny_causal_lm) + privacy_cases()
+    cases = bias_cases(tiny_causal_lm) + privacy_cases() + __import__("benchmarks.calibration.qa_cases", fromlist=["qa_cases"]).qa_cases()
     try:
         from benchmarks.calibration.transparency_cases import transparency_cases
     except ImportError:
@@ -70,6 +70,7 @@ _PROBE_MODULES = {
     "decision_path": ("probes.decision_path", "probes.attribution", "audit.target"),
     "faithfulness": ("probes.faithfulness", "probes.attribution", "audit.target"),
     "attribution": ("probes.attribution", "audit.target"),
+    "bbq": ("probes.bbq", "probes.crows_pairs", "benchmarks.calibration.qa_cases"),
 }
 
 
