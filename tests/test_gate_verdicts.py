@@ -93,3 +93,16 @@ def test_probes_not_run_are_listed_with_the_reason(run, tmp_path):
     card = (tmp_path / "out" / "README.md").read_text()
     assert "### Probes not run" in card and "- counterfactual: not selected" in card
     assert "<li>attention: disabled (--disable)</li>" in (tmp_path / "out" / "model_card.html").read_text()
+
+
+def test_unchecked_gate_is_a_skipped_junit_case(run, tmp_path):
+    from tests.test_pipeline import validate_junit
+
+    code, *_ = run(TOLERANCE, "--junit", str(tmp_path / "junit.xml"))
+    assert code == 0
+    root = validate_junit(tmp_path / "junit.xml")
+    (suite,) = [s for s in root.iter("testsuite") if s.get("name") == "rai-audit.gates"]
+    (case,) = suite.iter("testcase")
+    assert case.get("name") == "seat.mean_abs_effect_size no regression (tolerance 0.1)"
+    assert case.find("skipped").get("message").startswith("no --baseline given")
+    assert suite.get("skipped") == "1" and suite.get("failures") == "0"
