@@ -242,7 +242,8 @@ def _summary(results: Any, paths: dict[str, Path]) -> dict[str, Any]:
         probes.append({"probe": r.probe, "status": r.status, "summary": r.summary, "headline": r.headline,
                        "value": hm.value if hm else None, "ci": list(hm.ci) if hm and hm.ci else None,
                        "p_value": hm.p_value if hm else None})
-    return {"passed": results.passed, "exit_code": results.exit_code, "model_id": results.manifest.model_id,
+    return {"schema_version": results.schema_version, "passed": results.passed, "exit_code": results.exit_code,
+            "model_id": results.manifest.model_id,
             "fingerprint": results.manifest.fingerprint, "probes": probes,
             "verdict": results.verdict(),
             "gates": [g.model_dump(mode="json") for g in results.gates],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from audit import AuditConfig, Auditor, DataError, load_target
+from audit import SCHEMA_VERSION, AuditConfig, Auditor, DataError, load_target
 from audit.cli import main
 from tests.tiny import make_tiny_model
 
@@ -122,6 +123,7 @@ def test_json_summary(pipeline, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["passed"] is True and summary["probes"][0]["probe"] == "seat"
     assert summary["probes"][0]["ci"] is not None and summary["files"]["html"].endswith("model_card.html")
+    assert summary["schema_version"] == SCHEMA_VERSION
 
 
 def test_python_api_results_object(pipeline):
@@ -186,18 +188,41 @@ def _commands(path: Path) -> list[str]:
     return [line for job in data.values() if isinstance(job, dict) for line in job.get("script", []) if "rai-audit" in line]
 
 
+def _install_lines(path: Path) -> list[str]:
+    data = yaml.safe_load(path.read_text())
+    if "jobs" in data:
+        steps = [s for job in data["jobs"].values() for s in job["steps"]]
+        return [line for s in steps for line in s.get("run", "").splitlines() if "pip install" in line]
+    return [line for job in data.values() if isinstance(job, dict) for line in job.get("before_script", []) if "pip install" in line]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("example", ["github-actions.yml", "gitlab-ci.yml"])
 def test_example_pipeline_commands_run(example, pipeline, tmp_path):
-    commands = _commands(REPO / "examples" / example)
+    """The example's command lines, as written: exit 0 on the released model, exit 1 on a worse one."""
+    path = REPO / "examples" / example
+    commands = _commands(path)
     assert commands, f"no rai-audit command in {example}"
+    assert all("--baseline" in c for c in commands), "the example must compare with the released model's audit"
+    # rai-audit is not on a package index: the example installs a built wheel or a path
+    assert not any(re.search(r"pip install (\S+ )*rai-audit\b", line) for line in _install_lines(path))
+    if "jobs" in yaml.safe_load(path.read_text()):
+        assert yaml.safe_load(path.read_text())["permissions"]["checks"] == "write"  # the JUnit action needs it
     (tmp_path / "examples").mkdir()
     config = yaml.safe_load((REPO / "examples" / "audit.yaml").read_text())
-    config["probes"]["seat"]["params"].update(n_samples=500, n_boot=100)  # the tiny model only needs a quick run
+    assert config["select"], "the example config selects its probes"
+    config["probes"]["seat"]["params"].update(n_samples=2000, n_boot=500)  # the tiny model only needs a quick run
     (tmp_path / "examples" / "audit.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "MODEL_DIR": str(pipeline["fair"]),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for command in commands:
-        proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "audit-report" / "model_card.html").exists()
-    validate_junit(tmp_path / "audit-report" / "junit.xml")
+    released = tmp_path / "audits" / "released"
+    assert main(["run", "--model", str(pipeline["fair"]), "--config", str(tmp_path / "examples" / "audit.yaml"),
+                 "--out", str(released), "--no-progress", "--quiet"]) == 0
+    for model, expected in ((pipeline["fair"], 0), (pipeline["biased"], 1)):
+        env = {**os.environ, "MODEL_DIR": str(model), "BASELINE": str(released / "results.json"),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        for command in commands:
+            proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                  timeout=300)
+            assert proc.returncode == expected, (model.name, proc.stderr)
+        assert (tmp_path / "audit-report" / "model_card.html").exists()
+        root = validate_junit(tmp_path / "audit-report" / "junit.xml")
+        assert (int(root.get("failures")) > 0) == (expected == 1)
