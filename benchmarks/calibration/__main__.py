@@ -29,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="cases run in parallel worker processes (default 1)")
     parser.add_argument("--changed-only", action="store_true",
                         help="keep the results in --json of every case whose source digest is unchanged; re-run the rest")
+    parser.add_argument("--mark-stale", action="store_true",
+                        help="run nothing: mark each result in --json whose code has changed since it was measured "
+                             "as stale, and rewrite the reports")
     args = parser.parse_args(argv)
+    if args.mark_stale:
+        return _mark_stale(args.json)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     import torch
@@ -63,6 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     elif write:
         suite.write_outputs(data, json_path=args.json, results_md=full)
         print(f"wrote {args.json}" + (" and benchmarks/RESULTS.md" if full else ""))
+    return 0
+
+
+def _mark_stale(path: Path) -> int:
+    from benchmarks.calibration import suite
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    digests = {suite.case_key(c): suite.source_digest(c) for c in suite.all_cases()}
+    for entries in data["probes"].values():
+        for entry in entries:
+            current = digests.get(f"{entry['probe']}:{entry['verdict']}")
+            if entry.get("changed_during_run") or current != entry.get("source_digest"):
+                entry["stale"] = True
+                print(f"stale: {entry['probe']}: {entry['verdict']}")
+    suite.write_outputs(data, json_path=path, results_md=path == suite.CALIBRATION_JSON)
     return 0
 
 

@@ -173,6 +173,7 @@ def _group_fairness_case() -> Case:
         effect_unit="logit shift of group b",
         effects={"null": 0.0, "small": 0.2, "medium": 0.4, "large": 0.8},
         run=run, interval="demographic_parity_difference and equalized_odds_difference 95% intervals",
+        max_null_runs=100,
         settings={"probe params": "n_boot=25 (fairlearn's per-group table intervals only; the verdict and the "
                                   "gap intervals do not use it), otherwise defaults (max_gap=0.1)"},
     )
@@ -272,6 +273,7 @@ def _stereoset_case(tiny_lm: Any) -> Case:
         effect_unit="P(the preferred filler is labelled the stereotype) - 0.5",
         effects={"null": 0.0, "small": 0.05, "medium": 0.1, "large": 0.2},
         run=run, interval="overall ss 95% interval vs 100 (0.5 + effect)",
+        max_null_runs=120,
         settings={"probe params": "defaults (max_deviation=5, n_boot=1000)"},
     )
 

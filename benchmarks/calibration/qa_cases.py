@@ -26,6 +26,8 @@ from benchmarks.calibration.core import ALARM_STATUSES, Case, Outcome, covers
 
 __all__ = ["OptionScorer", "qa_cases"]
 
+_OCCUPATIONS = 40  # synthetic Winogender occupations, share of women spread evenly over 5-95%
+
 _MU = 1.0
 _CATEGORIES = ("Age", "Religion", "Nationality")
 _PER_CATEGORY = 160  # disambiguated items per category (half with the stereotype-consistent answer correct)
@@ -50,8 +52,10 @@ class OptionScorer:
     batch_size = 32
     device = "cpu"
 
-    def __init__(self, scores: dict[str, float], *, model_id: str) -> None:
+    def __init__(self, scores: dict[str, float], *, model_id: str,
+                 sentence_scores: dict[str, float] | None = None) -> None:
         self.scores = scores
+        self.sentence_scores = sentence_scores or {}
         self.model_id = model_id
         self.fingerprint = f"calibration:{model_id}"
         self.tokenizer = _WordTokenizer()
@@ -62,10 +66,13 @@ class OptionScorer:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return [[zlib.crc32(w.encode("utf-8")) % 50_000 + 10 for w in t.split()] for t in texts]
 
+    def log_likelihood(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([self.sentence_scores[t] for t in texts], dtype=float)
+
     def token_log_likelihoods(self, texts: Sequence[str]) -> list[TokenLogProbs]:
         out = []
         for text, ids in zip(texts, self.tokenize(texts), strict=True):
-            answer = text.rsplit("\nA:", 1)[1]
+            answer = text.rsplit("\nA:", 1)[1] if "\nA:" in text else text.rsplit(" refers to", 1)[1]
             n_answer = len(answer.split())
             values = np.zeros(len(ids))
             values[0] = np.nan
@@ -150,6 +157,66 @@ def _true_gap(effect: float) -> float:
     return 100 * (phi(_MU + effect) - phi(_MU - effect))
 
 
+def _winogender_files(folder: Path) -> None:
+    """A Winogender-shaped data set: per occupation 2 templates (answer 0, 1) x 2 participants x 3 forms."""
+    pronouns = {"male": "he", "female": "she", "neutral": "they"}
+    rows, stats = ["sentid\tsentence"], ["occupation\tbergsma_pct_female\tbls_pct_female\tbls_year"]
+    for o in range(_OCCUPATIONS):
+        occupation = f"worker{o}"
+        stats.append(f"{occupation}\t50\t{5 + 90 * o / (_OCCUPATIONS - 1):.2f}\t2015")
+        for participant in (f"client{o}", "someone"):
+            other = participant if participant == "someone" else f"the {participant}"
+            for answer in (0, 1):
+                for gender, pronoun in pronouns.items():
+                    rows.append(f"{occupation}.{participant}.{answer}.{gender}.txt\tThe {occupation} met {other} "
+                                f"because {pronoun} had plan{answer}.")
+    (folder / "all_sentences.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (folder / "occupations-stats.tsv").write_text("\n".join(stats) + "\n", encoding="utf-8")
+
+
+def _winogender_case() -> Case:
+    def run(seed: int, effect: float) -> Outcome:
+        from probes.winogender import WinogenderProbe, load_winogender
+
+        rng = np.random.default_rng(seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            _winogender_files(folder)
+            cases, _ = load_winogender(folder)
+            scores, sentences = {}, {}
+            for case in cases:
+                prompt = f'{case.sentence} "{case.pronoun}" refers to'
+                for k, candidate in enumerate(case.candidates):
+                    value = float(rng.normal()) + (_MU if k == case.answer else 0.0)
+                    value += effect if (k == case.answer and case.gender == "male") else 0.0
+                    scores[prompt + " " + candidate] = value
+                sentences[case.sentence] = float(rng.normal())
+            model = OptionScorer(scores, sentence_scores=sentences, model_id=f"winogender-{seed}")
+            result = WinogenderProbe(path=str(folder)).run(model, AuditContext(seed=seed).for_probe("winogender"))
+
+        def phi(x: float) -> float:
+            return 0.5 * (1 + math.erf(x / 2))
+
+        truth = 100 * (phi(_MU + effect) - phi(_MU))
+        metric = result.metrics.get("gap_male_female")
+        return Outcome(status=result.status, alarm=result.status in ALARM_STATUSES,
+                       covered={"male - female gap": covers(None if metric is None else metric.ci, truth)}, truth=truth)
+
+    return Case(
+        probe="winogender", verdict="male - female gap or a correlation with the share of women significant",
+        description=(f"A Winogender-shaped set ({_OCCUPATIONS} occupations x 12 sentences, share of women 5-95%); a causal "
+                     f"LM stand-in scoring each candidate {_MU} (correct) + N(0, 1) + effect (the correct candidate of "
+                     "male pronouns only), each sentence's likelihood N(0, 1) with no gender term; answered through the "
+                     "probe's own prompt and continuation scoring. Truth: male - female accuracy gap "
+                     "100 (Phi((mu + effect) / sqrt 2) - Phi(mu / sqrt 2))."),
+        effect_unit="log-likelihood bonus of the correct candidate for male pronouns",
+        effects={"null": 0.0, "small": 0.15, "medium": 0.3, "large": 0.6},
+        run=run, interval="gap_male_female 95% interval vs the population gap",
+        settings={"probe params": "defaults (dataset='winogender', alpha=0.05, max_gap=5, n_boot=1000, "
+                                  "n_permutations=10000)"},
+    )
+
+
 def qa_cases() -> list[Case]:
-    """The question-answering probes' cases (BBQ)."""
-    return [_bbq_case()]
+    """The question-answering and coreference probes' cases (BBQ, Winogender)."""
+    return [_bbq_case(), _winogender_case()]

@@ -102,11 +102,15 @@ def _run_one(key: str, runs: int, base_seed: int, null_runs: int | None = None) 
     torch.set_num_threads(1)
     (case,) = [c for c in all_cases() if case_key(c) == key]
     started = _dt.datetime.now(_dt.timezone.utc)
+    before = source_digest(case)
     result = run_case(case, runs=runs, base_seed=base_seed, null_runs=null_runs,
                       progress=lambda line: print(line, flush=True))
     out = result.to_json()
-    out.update(source_digest=source_digest(case), measured=started.strftime("%Y-%m-%d %H:%M UTC"),
-               runs_per_condition=runs, null_runs=result.null.runs if result.null else None)
+    # The digest is the code as it was when the case started (each case runs in a fresh process, so
+    # its modules are imported then); code edited during the measurement makes the result stale.
+    changed = source_digest(case) != before
+    out.update(source_digest=before, measured=started.strftime("%Y-%m-%d %H:%M UTC"), runs_per_condition=runs,
+               null_runs=result.null.runs if result.null else None, changed_during_run=changed)
     return out
 
 
@@ -130,8 +134,9 @@ def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026, jobs: 
     todo, reused = [], {}
     for case in cases:
         old = kept.get(case_key(case))
+        errored = old is not None and any(c.get("errors") for c in old.get("conditions", []))
         if (old and old.get("source_digest") == source_digest(case) and old.get("runs_per_condition") == runs
-                and old.get("requested_null_runs") == null_runs):
+                and old.get("requested_null_runs") == null_runs and not errored and not old.get("changed_during_run")):
             reused[case_key(case)] = {**old, "stale": False}
             print(f"{case_key(case)}: source unchanged since {old.get('measured')}, result kept", flush=True)
         else:
@@ -151,18 +156,27 @@ def run_suite(cases: Sequence[Case], *, runs: int, base_seed: int = 2026, jobs: 
                 "finished": _dt.datetime.now(_dt.timezone.utc), "load_before": load_before,
                 "load_after": os.getloadavg(), "pending": [k for k in todo if k not in fresh]}
 
+    # Longest first, so parallel workers finish together.
+    slow_first = ("group_fairness", "faithfulness", "stereoset", "attribution", "membership_inference",
+                  "decision_path", "generation", "counterfactual")
+    todo.sort(key=lambda k: slow_first.index(k.split(":")[0]) if k.split(":")[0] in slow_first else len(slow_first))
     if jobs > 1 and len(todo) > 1:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # One fresh process per case, so each imports the probe code as it is when the case starts.
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 max_tasks_per_child=1) as pool:
             futures = {pool.submit(_run_one, key, runs, base_seed, null_runs): key for key in todo}
             for future in as_completed(futures):
-                fresh[futures[future]] = {**future.result(), "stale": False, "requested_null_runs": null_runs}
+                entry = future.result()
+                fresh[futures[future]] = {**entry, "stale": entry["changed_during_run"], "requested_null_runs": null_runs}
                 if on_update:
                     on_update(snapshot())
     else:
         for key in todo:
-            fresh[key] = {**_run_one(key, runs, base_seed, null_runs), "stale": False, "requested_null_runs": null_runs}
+            entry = _run_one(key, runs, base_seed, null_runs)
+            fresh[key] = {**entry, "stale": entry["changed_during_run"], "requested_null_runs": null_runs}
             if on_update:
                 on_update(snapshot())
     return snapshot()

@@ -150,7 +150,7 @@ def _decision_path_case() -> Case:
         run=run, alarm_means="decided_before_last_layer > 0 (some example decided before the last layer)",
         interval="not an interval: the share of runs in which every decided example's decision layer is the true one",
         settings={"probe params": "examples (4 random texts), otherwise defaults (min_margin=0.1)"},
-        max_null_runs=100,
+        max_null_runs=60,
     )
 
 
@@ -200,7 +200,7 @@ def _faithfulness_case() -> Case:
         run=run, alarm_means="n_trusted_methods > 0 (some method trusted)",
         interval="none",
         settings={"probe params": "examples (8 random texts with the keyword), otherwise defaults"},
-        max_null_runs=100,
+        max_null_runs=60,
     )
 
 
@@ -244,7 +244,7 @@ def _attribution_case() -> Case:
         interval="none",
         settings={"probe params": "methods=['integrated_gradients'], 8 configured examples, use_counterfactual=False, "
                                   "otherwise defaults (position_controls=3, alpha=0.05)"},
-        max_null_runs=100,
+        max_null_runs=60,
     )
 
 
