@@ -168,11 +168,11 @@ def _check_output_dir(path: Path, *, model: str | os.PathLike[str] | None = None
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from audit._validate import check_records
-    from audit.results import AuditResults
+    from audit.results import AuditResults, report_plugin
     from audit.runner import Auditor
     from audit.target import RECORD_FILENAME, load_target
-    from reports.model_card import write_reports
 
+    write_reports = report_plugin("write")
     config = _config_from_args(args)
     _check_output_dir(config.output_dir, model=config.model)
     if args.junit is not None and args.junit.is_dir():
@@ -267,8 +267,9 @@ def _painter(stream: Any) -> Any:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from audit.results import AuditResults
-    from reports.model_card import write_reports
+    from audit.results import AuditResults, report_plugin
+
+    write_reports = report_plugin("write")
 
     results = AuditResults.load(args.results)
     out = args.out or args.results.parent

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from audit.errors import ConfigError
-from audit.probe import Kind
+from audit.kinds import Kind
 
 __all__ = ["AuditConfig", "CardConfig", "DataConfig", "GateSpec", "ProbeConfig", "load_config"]
 

@@ -6,7 +6,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,7 +14,6 @@ from audit.masking import dataset_words, scrub
 
 if TYPE_CHECKING:
     from audit.data import AuditDataset
-    from audit.probe import ProbeResult
 
 __all__ = ["AuditContext"]
 
@@ -53,7 +52,8 @@ class AuditContext:
     seed: int = 0
     data: AuditDataset | None = None
     scratch_dir: Path | None = None
-    results: Mapping[str, ProbeResult] = field(default_factory=dict)
+    # values are audit.probe.ProbeResult; Any, because audit.probe imports this module (no circle)
+    results: Mapping[str, Any] = field(default_factory=dict)
     show_pii: bool = False
     show_examples: bool = False
     probe_name: str = ""
@@ -72,7 +72,7 @@ class AuditContext:
             return text
         return scrub(text, _dataset_words(self.data))
 
-    def for_probe(self, name: str, results: Mapping[str, ProbeResult] | None = None) -> AuditContext:
+    def for_probe(self, name: str, results: Mapping[str, Any] | None = None) -> AuditContext:
         """A copy for probe ``name`` with a fresh generator seeded from (seed, name)."""
         rng = np.random.default_rng([self.seed, zlib.crc32(name.encode("utf-8"))])
         return replace(self, probe_name=name, rng=rng,

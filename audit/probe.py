@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from audit.kinds import KINDS, Kind
+
 if TYPE_CHECKING:
     from audit.context import AuditContext
     from audit.target import AuditTarget
@@ -33,8 +35,6 @@ __all__ = [
     "Table",
 ]
 
-Kind = Literal["encoder", "masked-lm", "causal-lm", "sequence-classification"]
-KINDS: tuple[str, ...] = get_args(Kind)
 Status = Literal["passed", "warned", "failed", "errored", "skipped", "not_applicable"]
 STATUSES: tuple[str, ...] = get_args(Status)
 Direction = Literal["lower_is_better", "higher_is_better", "closer_to_ideal"]

@@ -208,11 +208,11 @@ class AuditResults(BaseModel):
 
     def to_html(self) -> str:
         """The self-contained HTML model card, rendered by the installed ``html`` report plugin."""
-        return _renderer("html")(self)
+        return report_plugin("html")(self)
 
     def to_markdown(self) -> str:
         """The Hugging Face Hub ``README.md`` card, rendered by the installed ``markdown`` report plugin."""
-        return _renderer("markdown")(self)
+        return report_plugin("markdown")(self)
 
     def result(self, probe: str) -> ProbeResult:
         for r in self.results:
@@ -254,13 +254,18 @@ REPORT_GROUP = "rai_audit.reports"
 _MAX_REASONS = 5
 
 
-def _renderer(name: str) -> Any:
-    # The core knows no renderer by name: reports are found like probes, through an entry point.
+def report_plugin(name: str) -> Any:
+    """The report plugin ``name`` of the ``rai_audit.reports`` entry-point group, loaded.
+
+    ``html`` and ``markdown`` render a card from results; ``write`` writes the whole set
+    (``results.json`` and the cards) into a directory. The core knows no report module by name:
+    reports are found like probes, through an entry point.
+    """
     for ep in importlib.metadata.entry_points(group=REPORT_GROUP):
         if ep.name == name:
             return ep.load()
     raise DataError(
-        f"No report renderer {name!r} is installed (entry-point group {REPORT_GROUP!r}). "
+        f"No report plugin {name!r} is installed (entry-point group {REPORT_GROUP!r}). "
         "Reinstall rai-audit: pip install rai-audit."
     )
 

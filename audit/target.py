@@ -29,7 +29,7 @@ from audit._validate import (
     position_limit,
 )
 from audit.errors import ConfigError, ModelLoadError, NotApplicableError
-from audit.probe import KINDS, Kind
+from audit.kinds import KINDS, Kind
 from audit.provenance import ARTEFACTS, check_links, fingerprint_model, tensors_digest, weight_files
 from audit.records import assess_guarantees
 

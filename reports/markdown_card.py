@@ -24,8 +24,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from audit.records import CHAIN_KEY
 from audit.results import AuditResults
 from audit.target import DEFAULT_MODEL_ID
-from reports.model_card import group_by_category
 from reports.reliability import reliability_line
+from reports.sections import group_by_category, md_escape
 
 __all__ = ["eval_result_files", "hub_eval_results", "hub_model_name", "md_escape", "render_markdown_card"]
 
@@ -35,23 +35,6 @@ PIPELINE_TAGS = {"sequence-classification": "text-classification", "causal-lm": 
 _NOT_SCORED = ("errored", "skipped", "not_applicable")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 EVAL_RESULTS_DIR = ".eval_results"
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|])")
-
-
-def md_escape(value: object) -> str:
-    """Escape text for a Markdown table cell: HTML and Markdown syntax become literal, newlines spaces.
-
-    Examples
-    --------
-    >>> from reports.markdown_card import md_escape
-    >>> md_escape("<script>a|b</script>")
-    '&lt;script&gt;a\\\\|b&lt;/script&gt;'
-    """
-    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = re.sub(r"\s+", " ", text)
-    return _MD_SPECIAL.sub(lambda m: m.group(1) if m.group(1) in "<>" else "\\" + m.group(1), text).strip()
-
 
 def _fmt(value: float | None) -> str:
     if value is None:

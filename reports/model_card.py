@@ -23,22 +23,11 @@ from audit._validate import check_records
 from audit.errors import OutputError
 from audit.results import SCHEMA_VERSION, AuditResults
 from reports.reliability import reliability_notes
+from reports.sections import group_by_category
 
 __all__ = ["render_html_card", "write_reports"]
 
 _STATUS_ORDER = ("errored", "failed", "warned", "passed", "skipped", "not_applicable")
-#: The card's groups of probes, in order; a probe with an unknown category goes under "other".
-CATEGORIES = (("bias", "Bias and fairness"), ("privacy", "Privacy"), ("transparency", "Transparency"),
-              ("other", "Other probes"))
-
-
-def group_by_category(results: AuditResults) -> list[tuple[str, str, list[Any]]]:
-    """Probe results grouped for the card: ``(category, title, results)``, empty groups left out."""
-    known = {key for key, _ in CATEGORIES}
-    groups: dict[str, list[Any]] = {key: [] for key, _ in CATEGORIES}
-    for r in results.results:
-        groups[r.category if r.category in known else "other"].append(r)
-    return [(key, title, groups[key]) for key, title in CATEGORIES if groups[key]]
 
 
 def _load_template(name: str) -> str | None:

@@ -165,7 +165,7 @@ def reliability_line(probes: Iterable[str], data: Mapping[str, Any] | None = Non
     version = data.get("suite_version", "?") if data else "none shipped"
     date = f", {data['date']}" if data and data.get("date") else ""
     clauses = "; ".join(note.short() for note in notes.values()) or "no probe ran"
-    from reports.markdown_card import md_escape
+    from reports.sections import md_escape
 
     return f"**How reliable are these verdicts** (calibration suite {version}{date}): {md_escape(clauses)}. " \
            "Details in `model_card.html`."
