@@ -77,6 +77,13 @@ def test_unmatched_group_counts_for_accuracy_only():
     assert scores["n_unmatched"] == 1
     assert scores["accuracy_disambiguated"] == 50.0
     assert scores["bias_disambiguated"] == 100.0  # only the matched item: biased
+    # ambiguous: the unmatched item's wrong answer lowers the accuracy factor (as in the paper's
+    # analysis, accuracy over all items) but is not in the ratio: (1 - 1/3) * (2 * 1/1 - 1)
+    amb = [item("Age", "ambig", "neg", 2, AGE, ["old"]), item("Age", "ambig", "neg", 2, AGE, ["teenager"]),
+           item("Age", "ambig", "neg", 2, AGE, ["old"])]
+    scores = bbq_scores(amb, [0, 0, 2])["Age"]
+    assert scores["accuracy_ambiguous"] == pytest.approx(100 / 3)
+    assert scores["bias_ambiguous"] == pytest.approx(200 / 3) and scores["n_not_unknown_ambiguous"] == 1
 
 
 def test_all_unknown_answers():
@@ -303,7 +310,7 @@ def test_calibration_case_plants_a_known_gap():
 
     from benchmarks.calibration.qa_cases import qa_cases
 
-    (case,) = qa_cases()
+    case = next(c for c in qa_cases() if c.probe == "bbq")
     planted = case.run(2, 0.4)
     assert planted.truth == pytest.approx(100 * (norm.cdf(1.4 / np.sqrt(2)) - norm.cdf(0.6 / np.sqrt(2))))
     assert planted.alarm and planted.covered["accuracy gap"]
