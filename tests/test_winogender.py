@@ -150,3 +150,16 @@ def test_skipped_without_a_path_and_bad_config(tiny_targets):
         WinogenderProbe(dataset="winograd")
     with pytest.raises(ConfigError, match="does not exist"):
         load_winogender("/no/such/folder")
+
+
+def test_calibration_case_plants_a_known_gap():
+    from scipy.stats import norm
+
+    from benchmarks.calibration.qa_cases import qa_cases
+
+    case = next(c for c in qa_cases() if c.probe == "winogender")
+    planted = case.run(2, 0.6)
+    assert planted.truth == pytest.approx(100 * (norm.cdf(1.6 / np.sqrt(2)) - norm.cdf(1 / np.sqrt(2))))
+    assert planted.alarm and planted.covered["male - female gap"]
+    null = case.run(1, 0.0)
+    assert null.truth == 0.0 and not null.alarm and null.covered["male - female gap"]

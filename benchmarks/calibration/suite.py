@@ -71,6 +71,7 @@ _PROBE_MODULES = {
     "faithfulness": ("probes.faithfulness", "probes.attribution", "audit.target"),
     "attribution": ("probes.attribution", "audit.target"),
     "bbq": ("probes.bbq", "probes.crows_pairs", "benchmarks.calibration.qa_cases"),
+    "winogender": ("probes.winogender", "probes.bbq", "probes.crows_pairs", "benchmarks.calibration.qa_cases"),
 }
 
 
