@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +50,41 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help shows its default, unless the help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        # identity, not equality: a default of 0 is shown, a default of False (a switch) is not
+        shown = (default is not None and default is not False and default is not argparse.SUPPRESS
+                 and not (isinstance(default, (list, tuple)) and not default))
+        if shown and "default" not in text.lower() and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+_EXAMPLES = {
+    "run": ("rai-audit run --model ./my-model --out report",
+            "rai-audit run --config audit.yaml --probe seat --baseline released/results.json --junit junit.xml"),
+    "report": ("rai-audit report report/results.json", "rai-audit report report/results.json --out card/"),
+    "probes": ("rai-audit probes", "rai-audit probes --json"),
+    "schema": ("rai-audit schema", "rai-audit schema --out results.schema.json"),
+}
+
+
+def _examples_epilog(lines: Sequence[str]) -> str | None:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines) if lines else None
+
+
+def _finish_help(sub: Any, commands: Mapping[str, Any]) -> None:
+    """Defaults in every option's help, and each sub-command's help ending with its examples."""
+    for name, parser in sub.choices.items():
+        parser.formatter_class = _HelpFormatter
+        examples = _EXAMPLES.get(name) or tuple(getattr(commands.get(name), "examples", ()))
+        parser.epilog = _examples_epilog(examples)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit code 2."""
 
@@ -66,19 +101,21 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--probe", action="append", dest="probes", metavar="NAME", help="run only this probe (repeatable)")
     p.add_argument("--disable", action="append", default=[], metavar="NAME", help="do not load or run this probe (repeatable)")
     p.add_argument("--seed", type=int, help="seed for every random choice (default 0)")
-    p.add_argument("--kind", choices=["encoder", "masked-lm", "causal-lm", "sequence-classification"])
+    p.add_argument("--kind", choices=["encoder", "masked-lm", "causal-lm", "sequence-classification"],
+                   help="model kind (default: detected from config.json)")
     p.add_argument("--revision", help="Hub revision")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-length", type=int)
+    p.add_argument("--batch-size", type=int, help="texts per forward pass (default: 32, or the config's)")
+    p.add_argument("--max-length", type=int, help="truncation length in tokens (default: the model's limit)")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own Python code to run")
     p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pickle weights (*.bin, *.pt)")
     p.add_argument("--allow-new-weights", action="store_true", default=None,
                    help="allow newly initialised tensors beyond a new task head (audits random weights)")
     p.add_argument("--data", type=Path, help="evaluation dataset (CSV, JSONL, Parquet or saved HF dataset)")
-    p.add_argument("--text-column")
-    p.add_argument("--label-column")
-    p.add_argument("--sensitive-feature", action="append", dest="sensitive_features", metavar="COLUMN")
+    p.add_argument("--text-column", help="column of --data holding the texts (default: text)")
+    p.add_argument("--label-column", help="column of --data holding the labels, for group fairness")
+    p.add_argument("--sensitive-feature", action="append", dest="sensitive_features", metavar="COLUMN",
+                   help="column of --data holding a demographic attribute (repeatable)")
     p.add_argument("--no-cache", action="store_true", help="recompute every probe instead of reusing cached results")
     p.add_argument("--show-pii", action="store_true", default=None, help="allow raw personal data in the reports")
     p.add_argument("--show-examples", action="store_true", default=None,
@@ -339,13 +376,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_run(sub)
     p = sub.add_parser("report", help="re-render the model card from a results.json")
-    p.add_argument("results", type=Path)
+    p.add_argument("results", type=Path, help="a results.json an audit wrote")
     p.add_argument("--out", type=Path, help="output directory (default: beside the results file)")
     p = sub.add_parser("probes", help="list the registered probes and the model kinds each applies to")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
     p = sub.add_parser("schema", help="print the JSON Schema of results.json")
-    p.add_argument("--out", type=Path)
-    return parser, _plugin_commands(sub)
+    p.add_argument("--out", type=Path, help="write the schema to this file instead of stdout")
+    commands = _plugin_commands(sub)
+    _finish_help(sub, commands)
+    return parser, commands
 
 
 def _version() -> str:

@@ -43,6 +43,9 @@ class TrainDPCommand:
 
     name = "train-dp"
     help = "fine-tune a model with differential privacy (DP-SGD, Opacus) and save it with its privacy record"
+    examples = (
+        "rai-audit train-dp --model clf/ --data train.csv --label-column label --target-epsilon 8 --out model-dp",
+    )
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.description = (
@@ -52,23 +55,24 @@ class TrainDPCommand:
         )
         parser.add_argument("--model", required=True, help="model directory written by save_pretrained")
         parser.add_argument("--data", required=True, type=Path, help="training data (CSV, JSONL, Parquet or saved HF dataset)")
-        parser.add_argument("--text-column", default="text")
+        parser.add_argument("--text-column", default="text", help="column of --data holding the texts")
         parser.add_argument("--label-column", help="class column; omit to train a causal LM on the texts")
         parser.add_argument("--out", required=True, type=Path, help="new directory for the trained model")
         parser.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
         parser.add_argument("--target-epsilon", type=float, default=8.0, help="privacy budget (default 8)")
         parser.add_argument("--target-delta", type=float, help="default: a power of ten below 1/(10 N)")
-        parser.add_argument("--max-grad-norm", type=float, default=1.0)
+        parser.add_argument("--max-grad-norm", type=float, default=1.0, help="per-example gradient clipping norm")
         parser.add_argument("--noise-multiplier", type=float, help="fix sigma instead of calibrating it to the budget")
-        parser.add_argument("--epochs", type=int, default=3)
+        parser.add_argument("--epochs", type=int, default=3, help="passes over the data (the budget may stop training earlier)")
         parser.add_argument("--batch-size", type=int, default=64, help="expected logical batch size")
-        parser.add_argument("--max-physical-batch-size", type=int, default=32)
-        parser.add_argument("--learning-rate", type=float, default=5e-4)
-        parser.add_argument("--accountant", choices=["prv", "rdp"], default="prv")
-        parser.add_argument("--grad-sample-mode", choices=["ghost", "hooks"], default="ghost")
+        parser.add_argument("--max-physical-batch-size", type=int, default=32, help="largest batch held in memory at once")
+        parser.add_argument("--learning-rate", type=float, default=5e-4, help="optimiser learning rate")
+        parser.add_argument("--accountant", choices=["prv", "rdp"], default="prv", help="privacy accountant")
+        parser.add_argument("--grad-sample-mode", choices=["ghost", "hooks"], default="ghost",
+                            help="ghost clipping, or per-example gradients through hooks")
         parser.add_argument("--trainable-layers", type=_trainable_layers, default="all", metavar="SPEC",
                             help="'all', 'head', N (head + top N blocks) or comma-separated parameter-name prefixes")
-        parser.add_argument("--max-length", type=int, default=128)
+        parser.add_argument("--max-length", type=int, default=128, help="truncation length in tokens")
         parser.add_argument("--eval-fraction", type=float, default=0.2, help="held-out share for utility")
         parser.add_argument("--baseline", action="store_true", help="also train without DP to report the utility cost")
         parser.add_argument("--canaries", type=_repetitions, default=(), metavar="R1,R2,...",
@@ -81,8 +85,8 @@ class TrainDPCommand:
                                  "empty-batch count, labelled as not covered by the DP guarantee")
         parser.add_argument("--seed", type=seed_arg, default=0,
                             help="fixes the data split, initialisation and dropout; never the DP noise or sampling")
-        parser.add_argument("--device", type=device_arg, default="auto")
-        parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+        parser.add_argument("--no-progress", action="store_true", help="no progress output")
 
     def run(self, args: argparse.Namespace) -> int:
         from audit.data import load_dataset

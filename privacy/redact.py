@@ -339,6 +339,10 @@ class RedactCommand:
 
     name = "redact"
     help = "redact personal data in columns of a CSV/JSONL/Parquet file or saved dataset (Presidio)"
+    examples = (
+        "rai-audit redact data.csv --out clean.csv --columns text notes --operator replace",
+        'rai-audit redact data.parquet --out enc.parquet --columns text --operator encrypt --key "$KEY"',
+    )
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("input", type=Path, help="CSV, JSONL or Parquet file, or a saved Hugging Face dataset")
@@ -376,6 +380,9 @@ class ScanCommand:
 
     name = "scan-pii"
     help = "count personal data in columns of a CSV/JSONL/Parquet file or saved dataset (Presidio)"
+    examples = (
+        "rai-audit scan-pii data.csv --columns text notes",
+    )
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("input", type=Path, help="CSV, JSONL, JSON or Parquet file, or a saved Hugging Face dataset")

@@ -16,6 +16,9 @@ class CompareCommand:
 
     name = "compare"
     help = "compare several results.json files against the first (the baseline) and write a comparison card"
+    examples = (
+        "rai-audit compare base/results.json thr/results.json cda/results.json --out comparison/",
+    )
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.description = (

@@ -27,6 +27,10 @@ class FederateCommand:
 
     name = "federate"
     help = "fine-tune a classifier with federated learning (Flower: FedAvg/FedProx, simulation or deployment)"
+    examples = (
+        "rai-audit federate --model clf/ --data train.csv --num-clients 5 --num-rounds 3 --out model-fed",
+        "rai-audit federate --model clf/ --data train.csv --partition dirichlet:0.5 --strategy fedprox --mu 0.01 --sensitive-feature sex --out model-fed",
+    )
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.description = (
@@ -37,31 +41,31 @@ class FederateCommand:
         )
         parser.add_argument("--model", required=True, help="model directory written by save_pretrained")
         parser.add_argument("--data", required=True, type=Path, help="labelled data (CSV, JSONL, Parquet or saved HF dataset)")
-        parser.add_argument("--text-column", default="text")
-        parser.add_argument("--label-column", default="label")
+        parser.add_argument("--text-column", default="text", help="column of --data holding the texts")
+        parser.add_argument("--label-column", default="label", help="column of --data holding the labels")
         parser.add_argument("--sensitive-feature", action="append", dest="sensitive_features", metavar="COLUMN",
                             help="column naming each row's group; per-client fairness gaps are recorded (repeatable)")
         parser.add_argument("--pos-label", help="positive class for selection rates (binary; default: second label)")
-        parser.add_argument("--num-clients", type=_whole_number, default=5)
-        parser.add_argument("--num-rounds", type=_whole_number, default=3)
+        parser.add_argument("--num-clients", type=_whole_number, default=5, help="number of clients (sites)")
+        parser.add_argument("--num-rounds", type=_whole_number, default=3, help="federated rounds")
         parser.add_argument("--partition", default="iid", metavar="SPEC",
                             help="iid, dirichlet:ALPHA (non-IID by label, e.g. dirichlet:0.5) or by:COLUMN")
-        parser.add_argument("--strategy", choices=["fedavg", "fedprox"], default="fedavg")
+        parser.add_argument("--strategy", choices=["fedavg", "fedprox"], default="fedavg", help="Flower aggregation strategy")
         parser.add_argument("--mu", type=float, dest="proximal_mu",
                             help="FedProx proximal weight mu (default 0.01; fedprox only)")
         parser.add_argument("--fraction-train", type=float, default=1.0, help="share of clients that train each round")
         parser.add_argument("--min-completed", type=float, default=0.5, dest="min_completed_fraction",
                             help="share of sampled clients that must finish for a round to count (default 0.5)")
-        parser.add_argument("--local-epochs", type=_whole_number, default=1)
-        parser.add_argument("--batch-size", type=_whole_number, default=16)
-        parser.add_argument("--learning-rate", type=float, default=5e-5)
-        parser.add_argument("--max-length", type=_whole_number, default=128)
+        parser.add_argument("--local-epochs", type=_whole_number, default=1, help="epochs each client trains per round")
+        parser.add_argument("--batch-size", type=_whole_number, default=16, help="client training batch size")
+        parser.add_argument("--learning-rate", type=float, default=5e-5, help="client optimiser learning rate")
+        parser.add_argument("--max-length", type=_whole_number, default=128, help="truncation length in tokens")
         parser.add_argument("--eval-fraction", type=float, default=0.2, help="held-out share of each client's rows")
         parser.add_argument("--baseline", action="store_true",
                             help="also train centrally on the same rows and epochs to report what federation cost")
         parser.add_argument("--target-epsilon", type=float, help="client-side DP-SGD with this epsilon per client (fedavg)")
-        parser.add_argument("--target-delta", type=float)
-        parser.add_argument("--max-grad-norm", type=float, default=1.0)
+        parser.add_argument("--target-delta", type=float, help="DP delta with --target-epsilon (default: a power of ten at most 1/(10 N))")
+        parser.add_argument("--max-grad-norm", type=float, default=1.0, help="per-example clipping norm with --target-epsilon")
         parser.add_argument("--engine", choices=["simulation", "deployment"], default="simulation",
                             help="simulation: Flower's run_simulation on Ray; deployment: SuperLink + SuperNodes + flwr run")
         parser.add_argument("--superlink", metavar="HOST:PORT",
@@ -69,8 +73,8 @@ class FederateCommand:
         parser.add_argument("--round-timeout", type=float, default=3600.0, help="seconds to wait for clients each round")
         parser.add_argument("--timeout", type=float, dest="deployment_timeout", help="deployment: seconds for the whole run")
         parser.add_argument("--num-cpus", type=_whole_number, help="simulation: CPUs Ray may use")
-        parser.add_argument("--seed", type=seed_arg, default=0)
-        parser.add_argument("--device", type=device_arg, default="cpu")
+        parser.add_argument("--seed", type=seed_arg, default=0, help="seed for partitioning, sampling and initialisation")
+        parser.add_argument("--device", type=device_arg, default="cpu", help="auto, cpu, cuda, cuda:N or mps, for every client")
         parser.add_argument("--out", required=True, type=Path, help="new directory for the federated model")
         parser.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
         parser.add_argument("--no-progress", action="store_true", help="no per-round progress lines")

@@ -177,6 +177,10 @@ class DebiasCommand:
 
     name = "debias"
     help = "debias a model (cda, sentence-debias, inlp, threshold) into a new model directory"
+    examples = (
+        "rai-audit debias --technique sentence-debias --model encoder/ --out encoder-sd/",
+        "rai-audit debias --technique threshold --model clf/ --data train.csv --label-column label --sensitive-feature gender --out clf-thr/",
+    )
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.description = (
@@ -185,17 +189,18 @@ class DebiasCommand:
             "--sensitive-feature); sentence-debias and inlp apply to encoders (projection saved beside the model) "
             "and classifiers (projection folded into the head), fitted on --data texts or built-in sentences."
         )
-        parser.add_argument("--technique", required=True, choices=TECHNIQUES)
+        parser.add_argument("--technique", required=True, choices=TECHNIQUES, help="debiasing technique (see the README's table)")
         parser.add_argument("--model", required=True, help="model directory written by save_pretrained")
         parser.add_argument("--data", type=Path, help="data (CSV, JSONL, Parquet or saved HF dataset)")
-        parser.add_argument("--text-column", default="text")
-        parser.add_argument("--label-column")
-        parser.add_argument("--sensitive-feature", action="append", dest="sensitive_features", metavar="COLUMN")
+        parser.add_argument("--text-column", default="text", help="column of --data holding the texts")
+        parser.add_argument("--label-column", help="column of --data holding the labels (cda, threshold)")
+        parser.add_argument("--sensitive-feature", action="append", dest="sensitive_features", metavar="COLUMN",
+                            help="column of --data holding the protected attribute (threshold; repeatable)")
         parser.add_argument("--word-list", action="append", dest="word_lists", metavar="NAME_OR_JSON",
                             help="built-in list (gender_terms, names) or a JSON file with pairs; repeatable")
         parser.add_argument("--out", required=True, type=Path, help="new directory for the debiased model")
         parser.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
-        parser.add_argument("--seed", type=seed_arg, default=0)
+        parser.add_argument("--seed", type=seed_arg, default=0, help="seed for every random choice")
         parser.add_argument("--n-components", type=int, default=1, help="sentence-debias: bias subspace dimension")
         parser.add_argument("--n-iterations", type=int, default=20, help="inlp: most classifiers to project out")
         parser.add_argument("--constraints", default="demographic_parity",
@@ -204,7 +209,8 @@ class DebiasCommand:
         parser.add_argument("--epochs", type=int, default=3, help="cda: fine-tuning epochs")
         parser.add_argument("--learning-rate", type=float, default=2e-4, help="cda: AdamW learning rate")
         parser.add_argument("--layer", type=int, default=-1, help="encoders: hidden-state layer to project")
-        parser.add_argument("--pooling", default="mean", choices=["mean", "cls", "last"])
+        parser.add_argument("--pooling", default="mean", choices=["mean", "cls", "last"],
+                            help="how token states become a sentence embedding (sentence-debias, inlp)")
 
     def run(self, args: argparse.Namespace) -> int:
         from audit.data import load_dataset

@@ -151,6 +151,9 @@ class ExperimentCommand:
 
     name = "experiment"
     help = "debias a baseline with several techniques, audit every model and compare them, from one YAML file"
+    examples = (
+        "rai-audit experiment experiment.yaml",
+    )
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("file", type=Path, help="experiment YAML (baseline, techniques, audit, out)")
