@@ -313,7 +313,7 @@ class DecisionPathProbe(Probe):
         summary = f"Traced {n} example(s) through {n_layers} layers ({how}); "
         if decided:
             summary += (f"the final prediction is decided (lead of at least {self.min_margin:g}) at layer "
-                        f"{np.mean(decided):.1f} of {n_layers} on average over {n_decided} decided example(s)")
+                        f"{round(float(np.mean(decided)), 1):g} of {n_layers} on average over {n_decided} decided example(s)")
         else:
             summary += f"no decision layer: {why}"
         if n_decided < n and decided:

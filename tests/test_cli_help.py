@@ -46,3 +46,23 @@ def test_help_ends_with_examples_that_parse(command):
         assert argv[:2] == ["rai-audit", command], example
         args = PARSER.parse_args(argv[1:])
         assert args.command == command
+
+
+def test_terminal_numbers_are_rounded():
+    from probes.debias.cli import rounded
+
+    assert rounded({"gap": 0.03999999999999998, "per_layer": [1.23456789, 2], "name": "inlp"}) == \
+        {"gap": 0.04, "per_layer": [1.235, 2], "name": "inlp"}
+
+
+def test_decision_layer_is_not_printed_as_a_float(tmp_path):
+    import re
+
+    from audit import AuditConfig, Auditor, load_target
+    from tests.tiny import make_tiny_model
+
+    model = make_tiny_model("sequence-classification", tmp_path / "clf")
+    config = AuditConfig(select=["decision_path"], probes={"decision_path": {"params": {"min_margin": 1e-6}}})
+    result = Auditor(config).run(load_target(model, progress=False)).result("decision_path")
+    assert "is decided" in result.summary, result.summary  # a tiny margin: every example decides somewhere
+    assert re.search(r"at layer \d+(\.\d)? of 2 on average", result.summary) and ".0 of" not in result.summary

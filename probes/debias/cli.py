@@ -172,6 +172,18 @@ def _label_indices(target: Any, data: Any) -> np.ndarray:
     return np.asarray(out)
 
 
+def rounded(value: Any, digits: int = 4) -> Any:
+    """``value`` with every float rounded to ``digits`` significant digits, for the terminal
+    (``0.03999999999999998`` prints as ``0.04``); the record keeps the exact values."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
 class DebiasCommand:
     """Apply a debiasing technique and write a new model directory with its record."""
 
@@ -228,6 +240,6 @@ class DebiasCommand:
                          overwrite=args.overwrite, n_components=args.n_components, n_iterations=args.n_iterations,
                          constraints=args.constraints, epochs=args.epochs, learning_rate=args.learning_rate,
                          layer=args.layer, pooling=args.pooling)
-        print(f"Debiased with {args.technique}: {json.dumps(section['outcome'])}")
+        print(f"Debiased with {args.technique}: {json.dumps(rounded(section['outcome']))}")
         print(f"Model and record: {args.out}")
         return 0
