@@ -217,6 +217,71 @@ def _winogender_case() -> Case:
     )
 
 
+class _FlipClassifier:
+    """Classifier stand-in: 0 on the dataset's own texts; any other text is 1 with probability
+    ``rates[group]`` (a fixed pseudo-random draw per text; the group is named in the text)."""
+
+    kind = "sequence-classification"
+    thresholds = None
+    path = None
+    device = "cpu"
+
+    def __init__(self, originals: set[str], rates: dict[str, float], *, seed: int) -> None:
+        self.originals, self.rates, self.seed = originals, rates, seed
+        self.labels = ["negative", "positive"]
+        self.records: dict[str, Any] = {}
+        self.model_id = f"flip-classifier-{seed}"
+        self.fingerprint = f"calibration:{self.model_id}"
+
+    def predict(self, texts: Sequence[str], *, sensitive_features: Sequence[Any] | None = None) -> np.ndarray:
+        out = []
+        for text in texts:
+            if text in self.originals:
+                out.append(0)
+                continue
+            group = "a" if "team a" in text.lower() else "b"
+            u = zlib.crc32(f"{self.seed}|{text}".encode()) / 2**32
+            out.append(int(u < self.rates[group]))
+        return np.array(out)
+
+
+def _robustness_case() -> Case:
+    n_rows, base = 300, 0.2
+
+    def run(seed: int, effect: float) -> Outcome:
+        import pandas as pd
+
+        from audit import AuditDataset
+        from probes.robustness import RobustnessProbe
+
+        rng = np.random.default_rng(seed)
+        groups = rng.choice(["a", "b"], size=n_rows)
+        texts = [f"Row {i} of team {g}, written on day {int(rng.integers(1000))}." for i, g in enumerate(groups)]
+        data = AuditDataset(frame=pd.DataFrame({"text": texts, "group": groups}), text_column="text",
+                            sensitive_features=("group",))
+        model = _FlipClassifier(set(texts), {"a": base + effect, "b": base}, seed=seed)
+        result = RobustnessProbe(perturbations=["punctuation", "uppercase"]).run(
+            model, AuditContext(seed=seed, data=data).for_probe("robustness"))
+        share_a = float(np.mean(groups == "a"))
+        truth = 100 * (base + effect * share_a)  # expected overall flip rate given this run's group mix
+        metric = result.metrics.get("flip_rate[punctuation]")
+        return Outcome(status=result.status, alarm=result.status in ALARM_STATUSES,
+                       covered={"flip rate": covers(None if metric is None else metric.ci, truth)}, truth=100 * effect)
+
+    return Case(
+        probe="robustness", verdict="flip-rate gap between groups significant",
+        description=(f"{n_rows} rows in two groups drawn at random; a classifier stand-in that predicts 0 on every "
+                     f"original text and, on a perturbed text, 1 with probability {base} (group b) or {base} + effect "
+                     "(group a), drawn per text; perturbations punctuation and uppercase. Truth: flip-rate gap 100 effect; "
+                     "the interval checked is the overall punctuation flip rate vs its expectation given the group mix."),
+        effect_unit="flip probability of group a minus group b",
+        effects={"null": 0.0, "small": 0.05, "medium": 0.1, "large": 0.2},
+        run=run, interval="flip_rate[punctuation] Wilson 95% interval vs 100 (base + effect * share of group a)",
+        settings={"probe params": "perturbations=['punctuation', 'uppercase'], otherwise defaults (alpha=0.05, "
+                                  "max_gap=5, min_group_size=10, n_permutations=2000)"},
+    )
+
+
 def qa_cases() -> list[Case]:
-    """The question-answering and coreference probes' cases (BBQ, Winogender)."""
-    return [_bbq_case(), _winogender_case()]
+    """The question-answering, coreference and robustness probes' cases (BBQ, Winogender, robustness)."""
+    return [_bbq_case(), _winogender_case(), _robustness_case()]

@@ -72,6 +72,7 @@ _PROBE_MODULES = {
     "attribution": ("probes.attribution", "audit.target"),
     "bbq": ("probes.bbq", "probes.crows_pairs", "benchmarks.calibration.qa_cases"),
     "winogender": ("probes.winogender", "probes.bbq", "probes.crows_pairs", "benchmarks.calibration.qa_cases"),
+    "robustness": ("probes.robustness", "benchmarks.calibration.qa_cases"),
 }
 
 
