@@ -205,17 +205,17 @@ def test_audit_applies_saved_thresholds_and_compare_reports_the_cost(biased_dir,
     config.write_text("select: [group_fairness]\nprobes:\n  group_fairness:\n    params: {n_boot: 20}\n")
     audits = {}
     for name, model in (("base", biased_dir), ("thr", out)):
-        code = main(["run", "--model", str(model), "--config", str(config), "--out", str(tmp_path / name), "--data", data,
+        code = main(["run", "--model", str(model), "--config", str(config), "--out", str(tmp_path / f"audit-{name}"), "--data", data,
                      "--label-column", "label", "--sensitive-feature", "gender", "--no-progress", "--quiet"])
         assert code in (0, 1)
-        audits[name] = json.loads((tmp_path / name / "results.json").read_text())["results"][0]["metrics"]
+        audits[name] = json.loads((tmp_path / f"audit-{name}" / "results.json").read_text())["results"][0]["metrics"]
     # the audit of the post-processed model equals fairlearn's DPD of target.predict with the groups
     target = load_target(out, progress=False, device="cpu")
     labels = target.predict(evaluation["text"].tolist(), sensitive_features=evaluation["gender"].tolist())
     expected = demographic_parity_difference(evaluation["label"], labels, sensitive_features=evaluation["gender"])
     assert audits["thr"]["demographic_parity_difference[gender]"]["value"] == pytest.approx(expected)
     assert audits["thr"]["demographic_parity_difference[gender]"]["value"] < audits["base"]["demographic_parity_difference[gender]"]["value"] / 2
-    code = main(["compare", str(tmp_path / "base" / "results.json"), str(tmp_path / "thr" / "results.json"),
+    code = main(["compare", str(tmp_path / "audit-base" / "results.json"), str(tmp_path / "audit-thr" / "results.json"),
                  "--out", str(tmp_path / "cmp")])
     assert code in (0, 1)
     comparison = (tmp_path / "cmp" / "comparison.html").read_text()

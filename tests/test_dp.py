@@ -147,7 +147,7 @@ def test_record_states_the_guarantee_and_its_inputs(fitted, data_csv, tiny_dirs)
     assert rec["accountant"] == "rdp" and "Balle et al. 2020" in rec["conversion"]
     assert rec["dataset"]["fingerprint"] == fingerprint_path(data_csv)
     assert rec["dataset"]["rows"] == 60 and rec["dataset"]["train_rows"] + rec["dataset"]["eval_rows"] == 60
-    assert rec["base_model"]["fingerprint"] == fingerprint_files(sorted(tiny_dirs["sequence-classification"].glob("*.safetensors")))
+    assert rec["base_model"]["fingerprint"] == model_fingerprint(tiny_dirs["sequence-classification"])
     assert rec["max_grad_norm"] == 1.0 and rec["seed"] == 3 and rec["sampling"] == "Poisson"
     utility = rec["utility"]
     assert utility["metric"] == "accuracy" and utility["rows"] == rec["dataset"]["eval_rows"]
