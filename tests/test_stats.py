@@ -180,3 +180,20 @@ def test_max_abs_mean_interval_covers_zero_and_a_planted_largest_gap():
     assert np.mean([c.low <= 0.0 for c in null]) >= 0.935  # 0.9833 ** 3 = 0.951 for independent gaps
     planted = [max_abs_mean_interval([rng.normal(m, 1, 16) for m in (0.8, -0.2, 0.1)]) for _ in range(400)]
     assert np.mean([c.low <= 0.8 <= c.high for c in planted]) >= 0.95
+
+
+def test_welch_interval_matches_the_textbook_formula():
+    from scipy import stats as st
+
+    from audit.stats import welch_interval
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(1.0, 1.0, 12), rng.normal(0.0, 3.0, 20)
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1))  # Welch-Satterthwaite
+    half = st.t.ppf(0.975, df) * np.sqrt(vx + vy)
+    ci = welch_interval(x, y)
+    assert ci.estimate == pytest.approx(x.mean() - y.mean())
+    assert (ci.low, ci.high) == pytest.approx((ci.estimate - half, ci.estimate + half), rel=1e-10)
+    flat = welch_interval(np.ones(3), np.zeros(4))
+    assert (flat.low, flat.estimate, flat.high) == (1.0, 1.0, 1.0)
