@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -740,16 +739,10 @@ class AuditTarget:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _progress(self, total: int, desc: str) -> Any:
-        from tqdm.auto import tqdm
+        from audit.progress import progress
 
-        return tqdm(
-            total=total,
-            desc=f"{desc} [{self.model_id.rsplit('/', 1)[-1]}]",
-            unit="batch",
-            leave=False,
-            file=sys.stderr,
-            disable=None if (self.progress and total > 1) else True,
-        )
+        return progress(total, desc=f"{desc} [{self.model_id.rsplit('/', 1)[-1]}]", unit="batch",
+                        enabled=self.progress and total > 1)
 
     def _batched(
         self,

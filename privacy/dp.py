@@ -31,7 +31,6 @@ import inspect
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -1305,10 +1304,9 @@ class DPFineTuner:
         return token_loss / max(tokens, 1)
 
     def _bar(self, total: int) -> Any:
-        from tqdm.auto import tqdm
+        from audit.progress import progress
 
-        return tqdm(total=total, desc="DP-SGD", unit="step", file=sys.stderr, leave=False,
-                    disable=None if self.progress else True)
+        return progress(total, desc="DP-SGD", unit="step", enabled=self.progress)
 
     # -- record and saving ----------------------------------------------------------------------
     def _check_fitted(self) -> None:

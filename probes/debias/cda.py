@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from audit.errors import ConfigError, DataError, NotApplicableError, NotFittedError
+from audit.progress import progress
 from audit.target import AuditTarget
 
 __all__ = ["BUILTIN_WORD_LISTS", "CDAFineTuner", "Swapper", "load_word_list"]
@@ -183,19 +184,23 @@ class CDAFineTuner:
         generator = torch.Generator().manual_seed(self.seed)
         targets = torch.as_tensor(all_labels)
         self.losses_: list[float] = []
-        for _ in range(self.epochs):
-            order = torch.randperm(len(all_texts), generator=generator).tolist()
-            total = 0.0
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                batch = target.tokenizer([all_texts[i] for i in idx], padding=True, truncation=True,
-                                         max_length=self.max_length, return_tensors="pt").to(target.device)
-                out = model(**batch, labels=targets[idx].to(target.device))
-                optimizer.zero_grad()
-                out.loss.backward()
-                optimizer.step()
-                total += float(out.loss.detach()) * len(idx)
-            self.losses_.append(total / len(order))
+        n_batches = -(-len(all_texts) // self.batch_size)
+        with progress(self.epochs * n_batches, desc="CDA fine-tuning", unit="batch") as bar:
+            for epoch in range(self.epochs):
+                order = torch.randperm(len(all_texts), generator=generator).tolist()
+                total = 0.0
+                for start in range(0, len(order), self.batch_size):
+                    idx = order[start:start + self.batch_size]
+                    batch = target.tokenizer([all_texts[i] for i in idx], padding=True, truncation=True,
+                                             max_length=self.max_length, return_tensors="pt").to(target.device)
+                    out = model(**batch, labels=targets[idx].to(target.device))
+                    optimizer.zero_grad()
+                    out.loss.backward()
+                    optimizer.step()
+                    total += float(out.loss.detach()) * len(idx)
+                    bar.update(1)
+                self.losses_.append(total / len(order))
+                bar.set_postfix(epoch=f"{epoch + 1}/{self.epochs}", loss=f"{self.losses_[-1]:.4f}")
         model.eval()
         self.model_ = model
         return self
