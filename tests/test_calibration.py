@@ -92,7 +92,7 @@ def test_suite_command_writes_a_partial_run_where_asked(tmp_path):
     from benchmarks.calibration.__main__ import main
 
     out = tmp_path / "cal.json"
-    assert main(["--runs", "2", "--cases", "crows_pairs", "--json", str(out)]) == 0
+    assert main(["--runs", "2", "--null-runs", "2", "--cases", "crows_pairs", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["runs_per_condition"] == 2 and list(data["probes"]) == ["crows_pairs"]
     conditions = data["probes"]["crows_pairs"][0]["conditions"]
