@@ -39,7 +39,8 @@ class Command(Protocol):
     """A sub-command plugin, registered under ``rai_audit.commands``.
 
     ``name`` and ``help`` describe it; ``configure(parser)`` adds its arguments;
-    ``run(args)`` does the work and returns the exit code.
+    ``run(args)`` does the work and returns the exit code. An optional ``examples`` tuple of
+    command lines ends its ``--help``.
     """
 
     name: str
