@@ -56,8 +56,9 @@ def interval_bar_chart(
     ax.barh(positions, values, color=colors, height=0.6)
     if intervals:
         for pos, value, interval in zip(positions, values, intervals):
-            if interval is not None:
-                ax.errorbar([value], [pos], xerr=[[value - interval[0]], [interval[1] - value]],
+            if interval is not None:  # drawn from its own bounds: an interval need not contain the bar's value
+                low, high = min(interval), max(interval)
+                ax.errorbar([(low + high) / 2], [pos], xerr=[(high - low) / 2],
                             fmt="none", ecolor="#222222", capsize=3, linewidth=1)
     if reference is not None:
         ax.axvline(reference, color="#444444", linewidth=0.8)

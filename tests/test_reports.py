@@ -127,3 +127,12 @@ def test_analyses_are_grouped_by_category(hostile_results):
     assert analyses.index("Other probes") < analyses.index('id="probe-third_party"')
     markdown = render_markdown_card(hostile_results)
     assert "### Bias and fairness" in markdown and "#### seat" in markdown
+
+
+def test_interval_chart_draws_an_interval_that_excludes_its_value():
+    """A percentile bootstrap of few resamples can lie beside its estimate; matplotlib refuses a
+    negative error bar, which made group_fairness error with n_boot=2."""
+    from audit.figures import interval_bar_chart
+
+    svg = interval_bar_chart(["a", "b"], [0.30, 0.10], [(0.35, 0.50), (0.0, 0.2)], xlabel="rate")
+    assert "<svg" in svg and "</svg>" in svg

@@ -64,8 +64,12 @@ def _seat_case(*, clustered: bool) -> Case:
         truth = float((sx.mean() - sy.mean()) / np.concatenate([sx, sy]).std(ddof=1))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "known.json"
-            path.write_text(json.dumps({r: {"category": r, "examples": names[k]}
-                                        for r, k in (("targ1", "X"), ("targ2", "Y"), ("attr1", "A"), ("attr2", "B"))}))
+            spec = {r: {"category": r, "examples": names[k]}
+                    for r, k in (("targ1", "X"), ("targ2", "Y"), ("attr1", "A"), ("attr2", "B"))}
+            if clustered:  # as in the built-in tests: the probe knows which word each target sentence came from
+                for r, k in (("targ1", "X"), ("targ2", "Y")):
+                    spec[r]["units"] = [f"{k} word {i // n_templates}" for i in range(n)]
+            path.write_text(json.dumps(spec))
             result = SEATProbe(test_files=[str(path)]).run(EmbeddingTable(table, model_id=f"seat-{seed}"),
                                                            _context("seat", seed))
         return Outcome(status=result.status, alarm=result.status in ALARM_STATUSES,
@@ -76,7 +80,9 @@ def _seat_case(*, clustered: bool) -> Case:
         probe="seat", verdict=f"significant association ({variant})",
         description=(f"Embeddings: attribute sets A, B around two directions; target sets X, Y of {n_words} words x "
                      f"{n_templates} templates around one centre (word sd {word_sd}, sentence noise sd {noise}, "
-                     f"{dim} dimensions); planted: X shifted towards A and Y towards B by the effect. Truth: the "
+                     f"{dim} dimensions); planted: X shifted towards A and Y towards B by the effect. "
+                     + ("The test file names each sentence's word (units), as the built-in tests do. " if clustered else "")
+                     + "Truth: the "
                      "population effect size given A and B, from 20,000 fresh target sentences a side."),
         effect_unit="shift along (a - b)/2, in units of the sentence noise sd",
         effects={"null": 0.0, "small": 0.08, "medium": 0.2, "large": 0.34},
@@ -173,7 +179,7 @@ def _group_fairness_case() -> Case:
         effect_unit="logit shift of group b",
         effects={"null": 0.0, "small": 0.2, "medium": 0.4, "large": 0.8},
         run=run, interval="demographic_parity_difference and equalized_odds_difference 95% intervals",
-        max_null_runs=100,
+        max_null_runs=200,
         settings={"probe params": "n_boot=25 (fairlearn's per-group table intervals only; the verdict and the "
                                   "gap intervals do not use it), otherwise defaults (max_gap=0.1)"},
     )
