@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from scipy import stats as _st
 
 from audit.context import AuditContext
 from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart
 from audit.probe import KINDS, Figure, Metric, Probe, ProbeResult, Table
-from audit.stats import bootstrap_ci, holm_bonferroni, permutation_test
+from audit.stats import Interval, holm_bonferroni, permutation_test
 from audit.target import POOLINGS, AuditTarget
 
 __all__ = ["SEATProbe", "SEATTest", "builtin_tests", "effect_size", "load_test_file"]
@@ -25,7 +26,13 @@ _ROLES = ("targ1", "targ2", "attr1", "attr2")
 
 @dataclass(frozen=True)
 class SEATTest:
-    """Two target sets X, Y and two attribute sets A, B, as sentences."""
+    """Two target sets X, Y and two attribute sets A, B, as sentences.
+
+    ``X_units`` and ``Y_units`` name, per target sentence, the unit it was drawn from (for the
+    built-in tests, the target word the templates were filled with). Empty means each sentence
+    is its own unit. Sentences of one unit are correlated, so the test permutes and the interval
+    resamples units, not sentences.
+    """
 
     name: str
     title: str
@@ -35,6 +42,8 @@ class SEATTest:
     A: tuple[str, ...]
     B: tuple[str, ...]
     source: str
+    X_units: tuple[str, ...] = ()
+    Y_units: tuple[str, ...] = ()
 
 
 def _data_dir() -> Any:
@@ -50,21 +59,28 @@ def builtin_tests() -> dict[str, SEATTest]:
         if not entry.name.endswith(".json") or entry.name == "templates.json":
             continue
         spec = json.loads(entry.read_text(encoding="utf-8"))
-        sets = []
+        sets, units = [], []
         for role in _ROLES:
             part = spec[role]
             sets.append(tuple(t.format(w) for w in part["words"] for t in templates[part["template"]]))
+            units.append(tuple(w for w in part["words"] for _ in templates[part["template"]]))
         tests[spec["name"]] = SEATTest(
             name=spec["name"], title=spec["title"],
             categories=tuple(spec[r]["category"] for r in _ROLES),  # type: ignore[arg-type]
             X=sets[0], Y=sets[1], A=sets[2], B=sets[3], source=spec["reference"],
+            X_units=units[0], Y_units=units[1],
         )
     return tests
 
 
 def load_test_file(path: str | Path) -> SEATTest:
     """Read a test in the sent-bias JSON format: ``targ1``, ``targ2``, ``attr1``, ``attr2``,
-    each ``{"category": str, "examples": [str, ...]}``."""
+    each ``{"category": str, "examples": [str, ...]}``.
+
+    Each example is its own unit, unless ``targ1``/``targ2`` carry an optional ``"units"`` list
+    (one label per example, e.g. the word a template was filled with): examples sharing a label
+    are then permuted and resampled together.
+    """
     source = Path(path)
     if not source.is_file():
         raise DataError(f"SEAT test file {str(source)!r} does not exist. Check the path in test_files.")
@@ -89,11 +105,25 @@ def load_test_file(path: str | Path) -> SEATTest:
                 f"'examples' list of strings; got {type(part).__name__ if part is not None else 'nothing'}."
             )
         sets.append(tuple(examples))
+    units = [_file_units(source, role, spec[role]) for role in _ROLES[:2]]
     stem = source.name.split(".")[0]
     categories = tuple(str(spec[r].get("category", r)) for r in _ROLES)
     return SEATTest(name=stem, title=f"{categories[0]} vs {categories[1]} x {categories[2]} vs {categories[3]}",
                     categories=categories, X=sets[0], Y=sets[1], A=sets[2], B=sets[3],  # type: ignore[arg-type]
-                    source=str(source))
+                    source=str(source), X_units=units[0], Y_units=units[1])
+
+
+def _file_units(source: Path, role: str, part: dict[str, Any]) -> tuple[str, ...]:
+    units = part.get("units")
+    if units is None:
+        return ()
+    if not isinstance(units, list) or len(units) != len(part["examples"]) or not all(isinstance(u, str) for u in units):
+        raise DataError(
+            f"SEAT test file {str(source)!r}: {role!r} 'units' must be a list of strings, one per example "
+            f"({len(part['examples'])}); got {type(units).__name__} of length "
+            f"{len(units) if isinstance(units, list) else 'n/a'}. Omit it to treat each example as its own unit."
+        )
+    return tuple(units)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -112,6 +142,60 @@ def _effect(sx: np.ndarray, sy: np.ndarray, axis: int = -1) -> np.ndarray:
     return (np.mean(sx, axis=axis) - np.mean(sy, axis=axis)) / np.std(both, axis=axis, ddof=1)
 
 
+def _unit_index(units: Sequence[str], n: int) -> np.ndarray:
+    """Unit number of each of ``n`` sentences (0, 1, ...); each sentence its own unit when ``units`` is empty."""
+    if not units:
+        return np.arange(n)
+    labels = {u: k for k, u in enumerate(dict.fromkeys(units))}
+    return np.array([labels[u] for u in units])
+
+
+def unit_means(s: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Mean association of each unit's sentences: the values the permutation test re-partitions."""
+    return np.bincount(units, weights=s) / np.bincount(units)
+
+
+def cluster_bootstrap_effect(
+    sx: np.ndarray, ux: np.ndarray, sy: np.ndarray, uy: np.ndarray, *, rng: np.random.Generator, n_resamples: int,
+) -> np.ndarray:
+    """Replicates of the sentence-level effect size when units (words) are resampled, with all their sentences.
+
+    Each replicate draws k - 1 of the k units of X, and of Y, with replacement (so a mean's
+    bootstrap variance is s^2 / k with the unbiased s^2; k of k gives (k - 1) / k of it, too
+    narrow with 8 words), and computes the effect size over the drawn units' sentences. With one
+    sentence per unit this is (nearly) the ordinary bootstrap of sentences.
+    """
+    centre = np.concatenate([sx, sy]).mean()  # centred, so the variance from sums loses no precision
+    parts = []
+    for s, u in ((sx - centre, ux), (sy - centre, uy)):
+        k = int(u.max()) + 1
+        counts = rng.multinomial(max(k - 1, 1), np.full(k, 1.0 / k), size=n_resamples).astype(float)
+        parts.append((counts @ np.bincount(u, minlength=k), counts @ np.bincount(u, weights=s, minlength=k),
+                      counts @ np.bincount(u, weights=s * s, minlength=k)))
+    (nx, tx, qx), (ny, ty, qy) = parts
+    total = nx + ny
+    var = (qx + qy - (tx + ty) ** 2 / total) / (total - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (tx / nx - ty / ny) / np.sqrt(var)
+
+
+def _unit_name(test: SEATTest) -> str:
+    if not test.X_units and not test.Y_units:
+        return f"{len(test.X)} + {len(test.Y)} target sentences"
+    return f"{len(set(test.X_units or test.X))} + {len(set(test.Y_units or test.Y))} target words (all their sentences)"
+
+
+def _expanded_percentile(estimate: float, replicates: np.ndarray, n_units: int, level: float = 0.95) -> Interval:
+    """Percentile interval at the tail probability of a t quantile with n_units - 2 degrees of freedom.
+
+    Hesterberg's (2015) expanded percentile interval: with 16 words the plain 95% percentile
+    interval covers too rarely; with 80 sentences the two nearly coincide.
+    """
+    tail = float(_st.norm.sf(_st.t.ppf(0.5 + level / 2, df=max(n_units - 2, 1))))
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    return Interval(estimate, float(low), float(high), level, replicates)
+
+
 def effect_size(X: np.ndarray, Y: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
     """WEAT/SEAT effect size (Caliskan et al. 2017): the standardised difference in association.
 
@@ -126,9 +210,18 @@ class SEATProbe(Probe):
     For each test, the effect size measures how much more the sentences of target X associate
     with attribute A (over B) than those of target Y do, in units of standard deviation
     (Caliskan et al. 2017; May et al. 2019). 0 means no association; |d| around 0.2 is small,
-    0.5 medium, 0.8 large. The one-sided permutation p-value asks how often a random re-split of
-    X u Y gives an association at least as large; p-values are Holm-Bonferroni adjusted across
-    the tests. The interval bootstraps the target sentences with the attribute sets held fixed.
+    0.5 medium, 0.8 large. The effect size is always the papers' sentence-level d.
+
+    The test and the interval work on the unit each target sentence came from: the target word
+    for the built-in tests (their templates make several sentences per word, and sentences of one
+    word are correlated), each example for a sent-bias test file unless it gives ``"units"``.
+    The one-sided permutation p-value asks how often a random re-split of the units of X u Y
+    gives a difference in per-unit mean association s(w) at least as large; p-values are
+    Holm-Bonferroni adjusted across the tests. The interval is a bootstrap that draws units with
+    all their sentences, k - 1 of the k units of each target set per replicate, attribute sets
+    held fixed; its percentiles are expanded to the tails of a t quantile with (units - 2) degrees
+    of freedom (Hesterberg 2015). Permuting and resampling sentences of clustered tests instead
+    gave 14% false alarms and 82% coverage in the calibration suite.
 
     Parameters
     ----------
@@ -138,7 +231,8 @@ class SEATProbe(Probe):
     test_files : sequence of path, default=()
         User tests in the sent-bias JSON format (``targ1``, ``targ2``, ``attr1``, ``attr2``).
     n_samples : int, default=10000
-        Permutations for the p-value; the test is exact when C(|X|+|Y|, |X|) <= n_samples.
+        Permutations for the p-value; the test is exact when C(m + n, m) <= n_samples, for
+        m, n the units (words) of X and Y.
     pooling : {"mean", "cls", "last"}, default="mean"
     layer : int, default=-1
         Hidden-state layer the embeddings come from (0 embeddings, -1 last).
@@ -219,8 +313,11 @@ class SEATProbe(Probe):
                     "so the effect size is undefined. Check that the target sets differ."
                 )
             d = float(_effect(sx, sy))
-            perm = permutation_test(sx, sy, rng=context.rng, alternative="greater", n_resamples=self.n_samples)
-            ci = bootstrap_ci((sx, sy), _effect, rng=context.rng, n_resamples=self.n_boot)
+            ux, uy = _unit_index(test.X_units, len(sx)), _unit_index(test.Y_units, len(sy))
+            perm = permutation_test(unit_means(sx, ux), unit_means(sy, uy), rng=context.rng,
+                                    alternative="greater", n_resamples=self.n_samples)
+            replicates = cluster_bootstrap_effect(sx, ux, sy, uy, rng=context.rng, n_resamples=self.n_boot)
+            ci = _expanded_percentile(d, np.where(np.isfinite(replicates), replicates, d), int(ux.max()) + int(uy.max()) + 2)
             extremes = [(test.X[int(np.argmax(sx))], float(sx.max())), (test.Y[int(np.argmin(sy))], float(sy.min()))]
             measured.append((test, d, perm, ci, extremes))
 
@@ -232,7 +329,8 @@ class SEATProbe(Probe):
             metrics[f"effect_size[{test.name}]"] = Metric(
                 value=d, ci=ci.as_tuple(), ci_level=ci.level, p_value=float(p_adj),
                 threshold=self.max_effect_size, ideal=0.0,
-                description=f"SEAT effect size, {test.title}; signed, 0 is ideal (Holm-adjusted one-sided p)",
+                description=(f"SEAT effect size (sentence-level d), {test.title}; signed, 0 is ideal; Holm-adjusted "
+                             f"one-sided p and 95% interval over {_unit_name(test)}"),
             )
             table_rows.append([
                 test.name, test.title, len(test.X), len(test.Y), len(test.A), len(test.B),
@@ -281,8 +379,9 @@ class SEATProbe(Probe):
                 columns=["test", "targets x attributes", "|X|", "|Y|", "|A|", "|B|", "effect size",
                          "95% CI", "p", "p (Holm)", "significant", "p-value"],
                 rows=table_rows,
-                caption="Effect size > 0: X associates more with A than Y does. Interval: bootstrap over target "
-                        "sentences, attribute sets fixed.",
+                caption="Effect size > 0: X associates more with A than Y does (sentence-level d). p-value and "
+                        "interval: permutation and bootstrap over target words for built-in tests (and files "
+                        "giving units), over sentences for other test files; attribute sets fixed.",
             )],
             figures=[Figure(title="SEAT effect sizes", svg=figure,
                             caption="Bars: effect size per test; whiskers: 95% bootstrap interval.")],

@@ -169,3 +169,99 @@ def test_sent_weat6_with_minilm_matches_direct_transformers(shared_data, minilm)
     seat = result.results[0]
     assert seat.metrics["effect_size[sent-weat6]"].value == pytest.approx(expected, abs=1e-4)
     assert seat.metrics["effect_size[sent-weat6]"].p_value < 0.05
+
+
+def clustered_null(seed, *, n_words=4, n_templates=6, word_sd=1.0, noise=0.2, dim=8):
+    """X and Y words drawn from one distribution (no effect); each word's sentences share its vector."""
+    rng = np.random.default_rng(seed)
+    words = rng.normal(size=(2 * n_words, dim)) * word_sd
+    sentences = np.repeat(words, n_templates, axis=0) + noise * rng.normal(size=(2 * n_words * n_templates, dim))
+    A = rng.normal(size=(5, dim)) + 1.0
+    B = rng.normal(size=(5, dim)) - 1.0
+    half = n_words * n_templates
+    units = [f"w{i // n_templates}" for i in range(2 * half)]
+    return sentences[:half], sentences[half:], A, B, units[:half], units[half:]
+
+
+def run_with_units(tmp_path, X, Y, A, B, ux, uy, **params):
+    names = {role: [f"{role} {i}" for i in range(len(v))] for role, v in zip("XYAB", (X, Y, A, B))}
+    table = {n: v for role, vs in zip("XYAB", (X, Y, A, B)) for n, v in zip(names[role], vs)}
+    spec = {r: {"category": r, "examples": names[k]} for r, k in zip(("targ1", "targ2", "attr1", "attr2"), "XYAB")}
+    spec["targ1"]["units"], spec["targ2"]["units"] = list(ux), list(uy)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(spec))
+    return SEATProbe(test_files=[str(path)], **params).run(FixedEmbeddings(table), AuditContext(seed=1).for_probe("seat"))
+
+
+def test_clustered_sentences_are_permuted_by_word(tmp_path):
+    """Regression: sentences of one word are correlated, so the exact p re-partitions words.
+
+    Brute force: every split of the 8 words into two sets of 4 (70), statistic = difference of the
+    mean per-word association. Sentence-level permutation (the old test) gives a far smaller p here.
+    """
+    X, Y, A, B, ux, uy = clustered_null(3)
+    s = np.array([s_word(w, A, B) for w in np.concatenate([X, Y])])
+    word_means = s.reshape(8, 6).mean(axis=1)
+    observed = word_means[:4].mean() - word_means[4:].mean()
+    splits = list(itertools.combinations(range(8), 4))
+    hits = sum(word_means[list(c)].mean() - np.delete(word_means, list(c)).mean() >= observed - 1e-12 for c in splits)
+    result = run_with_units(tmp_path, X, Y, A, B, ux, uy, n_samples=1000)
+    row = result.tables[0].rows[0]
+    assert row[-1] == "exact"
+    assert row[8] == pytest.approx(hits / len(splits), abs=1e-12)
+    # The effect size is still the sentence-level d of Caliskan et al. / May et al.
+    assert result.metrics["effect_size[c]"].value == pytest.approx(reference_effect_size(X, Y, A, B), rel=1e-9)
+
+
+def test_clustered_null_false_alarm_rate(tmp_path):
+    """On 40 clustered nulls (6 words a side) the word-level test alarms at about alpha: 3 of 40 here.
+
+    The sentence-level test (the old code) alarmed in 11 of 40. Seeds are fixed, so this is deterministic.
+    """
+    alarms = 0
+    for seed in range(40):
+        X, Y, A, B, ux, uy = clustered_null(100 + seed, n_words=6, noise=0.05)
+        result = run_with_units(tmp_path, X, Y, A, B, ux, uy, n_samples=1000, n_boot=200)
+        alarms += result.status != "passed"
+    assert alarms <= 6  # P(Binomial(40, 0.05) > 6) < 0.02
+
+
+def test_clustered_interval_resamples_words(tmp_path):
+    """Regression: the interval matches a brute-force bootstrap that draws words with all their sentences.
+
+    Per replicate k - 1 of the k words of each set, with replacement; percentiles at the tail of a
+    t quantile with (words - 2) degrees of freedom (expanded percentile). The old interval resampled
+    sentences and was about half as wide.
+    """
+    from scipy import stats
+
+    X, Y, A, B, ux, uy = clustered_null(7, n_words=6)
+    result = run_with_units(tmp_path, X, Y, A, B, ux, uy, n_samples=1000, n_boot=8000)
+    rng = np.random.default_rng(0)
+    sx = np.array([s_word(w, A, B) for w in X]).reshape(6, 6)
+    sy = np.array([s_word(w, A, B) for w in Y]).reshape(6, 6)
+    reps = []
+    for _ in range(8000):
+        bx, by = sx[rng.integers(0, 6, 5)].ravel(), sy[rng.integers(0, 6, 5)].ravel()
+        both = np.concatenate([bx, by])
+        reps.append((bx.mean() - by.mean()) / both.std(ddof=1))
+    tail = stats.norm.cdf(-stats.t.ppf(0.975, df=12 - 2))
+    low, high = np.quantile(reps, [tail, 1 - tail])
+    ci = result.metrics["effect_size[c]"].ci
+    width = high - low
+    assert ci[0] == pytest.approx(low, abs=0.05 * width) and ci[1] == pytest.approx(high, abs=0.05 * width)
+
+
+def test_builtin_tests_carry_the_word_of_each_sentence():
+    weat6 = builtin_tests()["weat6"]
+    assert len(weat6.X_units) == len(weat6.X) and weat6.X_units.count("John") == 8
+    assert weat6.X[weat6.X_units.index("John")] == "This is John."
+
+
+def test_bad_units_in_test_file(tmp_path):
+    spec = {r: {"category": r, "examples": ["a", "b"]} for r in ("targ1", "targ2", "attr1", "attr2")}
+    spec["targ1"]["units"] = ["w"]
+    path = tmp_path / "u.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(DataError, match="'units' must be a list of strings, one per example"):
+        load_test_file(path)
