@@ -38,7 +38,7 @@ from audit.errors import ConfigError, DataError, NotApplicableError
 from audit.figures import interval_bar_chart
 from audit.masking import TextMasker
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
-from audit.stats import bootstrap_ci, paired_permutation_test
+from audit.stats import bootstrap_ci
 from audit.target import AuditTarget
 from probes.display import data_masker
 
@@ -54,17 +54,20 @@ __all__ = [
     "builtin_examples",
     "check_common_params",
     "collect_examples",
+    "control_rank_p_value",
     "counterfactual_pairs",
     "demographic_mask",
     "demographic_terms",
     "encode",
     "encode_examples",
+    "explains_own_prediction",
     "heat_colors",
     "position_matched_controls",
     "redact_for_display",
     "resolve_targets",
     "target_label",
     "transformer_blocks",
+    "word_pool",
     "word_scores",
 ]
 
@@ -785,6 +788,23 @@ def _class_index(wanted: Any, n_classes: int, labels: Sequence[str], probe: str)
     )
 
 
+def explains_own_prediction(examples: Sequence[Example], default: Any) -> list[bool]:
+    """Per example, whether :func:`resolve_targets` explains the model's own prediction for that text.
+
+    True where no target was given (neither ``default`` nor the example's own) and the example is
+    not a counterfactual pair's side b that takes side a's target. A control text made from such an
+    example must explain *its* own prediction too, or the two are not compared like for like.
+    """
+    sides_a = set()
+    out = []
+    for ex in examples:
+        inherits = ex.pair is not None and ex.side == "b" and ex.pair in sides_a
+        if ex.pair is not None and ex.side == "a":
+            sides_a.add(ex.pair)
+        out.append(not inherits and ex.target is None and default is None)
+    return out
+
+
 def target_label(explainer: Explainer, value: Any, labels: Sequence[str]) -> str:
     """A readable name of an explained output."""
     if explainer.kind == "causal-lm":
@@ -793,26 +813,82 @@ def target_label(explainer: Explainer, value: Any, labels: Sequence[str]) -> str
 
 
 def position_matched_controls(enc: Encoded, mask: np.ndarray, *, rng: np.random.Generator,
-                              n_controls: int) -> list[Encoded]:
-    """Copies of ``enc`` with every demographic-term token replaced by another content token of the same text.
+                              n_controls: int, pool: Sequence[int] | None = None) -> list[Encoded]:
+    """Copies of ``enc`` with every demographic-term token replaced by another token, one for one.
 
-    Each replacement is drawn (with ``rng``) from the text's non-term content tokens, so the
-    controls keep the length, the positions and the kind of words of the original: the share of
-    attribution that their replaced positions receive is what position alone gives a word there.
-    Empty when the text has no other content token to draw from.
+    Each replacement is drawn (with ``rng``) from ``pool`` less every token id that already occurs
+    in ``enc`` (the probe passes the non-term content tokens of all its examples), so a control
+    keeps the length and the positions of the original and, like the term it replaces, its
+    replacement is a token the text does not otherwise contain: a repeated token shares its
+    attribution with its twin (with tied embeddings, a causal LM's next token is often a copy of
+    one), which would make the controls' share low for a reason other than the words. Without
+    ``pool`` it is the text's own non-term content tokens (repeats, then, cannot be avoided).
+    Empty when there is nothing to draw from.
     """
     mask = np.asarray(mask, dtype=bool)
-    pool = [enc.ids[j] for j in enc.content if not mask[j]]
+    if pool is None:
+        candidates = [enc.ids[j] for j in enc.content if not mask[j]]
+    else:
+        present = set(enc.ids)
+        candidates = [int(t) for t in dict.fromkeys(pool) if int(t) not in present]
     positions = np.flatnonzero(mask)
-    if not pool or not positions.size:
+    if not candidates or not positions.size:
         return []
     out = []
     for _ in range(n_controls):
         ids = list(enc.ids)
         for j in positions:
-            ids[int(j)] = int(pool[int(rng.integers(len(pool)))])
+            ids[int(j)] = int(candidates[int(rng.integers(len(candidates)))])
         out.append(replace(enc, ids=tuple(ids)))
     return out
+
+
+def word_pool(tokenizer: Any, terms: Mapping[str, Sequence[str]]) -> list[int]:
+    """Token ids of whole words in the tokenizer's vocabulary (not demographic terms), to draw controls from.
+
+    A word token is alphabetic after its word-start marker (``Ġ`` of byte-level BPE, ``▁`` of
+    SentencePiece; WordPiece's whole words have no ``##``), and starts a word the way the terms
+    inside a sentence do. Drawing each control's replacement from the whole vocabulary, not from
+    the examples' own words, keeps the controls of different examples independent: a small
+    shared pool gives every example the same few replacement words, whose common quirk then
+    shows up in every example's excess at once.
+    """
+    vocab = tokenizer.get_vocab()
+    marker = next((m for m in ("Ġ", "▁") if sum(t.startswith(m) for t in vocab) > len(vocab) // 10), "")
+    banned = {_normalise_word(w) for group in terms.values() for t in group for w in t.split()}
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    out = []
+    for token, idx in vocab.items():
+        word = token[len(marker):] if marker and token.startswith(marker) else None if marker else token
+        if word and word.isalpha() and word.isascii() and idx not in special and word.lower() not in banned:
+            out.append(int(idx))
+    return sorted(out)
+
+
+def _control_targets(explainer: Explainer, controls: list[Encoded], fixed: list[Any], own: list[bool]) -> list[Any]:
+    """Each control's output to explain: its own prediction where ``own``, else its example's target."""
+    mine = [c for c, o in zip(controls, own, strict=True) if o]
+    predicted = iter(explainer.predict(mine) if mine else [])
+    return [next(predicted) if o else t for t, o in zip(fixed, own, strict=True)]
+
+
+def control_rank_p_value(originals: Sequence[float], controls: Sequence[Sequence[float]]) -> float:
+    """Exact one-sided p that the originals outrank their own controls more often than chance.
+
+    Per example, ``C_i`` counts the controls whose share is strictly below the original's (a tie
+    counts against the finding). Were the term one more word drawn like its controls, ``C_i``
+    would be uniform on ``0..m_i`` (``m_i`` controls) and independent across examples; the p-value
+    is ``P(sum C_i >= observed)`` under that law, enumerated exactly. Unlike a sign-flip test of
+    the mean excess, it does not assume that excess is symmetric about 0, which it is not: an
+    original is one draw and is compared with the mean of several, so under the null its excess
+    is skewed (many small gains, a few large losses), and a sign-flip test then alarms far too
+    often on few examples.
+    """
+    observed = sum(int(np.sum(np.asarray(c, dtype=float) < o)) for o, c in zip(originals, controls, strict=True))
+    law = np.ones(1)
+    for c in controls:
+        law = np.convolve(law, np.full(len(c) + 1, 1.0 / (len(c) + 1)))
+    return float(min(1.0, law[observed:].sum()))
 
 
 def _term_share(scores: np.ndarray, mask: np.ndarray) -> float | None:
@@ -879,11 +955,17 @@ class AttributionProbe(Probe):
     -----
     Where a token sits decides much of its attribution (a causal LM's last prompt token takes
     most of it even with random weights), so a demographic-term share is compared with
-    position-matched controls: the same text with each term token replaced by another content
-    token of that text (:func:`position_matched_controls`), explained for the same output. The
+    position-matched controls: the same text with each term token replaced by a
+    whole word of the tokenizer's vocabulary that the text does not contain
+    (:func:`position_matched_controls`, :func:`word_pool`), one token for one. Each
+    control explains what its example explains, relative to itself: with the default target its
+    *own* prediction (greedy next token or predicted class), since the original's prediction is
+    largely decided by the very token a control replaces; with a fixed ``target`` (or a pair's
+    side b, explained for side a's output) the same output as its example. The
     statistic is the per-example excess, share on the terms minus the mean share on the same
-    positions in the controls; the share is a *finding* only when a one-sided sign-flip test of
-    mean excess > 0 has p <= ``alpha``, which needs at least ``ceil(log2(1 / alpha))`` examples
+    positions in the controls; the share is a *finding* only when the exact rank test of
+    :func:`control_rank_p_value` (the term's share outranks its own controls' more often than
+    chance) has p <= ``alpha``, which needs at least ``ceil(log2(1 / alpha))`` examples
     with a term (5 at 0.05). Computed for the lead method (Integrated Gradients when selected).
     """
 
@@ -891,7 +973,7 @@ class AttributionProbe(Probe):
     category: ClassVar[str] = "transparency"
     kinds: ClassVar[frozenset[str]] = EXPLAINABLE_KINDS
     description: ClassVar[str] = "Token attributions (Integrated Gradients, Saliency, Input x Gradient) with Captum"
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
     after: ClassVar[tuple[str, ...]] = ("counterfactual",)
 
     def __init__(
@@ -1016,7 +1098,8 @@ class AttributionProbe(Probe):
                             "share expected if attribution were spread evenly (position is not controlled here; "
                             "see demographic_share_excess)",
             )
-        finding = self._position_control(explainer, encs, targets, dem, attributions[lead], lead, metrics, rng)
+        own = explains_own_prediction(examples, self.target)
+        finding = self._position_control(explainer, encs, targets, own, terms, dem, attributions[lead], lead, metrics, rng)
 
         unconverged = 0
         ig_rows = attributions.get("integrated_gradients")
@@ -1122,31 +1205,38 @@ class AttributionProbe(Probe):
         return self.result(status=status, summary=summary, metrics=metrics, headline=f"demographic_share[{lead}]",
                            tables=tables, figures=figures, examples=heat)
 
-    def _position_control(self, explainer: Explainer, encs: list[Encoded], targets: list[Any], dem: list[np.ndarray],
-                          lead_attr: list[TokenAttribution], lead: str, metrics: dict[str, Metric],
-                          rng: np.random.Generator) -> bool:
-        """Adds ``demographic_share_excess[lead]``; returns whether the term share is a finding."""
+    def _position_control(self, explainer: Explainer, encs: list[Encoded], targets: list[Any], own: list[bool],
+                          terms: Mapping[str, Sequence[str]], dem: list[np.ndarray], lead_attr: list[TokenAttribution], lead: str,
+                          metrics: dict[str, Metric], rng: np.random.Generator) -> bool:
+        """Adds ``demographic_share_excess[lead]``; returns whether the term share is a finding.
+
+        A control explains what its example explains, relative to itself: its own prediction where
+        the example explains the model's own prediction (``own``), else the same fixed target.
+        """
         n_min = max(1, math.ceil(math.log2(1 / self.alpha) - 1e-12))
         key = f"demographic_share_excess[{lead}]"
         description = (f"Share of |{TITLES[lead]}| on demographic terms minus the share the same positions get when "
-                       "the terms are replaced by other words of the text (position-matched controls), mean over "
-                       f"examples; p: one-sided sign-flip test of excess > 0 (a finding needs p <= {self.alpha:g} "
+                       "the terms are replaced by other words of the vocabulary (position-matched controls, each explaining "
+                       "its own prediction unless a target is fixed), mean over "
+                       "examples; p: exact one-sided test that the term's share outranks its own controls' more "
+                       f"often than chance (a finding needs p <= {self.alpha:g} "
                        f"and at least {n_min} examples)")
         if not self.position_controls:
             metrics[key] = Metric(value=None, note="position_controls is 0: the share was not controlled for position",
                                   description=description)
             return False
         owners, controls = [], []
+        pool = word_pool(explainer.tokenizer, terms)
         for i, enc in enumerate(encs):
             if dem[i].any() and _term_share(lead_attr[i].scores, dem[i]) is not None:
-                made = position_matched_controls(enc, dem[i], rng=rng, n_controls=self.position_controls)
+                made = position_matched_controls(enc, dem[i], rng=rng, n_controls=self.position_controls, pool=pool)
                 owners += [i] * len(made)
                 controls += made
         if not controls:
             metrics[key] = Metric(value=None, description=description,
                                   note="no example has both a demographic term and another word to compare it with")
             return False
-        control_targets = [targets[i] for i in owners]
+        control_targets = _control_targets(explainer, controls, [targets[i] for i in owners], [own[i] for i in owners])
         if lead == "integrated_gradients":
             rows = explainer.integrated_gradients(controls, control_targets, n_steps=self.n_steps,
                                                   max_delta=self.max_delta, max_n_steps=self.max_n_steps,
@@ -1158,19 +1248,20 @@ class AttributionProbe(Probe):
             control_share = _term_share(r.scores, dem[i])
             if control_share is not None:
                 by_example[i].append(control_share)
-        excess = np.array([_term_share(lead_attr[i].scores, dem[i]) - float(np.mean(v))
-                           for i, v in sorted(by_example.items())])
+        originals = {i: float(_term_share(lead_attr[i].scores, dem[i])) for i in by_example}
+        excess = np.array([originals[i] - float(np.mean(v)) for i, v in sorted(by_example.items())])
         if not excess.size:
             metrics[key] = Metric(value=None, description=description,
                                   note="every control text had zero attribution")
             return False
         ci = bootstrap_ci(excess, rng=rng)
-        test = paired_permutation_test(excess, np.zeros_like(excess), rng=rng, alternative="greater")
+        p_value = control_rank_p_value([originals[i] for i in sorted(by_example)],
+                                       [by_example[i] for i in sorted(by_example)])
         note = None if excess.size >= n_min else (
             f"only {excess.size} example(s) with a demographic term: at least {n_min} are needed for a finding")
-        metrics[key] = Metric(value=ci.estimate, ci=ci.as_tuple(), ci_level=ci.level, p_value=test.p_value,
+        metrics[key] = Metric(value=ci.estimate, ci=ci.as_tuple(), ci_level=ci.level, p_value=p_value,
                               direction="lower_is_better", description=description, note=note)
-        return bool(excess.size >= n_min and test.p_value <= self.alpha)
+        return bool(excess.size >= n_min and p_value <= self.alpha)
 
     @staticmethod
     def _excess_sentence(metric: Metric | None, finding: bool) -> str:

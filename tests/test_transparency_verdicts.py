@@ -23,7 +23,13 @@ import torch
 from audit import load_target
 from audit.context import AuditContext
 from probes import faithfulness
-from probes.attribution import AttributionProbe, Explainer, demographic_mask, position_matched_controls
+from probes.attribution import (
+    AttributionProbe,
+    Explainer,
+    control_rank_p_value,
+    demographic_mask,
+    position_matched_controls,
+)
 from probes.decision_path import (
     DecisionPathProbe,
     decision_layer,
@@ -267,6 +273,61 @@ def test_random_gpt2_share_is_not_a_finding(texts, tiny_targets):
     excess = result.metrics["demographic_share_excess[input_x_gradient]"]
     assert excess.p_value > 0.05 and excess.note is None
     assert result.status == "passed" and "not a finding" in result.summary
+
+
+#: Eight prompts that end with a demographic term, explained for their own greedy next token.
+TERM_LAST_8 = [*TERM_LAST, "the movie was made by his father", "it was a good day for the boy"]
+
+
+def test_random_gpt2_own_next_token_is_not_a_finding(tiny_targets):
+    """Terms at the end, default target: the old controls explained the original's next token, which
+    the last-position term decides, so a random model's share on the term was a finding (p 0.004)."""
+    target = tiny_targets["causal-lm"]
+    probe = AttributionProbe(examples=TERM_LAST_8, max_examples=8, methods=["integrated_gradients"])
+    result = probe.run(target, CTX.for_probe("attribution"))
+    assert result.metrics["demographic_share[integrated_gradients]"].value > 0.5  # position alone
+    excess = result.metrics["demographic_share_excess[integrated_gradients]"]
+    assert excess.note is None and excess.p_value > 0.05  # old code: 0.0039 on this model
+    assert abs(excess.value) < 0.1  # old code: +0.2
+    assert "not a finding" in result.summary
+
+
+def test_controls_draw_words_the_text_lacks(tiny_targets):
+    explainer = Explainer.for_target(tiny_targets["causal-lm"])
+    enc = explainer.encode("the nurse said she was late for the film")
+    mask = demographic_mask(enc, {"gender": ["she"]})
+    other = explainer.encode("we talked about the movie and the art")
+    pool = [*enc.ids, *other.ids]
+    controls = position_matched_controls(enc, mask, rng=np.random.default_rng(0), n_controls=20, pool=pool)
+    fresh = set(other.ids) - set(enc.ids)
+    assert len(controls) == 20
+    for c in controls:
+        assert len(c.ids) == len(enc.ids)
+        assert all(c.ids[j] in fresh for j in np.flatnonzero(mask))  # never a repeat of a word of the text
+    assert position_matched_controls(enc, mask, rng=np.random.default_rng(0), n_controls=2, pool=enc.ids) == []
+
+
+def test_control_rank_p_value_matches_enumeration():
+    import itertools
+
+    originals, controls = [0.9, 0.5, 0.7], [[0.1, 0.95, 0.2], [0.6, 0.4], [0.7, 0.1, 0.2]]  # 0.7 vs 0.7: a tie
+    observed = 2 + 1 + 2
+    outcomes = list(itertools.product(range(4), range(3), range(4)))  # each C_i uniform on 0..m_i
+    expected = sum(sum(o) >= observed for o in outcomes) / len(outcomes)
+    assert control_rank_p_value(originals, controls) == pytest.approx(expected)
+    assert control_rank_p_value([1.0] * 5, [[0.0] * 3] * 5) == pytest.approx(4.0 ** -5)
+    assert control_rank_p_value([0.0] * 5, [[1.0] * 3] * 5) == pytest.approx(1.0)
+
+
+def test_rank_test_is_calibrated_on_skewed_exchangeable_shares():
+    """One original against the mean of three controls is skewed; a sign-flip test of the mean excess
+    alarmed on such nulls far above alpha, the rank test stays at or under it."""
+    rng = np.random.default_rng(0)
+    alarms = 0
+    for _ in range(2000):
+        shares = 1 - rng.beta(0.5, 4, size=(8, 4))  # exchangeable, near 1, long left tail
+        alarms += control_rank_p_value(shares[:, 0], shares[:, 1:]) <= 0.05
+    assert alarms / 2000 <= 0.06
 
 
 def test_planted_term_share_is_a_finding(planted):
