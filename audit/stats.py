@@ -367,7 +367,7 @@ def welch_interval(x: np.ndarray, y: np.ndarray, *, confidence_level: float = 0.
     >>> from audit.stats import welch_interval
     >>> ci = welch_interval(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.5, 1.0]))
     >>> round(ci.estimate, 3), round(ci.low, 3), round(ci.high, 3)
-    (1.5, -0.063, 3.063)
+    (1.5, -0.578, 3.578)
     """
     a, b = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
     if a.size == 0 or b.size == 0:
