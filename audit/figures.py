@@ -55,7 +55,7 @@ def interval_bar_chart(
     positions = list(range(n))[::-1]
     ax.barh(positions, values, color=colors, height=0.6)
     if intervals:
-        for pos, value, interval in zip(positions, values, intervals):
+        for pos, interval in zip(positions, intervals, strict=False):
             if interval is not None:  # drawn from its own bounds: an interval need not contain the bar's value
                 low, high = min(interval), max(interval)
                 ax.errorbar([(low + high) / 2], [pos], xerr=[(high - low) / 2],

@@ -24,7 +24,7 @@ from audit.data import AuditDataset
 from audit.probe import Metric, ProbeResult
 from audit.results import AuditResults
 from audit.runner import _check_gate
-from probes import group_fairness, stereoset
+from probes import stereoset
 from probes.crows_pairs import CrowsPairsProbe, score_pairs
 from probes.group_fairness import GroupFairnessProbe
 from probes.stereoset import MIN_TARGETS, StereoSetProbe, load_intrasentence
