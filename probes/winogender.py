@@ -23,7 +23,7 @@ from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.stats import bootstrap_ci, holm_bonferroni, sign_flip_tests, stratified_permutation_test
-from probes.bbq import continuation_scores
+from probes.bbq import _fmt, _num, continuation_scores
 
 if TYPE_CHECKING:
     from audit.context import AuditContext
@@ -463,11 +463,3 @@ class WinogenderProbe(Probe):
         if flagged:
             return "warned", f"significant after Holm: {', '.join(flagged)}."
         return "passed", f"nothing differs significantly from 0 at alpha={self.alpha} after Holm."
-
-
-def _fmt(ci: tuple[float, float] | None) -> str | None:
-    return None if ci is None else f"[{ci[0]:.1f}, {ci[1]:.1f}]"
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
