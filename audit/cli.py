@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from audit.errors import AuditError, ConfigError, OutputError
 
-__all__ = ["Command", "main"]
+__all__ = ["Command", "DeprecatedForm", "main"]
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
 _OFFLINE_DEFAULTS = {
@@ -49,6 +49,50 @@ class Command(Protocol):
     def configure(self, parser: argparse.ArgumentParser) -> None: ...
 
     def run(self, args: argparse.Namespace) -> int: ...
+
+
+BASELINE_MEANS = "--baseline names an earlier results.json to compare with, as in 'rai-audit run'"
+JSON_MEANS = "--json prints the summary as JSON on stdout, as in 'rai-audit run'"
+DEPRECATED_FORM = ("{old} is deprecated here: {reason}; use {new} instead (the old form stops working in the "
+                   "next release)")
+
+
+class DeprecatedForm(argparse.Action):
+    """An option's old spelling or meaning, still accepted for one release with a one-line warning.
+
+    A flag name means one thing in every sub-command (``--baseline`` a results.json to compare
+    with, ``--json`` a switch that prints JSON on stdout), so a command that used the name for
+    something else keeps the old form only through this action.
+
+    Parameters
+    ----------
+    new : str
+        The option to use instead, named in the warning.
+    reason : str
+        What the name means now, named in the warning.
+    old_dest : str, optional
+        With ``nargs="?"``: a bare flag sets ``dest`` to True (the new meaning) and a given value is
+        the old form, stored in ``old_dest`` after the warning. Without it the old switch sets
+        ``dest`` to True after the warning.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, new: str, reason: str,
+                 old_dest: str | None = None, nargs: Any = 0, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=nargs, **kwargs)
+        self.new, self.reason, self.old_dest = new, reason, old_dest
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if self.old_dest is not None and values is None:  # the bare flag: its one meaning everywhere
+            setattr(namespace, self.dest, True)
+            return
+        sys.stderr.write("rai-audit: warning: " + DEPRECATED_FORM.format(
+            old=f"{option_string} {values}" if self.old_dest is not None else option_string,
+            reason=self.reason, new=self.new) + "\n")
+        if self.old_dest is not None:
+            setattr(namespace, self.old_dest, values)
+        else:
+            setattr(namespace, self.dest, True)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from audit._validate import check_max_length, device_arg, seed_arg
+from audit.cli import BASELINE_MEANS, DeprecatedForm
 from audit.errors import ConfigError
 
 __all__ = ["TrainDPCommand"]
@@ -74,7 +75,11 @@ class TrainDPCommand:
                             help="'all', 'head', N (head + top N blocks) or comma-separated parameter-name prefixes")
         parser.add_argument("--max-length", type=int, default=128, help="truncation length in tokens")
         parser.add_argument("--eval-fraction", type=float, default=0.2, help="held-out share for utility")
-        parser.add_argument("--baseline", action="store_true", help="also train without DP to report the utility cost")
+        parser.add_argument("--non-private-baseline", action="store_true", dest="baseline",
+                            help="also train without DP to report the utility cost")
+        parser.add_argument("--baseline", action=DeprecatedForm, dest="baseline", default=None,
+                            new="--non-private-baseline", reason=BASELINE_MEANS,
+                            help="deprecated spelling of --non-private-baseline")
         parser.add_argument("--canaries", type=_repetitions, default=(), metavar="R1,R2,...",
                             help="causal LMs: plant one random canary per count, repeated that often (e.g. 1,10,100)")
         parser.add_argument("--secure-mode", action="store_true",

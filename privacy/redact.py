@@ -11,6 +11,7 @@ Summaries count what changed; they never hold a raw value, and the encryption ke
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from audit.cli import JSON_MEANS, DeprecatedForm
 from audit.errors import ConfigError, DataError
 from privacy.pii import (
     ENGINES,
@@ -387,7 +389,11 @@ class ScanCommand:
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("input", type=Path, help="CSV, JSONL, JSON or Parquet file, or a saved Hugging Face dataset")
         parser.add_argument("--columns", nargs="+", required=True, metavar="COLUMN", help="text columns to scan")
-        parser.add_argument("--json", type=Path, metavar="FILE", help="also write the summary as JSON")
+        parser.add_argument("--json-file", type=Path, metavar="FILE", help="also write the summary as JSON to FILE")
+        parser.add_argument("--json", action=DeprecatedForm, nargs="?", type=Path, default=False, metavar="FILE",
+                            old_dest="json_file", new="--json-file FILE", reason=JSON_MEANS,
+                            help="print the summary as JSON on stdout instead of text (--json FILE: deprecated "
+                                 "spelling of --json-file FILE)")
         parser.add_argument("--max-rows", type=int, help="scan only the first N rows")
         parser.add_argument("--examples", type=int, default=0, help="redacted example rows to print (default 0)")
         parser.add_argument("--show-pii", action="store_true", help="show raw values in the examples")
@@ -400,20 +406,23 @@ class ScanCommand:
             raise DataError(f"--max-rows must be a positive integer, got {args.max_rows}.")
         if args.examples < 0:
             raise DataError(f"--examples must be 0 or more, got {args.examples}. Pass --examples 5 to see five rows.")
-        if args.json is not None:  # a bad --json path must fail before the scan, not after it
-            check_output_file(args.json, flag="--json")
-            if args.input.exists() and args.json.exists() and args.json.resolve() == args.input.resolve():
-                raise DataError(f"--json {str(args.json)!r} is the input file; the summary would overwrite the data. "
-                                "Give another path for --json.")
+        if args.json_file is not None:  # a bad --json-file path must fail before the scan, not after it
+            check_output_file(args.json_file, flag="--json-file")
+            if args.input.exists() and args.json_file.exists() and args.json_file.resolve() == args.input.resolve():
+                raise DataError(f"--json-file {str(args.json_file)!r} is the input file; the summary would overwrite "
+                                "the data. Give another path for --json-file.")
         scanner = PIIScanner(entities=args.entities, score_threshold=args.score_threshold, language=args.language,
                              engine=args.engine,
                              recognizers=load_recognizer_file(args.recognizers) if args.recognizers else (),
                              allow_list=args.allow, n_process=args.workers, progress=not args.no_progress)
         summary = scanner.scan_table(args.input, columns=args.columns, chunk_size=args.chunk_size,
                                      max_rows=args.max_rows, n_examples=args.examples, show_pii=args.show_pii)
-        print(summary.format_text())
-        for example in summary.examples:
-            print("  " + "; ".join(f"{k}: {v}" for k, v in example.items()))
-        if args.json is not None:
-            write_json_atomic(args.json, summary.to_dict())
+        if args.json:
+            print(json.dumps(summary.to_dict(), indent=2))
+        else:
+            print(summary.format_text())
+            for example in summary.examples:
+                print("  " + "; ".join(f"{k}: {v}" for k, v in example.items()))
+        if args.json_file is not None:
+            write_json_atomic(args.json_file, summary.to_dict())
         return 0 if not summary.documents_with_pii else 1

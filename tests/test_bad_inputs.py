@@ -189,14 +189,14 @@ def test_scan_pii_json_directory_fails_before_the_scan(capsys, tmp_path, monkeyp
     from privacy.pii import PIIScanner
 
     def never(*_args, **_kwargs):
-        raise AssertionError("the scan ran before --json was checked")
+        raise AssertionError("the scan ran before --json-file was checked")
 
     monkeypatch.setattr(PIIScanner, "scan_table", never)
     data = tmp_path / "d.csv"
     data.write_text("text\nmail jo@example.com\n")
     code, _, err = run_cli(capsys, "scan-pii", data, "--columns", "text", "--engine", "pattern",
-                           "--json", tmp_path, "--no-progress")
-    assert_one_line(code, err, "is a directory", "--json")
+                           "--json-file", tmp_path, "--no-progress")
+    assert_one_line(code, err, "is a directory", "--json-file")
 
 
 def test_scan_pii_json_onto_its_input_is_refused(capsys, tmp_path):
@@ -204,8 +204,8 @@ def test_scan_pii_json_onto_its_input_is_refused(capsys, tmp_path):
     data.write_text("text\nmail jo@example.com\n")
     before = tree_digest(tmp_path)
     code, _, err = run_cli(capsys, "scan-pii", data, "--columns", "text", "--engine", "pattern",
-                           "--json", data, "--no-progress")
-    assert_one_line(code, err, "is the input file", "--json")
+                           "--json-file", data, "--no-progress")
+    assert_one_line(code, err, "is the input file", "--json-file")
     assert tree_digest(tmp_path) == before
 
 

@@ -66,3 +66,44 @@ def test_decision_layer_is_not_printed_as_a_float(tmp_path):
     result = Auditor(config).run(load_target(model, progress=False)).result("decision_path")
     assert "is decided" in result.summary, result.summary  # a tiny margin: every example decides somewhere
     assert re.search(r"at layer \d+(\.\d)? of 2 on average", result.summary) and ".0 of" not in result.summary
+
+
+def test_an_option_name_means_one_thing_in_every_command():
+    """A name is a switch everywhere or takes a value everywhere; --baseline is a results file, --json a switch."""
+    from audit.cli import DeprecatedForm
+
+    kinds: dict[str, dict[bool, list[str]]] = {}
+    for command, parser in SUB.choices.items():
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, DeprecatedForm)):
+                continue
+            for option in action.option_strings:
+                kinds.setdefault(option, {}).setdefault(action.nargs == 0, []).append(command)
+    mixed = {option: found for option, found in kinds.items() if len(found) > 1}
+    assert not mixed, f"options that are a switch in some commands and take a value in others: {mixed}"
+    assert kinds["--baseline"] == {False: ["run"]} and set(kinds["--json"]) == {True}
+
+
+@pytest.mark.parametrize(("argv", "dest", "value", "new"), [
+    (["train-dp", "--model", "m", "--data", "d", "--out", "o", "--baseline"], "baseline", True, "--non-private-baseline"),
+    (["federate", "--model", "m", "--data", "d", "--out", "o", "--baseline"], "baseline", True, "--centralized-baseline"),
+    (["scan-pii", "d.csv", "--columns", "text", "--json", "s.json"], "json_file", "s.json", "--json-file FILE"),
+])
+def test_old_meanings_still_work_with_a_deprecation_line(capsys, argv, dest, value, new):
+    args = PARSER.parse_args(argv)
+    assert str(getattr(args, dest)) == str(value)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "deprecated" in err and f"use {new} instead" in err, err
+
+
+@pytest.mark.parametrize(("argv", "dest", "value"), [
+    (["train-dp", "--model", "m", "--data", "d", "--out", "o", "--non-private-baseline"], "baseline", True),
+    (["train-dp", "--model", "m", "--data", "d", "--out", "o"], "baseline", False),
+    (["federate", "--model", "m", "--data", "d", "--out", "o", "--centralized-baseline"], "baseline", True),
+    (["scan-pii", "d.csv", "--columns", "text", "--json"], "json", True),
+    (["scan-pii", "d.csv", "--columns", "text"], "json", False),
+    (["scan-pii", "d.csv", "--columns", "text", "--json-file", "s.json"], "json_file", "s.json"),
+])
+def test_new_spellings_parse_silently(capsys, argv, dest, value):
+    assert str(getattr(PARSER.parse_args(argv), dest)) == str(value)
+    assert capsys.readouterr().err == ""

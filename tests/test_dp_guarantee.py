@@ -333,7 +333,7 @@ def test_cli_records_private_statistics_only_with_the_flag(tiny_dirs, tmp_path, 
     people_data(32).to_csv(data, index=False)
     common = ["train-dp", "--model", str(tiny_dirs["sequence-classification"]), "--data", str(data), "--label-column",
               "label", "--noise-multiplier", "1.0", "--accountant", "rdp", "--batch-size", "8", "--epochs", "1",
-              "--baseline", "--no-progress"]
+              "--non-private-baseline", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
     assert main([*common, "--record-private-stats", "--out", str(tmp_path / "stats")]) == 0
     assert "not covered by the DP guarantee" in capsys.readouterr().out

@@ -39,6 +39,7 @@ RUN_FAST = {
     "rai-audit probes",
     "rai-audit schema --out results.schema.json",
     "rai-audit scan-pii data.csv --columns text notes",
+    "rai-audit scan-pii data.csv --columns text --json",
     "rai-audit redact data.csv --out clean.csv --columns text notes --operator replace",
     'rai-audit redact data.parquet --out enc.parquet --columns text --operator encrypt --key "$KEY"',
 }
@@ -48,7 +49,8 @@ RUN_SLOW = {
     "rai-audit run --model ./candidate --config audit.yaml --out report "
     "--baseline released/results.json --allow-different-models --junit report/junit.xml",
 }
-EXIT = {"rai-audit scan-pii data.csv --columns text notes": 1}  # "exit 1 if PII found": the fixture has PII
+EXIT = {"rai-audit scan-pii data.csv --columns text notes": 1,  # "exit 1 if PII found": the fixture has PII
+        "rai-audit scan-pii data.csv --columns text --json": 1}
 SLOW_PYTHON = ("DPFineTuner", "FederatedFineTuner")
 
 

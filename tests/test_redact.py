@@ -229,10 +229,14 @@ def test_scan_pii_command_exit_code_and_json(tmp_path, capsys):
     table().to_json(src, orient="records", lines=True)
     report = tmp_path / "scan.json"
     code, stdout, _ = _cli(["scan-pii", str(src), "--columns", "text", "notes", "--engine", "pattern",
-                            "--entities", "EMAIL_ADDRESS", "--json", str(report), "--examples", "2", "--no-progress"], capsys)
+                            "--entities", "EMAIL_ADDRESS", "--json-file", str(report), "--examples", "2", "--no-progress"], capsys)
     assert code == 1 and "Personal data found in 3 value(s) (2 row(s))" in stdout
     saved = json.loads(report.read_text(encoding="utf-8"))
     assert saved["entity_counts"] == {"EMAIL_ADDRESS": 4} and saved["rows"] == 4
+    code, printed, _ = _cli(["scan-pii", str(src), "--columns", "text", "notes", "--engine", "pattern",
+                             "--entities", "EMAIL_ADDRESS", "--json", "--examples", "2", "--no-progress"], capsys)
+    assert code == 1 and {k: v for k, v in json.loads(printed).items() if k != "duration_s"} == \
+        {k: v for k, v in saved.items() if k != "duration_s"}  # --json: the same summary on stdout, as in run
     assert not [e for e in EMAILS if e in stdout or e in report.read_text(encoding="utf-8")]
     clean = tmp_path / "clean.csv"
     clean.write_text("text\nhello\nworld\n", encoding="utf-8")

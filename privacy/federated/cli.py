@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from audit._validate import check_max_length, device_arg, seed_arg
+from audit.cli import BASELINE_MEANS, DeprecatedForm
 
 __all__ = ["FederateCommand"]
 
@@ -61,8 +62,11 @@ class FederateCommand:
         parser.add_argument("--learning-rate", type=float, default=5e-5, help="client optimiser learning rate")
         parser.add_argument("--max-length", type=_whole_number, default=128, help="truncation length in tokens")
         parser.add_argument("--eval-fraction", type=float, default=0.2, help="held-out share of each client's rows")
-        parser.add_argument("--baseline", action="store_true",
+        parser.add_argument("--centralized-baseline", action="store_true", dest="baseline",
                             help="also train centrally on the same rows and epochs to report what federation cost")
+        parser.add_argument("--baseline", action=DeprecatedForm, dest="baseline", default=None,
+                            new="--centralized-baseline", reason=BASELINE_MEANS,
+                            help="deprecated spelling of --centralized-baseline")
         parser.add_argument("--target-epsilon", type=float, help="client-side DP-SGD with this epsilon per client (fedavg)")
         parser.add_argument("--target-delta", type=float, help="DP delta with --target-epsilon (default: a power of ten at most 1/(10 N))")
         parser.add_argument("--max-grad-norm", type=float, default=1.0, help="per-example clipping norm with --target-epsilon")

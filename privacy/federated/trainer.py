@@ -259,7 +259,7 @@ class FederatedFineTuner:
                               f"engine={self.engine!r}. Drop superlink or use the deployment engine.")
         if self.superlink is not None and self.baseline:
             raise ConfigError("baseline=True needs every client's rows in one place, but with an existing SuperLink "
-                              "the sites keep their data. Drop baseline (--baseline) or let rai-audit start the "
+                              "the sites keep their data. Drop baseline (--centralized-baseline) or let rai-audit start the "
                               "federation on 127.0.0.1 (no --superlink).")
         mu = self.proximal_mu
         if self.strategy == "fedavg":
