@@ -98,7 +98,8 @@ def _missed(case: Mapping[str, Any]) -> list[str]:
     met = case.get("targets_met") or {}
     out = []
     if met.get("false_alarm") is False:
-        out.append(f"{case.get('verdict')}: false-alarm rate")
+        out.append(f"{case.get('verdict')}: false-alarm rate"
+                   + (" (above 5% but within sampling error of it)" if met.get("false_alarm_within_error") else ""))
     if met.get("coverage") is False:
         out.append(f"{case.get('verdict')}: interval coverage")
     if met.get("no_errors") is False:

@@ -44,6 +44,33 @@ def test_targets_fail_for_intervals_that_cover_too_rarely():
     assert result.targets() == {"false_alarm": True, "coverage": False, "no_errors": True}
 
 
+def _counted_case(alarms: int) -> Case:
+    """Alarms on exactly the first ``alarms`` null runs (counted in the closure), whatever the seed."""
+    seen = []
+
+    def run(seed: int, effect: float) -> Outcome:
+        seen.append(seed)
+        return Outcome(status="warned", alarm=len(seen) <= alarms)
+
+    return Case(probe="counted", verdict="v", description="", effect_unit="", effects={"null": 0.0}, run=run,
+                max_null_runs=200)
+
+
+@pytest.mark.parametrize(("alarms", "met", "within"), [(10, True, None), (11, False, True), (12, False, False),
+                                                      (18, False, False), (21, False, False)])
+def test_a_rate_just_above_5_percent_is_within_error_not_met(alarms, met, within):
+    result = run_case(_counted_case(alarms), runs=40, null_runs=200)
+    assert result.null.runs == 200 and result.null.alarms == alarms
+    targets = result.targets()
+    assert targets["false_alarm"] is met
+    assert targets.get("false_alarm_within_error") is within
+    if within is not None:  # one-sided exact binomial test against 5%, summed term by term
+        from math import comb
+
+        tail = sum(comb(200, k) * 0.05**k * 0.95 ** (200 - k) for k in range(alarms, 201))
+        assert (tail > 0.05 and clopper_pearson(alarms, 200)[2] <= 0.10) is within
+
+
 def test_an_erroring_run_is_counted_not_dropped():
     def run(seed: int, effect: float) -> Outcome:
         raise RuntimeError("probe broke")

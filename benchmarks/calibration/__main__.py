@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=suite.CALIBRATION_JSON,
                         help="where to write the machine-readable results (default: reports/calibration.json)")
     parser.add_argument("--no-write", action="store_true", help="print the table only; write nothing")
-    parser.add_argument("--null-runs", type=int, default=200,
-                        help="runs of each null condition (default 200; each case caps its own)")
+    parser.add_argument("--null-runs", type=int, default=1000,
+                        help="most runs of each null condition (default 1000; each case caps its own, 200 for most)")
     parser.add_argument("--jobs", type=int, default=1, help="cases run in parallel worker processes (default 1)")
     parser.add_argument("--changed-only", action="store_true",
                         help="keep the results in --json of every case whose source digest is unchanged; re-run the rest")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["Case", "CaseResult", "ConditionResult", "Outcome", "clopper_pearson", "run_case"]
+__all__ = ["Case", "CaseResult", "ConditionResult", "Outcome", "binomial_tail", "clopper_pearson", "run_case"]
 
 #: What a run reports: the probe's status, whether the verdict is an alarm (a warning, failure or
 #: distrust, as the case defines it), and whether the reported interval covered the truth
@@ -112,14 +112,27 @@ class CaseResult:
     def targets(self, *, max_false_alarm: float = 0.05, max_upper: float = 0.10,
                 min_coverage: float = 0.93) -> dict[str, bool | None]:
         """Which targets this case meets: the null false-alarm rate and its upper bound, and the
-        interval coverage in every condition that has one. ``None``: not measured."""
+        interval coverage in every condition that has one. ``None``: not measured.
+
+        ``false_alarm_within_error`` is for a rate above ``max_false_alarm`` that an exact test
+        cannot tell from it: the upper bound is within ``max_upper`` and ``k`` alarms in ``n`` runs
+        are not significantly more than ``max_false_alarm`` would give (one-sided exact binomial
+        p > 0.05). A test whose size is exactly 5% shows a point estimate above 5% in about half of
+        all measurements, however many runs are made; this says so rather than calling it met.
+        """
         null = self.null
         rate = null.alarm_rate() if null and null.runs else None
         false_alarm = None if rate is None else (rate[0] <= max_false_alarm and rate[2] <= max_upper)
+        within = None
+        if rate is not None and not false_alarm:
+            within = bool(rate[2] <= max_upper and binomial_tail(null.alarms, null.runs, max_false_alarm) > 0.05)
         pooled = self.pooled_coverage()
         coverage = None if not pooled else all(c[0] >= min_coverage for c in pooled.values())
         errors = any(c.errors for c in self.conditions)
-        return {"false_alarm": false_alarm, "coverage": coverage, "no_errors": not errors}
+        out: dict[str, bool | None] = {"false_alarm": false_alarm, "coverage": coverage, "no_errors": not errors}
+        if within is not None:
+            out["false_alarm_within_error"] = within
+        return out
 
     def pooled_coverage(self) -> dict[str, tuple[float, float, float, int]]:
         """Interval name -> coverage over every run of every condition (with its binomial interval):
@@ -141,6 +154,19 @@ class CaseResult:
             "interval": self.case.interval, "settings": dict(self.case.settings),
             "conditions": [c.to_json() for c in self.conditions], "targets_met": self.targets(),
         }
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(n, p)``: the one-sided exact p-value of ``k`` alarms in ``n`` runs.
+
+    >>> round(binomial_tail(11, 200, 0.05), 3)
+    0.417
+    >>> binomial_tail(0, 10, 0.5)
+    1.0
+    """
+    from scipy.stats import binom
+
+    return float(binom.sf(k - 1, n, p))
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float, float]:

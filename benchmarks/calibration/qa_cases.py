@@ -279,6 +279,7 @@ def _robustness_case() -> Case:
         run=run, interval="flip_rate[punctuation] Wilson 95% interval vs 100 (base + effect * share of group a)",
         settings={"probe params": "perturbations=['punctuation', 'uppercase'], otherwise defaults (alpha=0.05, "
                                   "max_gap=5, min_group_size=10, n_permutations=2000)"},
+        max_null_runs=1000,  # a second a run: enough null runs to tell its rate from 5%
     )
 
 

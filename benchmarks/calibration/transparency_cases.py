@@ -244,13 +244,46 @@ def _attribution_case() -> Case:
         interval="none",
         settings={"probe params": "methods=['integrated_gradients'], 8 configured examples, use_counterfactual=False, "
                                   "otherwise defaults (position_controls=3, alpha=0.05)"},
-        max_null_runs=60,
+        max_null_runs=200,
     )
+
+
+def wide_vocab_causal_lm(seed: int, *, n_words: int = 1500) -> Any:
+    """A fresh random tiny GPT-2 (hidden 32, 2 layers) whose byte-level BPE knows about 1,500 whole words.
+
+    The tests' tiny GPT-2 knows 56 whole words, so position-matched controls of different
+    examples keep drawing the same few replacements and are not independent, as the rank test
+    assumes (and as they are with a real vocabulary: GPT-2 has tens of thousands of whole-word
+    tokens). The words are the bundled MiniLM's whole-word WordPiece entries after the 2,000 most
+    frequent, plus the tests' corpus (which holds the demographic terms).
+    """
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from audit import load_target
+    from audit.target import default_model_path
+    from tests.tiny import CORPUS
+
+    entries = (Path(default_model_path()) / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    words = list(dict.fromkeys([*CORPUS, *[w for w in entries[2000:] if w.isalpha() and w.isascii()
+                                           and len(w) >= 3][:n_words]]))
+    text = " ".join(words)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([text, text.capitalize()], vocab_size=2 * len(words) + 300, min_frequency=1,
+                            special_tokens=["<|endoftext|>"])
+    directory = Path(tempfile.mkdtemp(prefix="rai-calibration-wide-lm-"))
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>").save_pretrained(directory)
+    torch.manual_seed(seed % 2**31)
+    config = GPT2Config(vocab_size=bpe.get_vocab_size(), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                        bos_token_id=0, eos_token_id=0)
+    GPT2LMHeadModel(config).eval().save_pretrained(directory, safe_serialization=True)
+    return load_target(directory, progress=False, device="cpu")
 
 
 def _position_case() -> Case:
     def run(seed: int, effect: float) -> Outcome:
-        from benchmarks.calibration.suite import tiny_causal_lm
         from probes.attribution import AttributionProbe
 
         rng = np.random.default_rng(seed)
@@ -258,7 +291,7 @@ def _position_case() -> Case:
         # Each prompt ends with a demographic term, where a causal LM's attribution piles up by position alone.
         texts = [" ".join([*rng.choice(_FILLER, size=int(rng.integers(5, 9))), term]) for term in terms]
         probe = AttributionProbe(methods=["integrated_gradients"], examples=texts, use_counterfactual=False)
-        result = probe.run(tiny_causal_lm(seed), AuditContext(seed=seed).for_probe("attribution"))
+        result = probe.run(wide_vocab_causal_lm(seed), AuditContext(seed=seed).for_probe("attribution"))
         excess = result.metrics.get("demographic_share_excess[integrated_gradients]")
         share = result.metrics.get("demographic_share[integrated_gradients]")
         finding = bool(excess is not None and excess.value is not None and excess.p_value is not None
@@ -268,7 +301,9 @@ def _position_case() -> Case:
 
     return Case(
         probe="attribution", verdict="finding on a random causal LM, terms at the end of the prompt (null only)",
-        description=("A fresh random tiny GPT-2 per run (it knows nothing of demographic terms); 8 prompts of random "
+        description=("A fresh random tiny GPT-2 per run (it knows nothing of demographic terms) with a vocabulary of "
+                     "about 1,500 whole words (the tests' tiny GPT-2 has 56, too few for independent controls); "
+                     "8 prompts of random "
                      "filler words, each ending with a different demographic term, where attribution piles up by "
                      "position alone. Any finding is a false alarm; the flag shows how often the raw share, "
                      "uncontrolled for position, exceeds one half."),
@@ -276,7 +311,7 @@ def _position_case() -> Case:
         alarm_means="demographic_share_excess p <= alpha with enough examples (the probe's 'finding')",
         interval="none",
         settings={"probe params": "methods=['integrated_gradients'], 8 configured examples, use_counterfactual=False"},
-        max_null_runs=40,
+        max_null_runs=120,
     )
 
 
