@@ -371,10 +371,11 @@ def _unseal(record: Mapping[str, Any]) -> list[str]:
 class CanaryExposure:
     """Exposure of one canary.
 
-    ``better`` counts candidates with a strictly lower log-perplexity than the canary. When
-    ``exact``, the candidates are all of R and ``rank = better + 1``; otherwise they are a
-    uniform sample and the rank fraction is estimated as ``(better + 1) / (n_candidates + 1)``,
-    so exposure cannot exceed ``max_exposure = log2(n_candidates + 1)``.
+    ``better`` counts candidates (never a planted canary) with a strictly lower log-perplexity
+    than the canary. When ``exact``, the candidates are all of R but the canaries and
+    ``rank = better + 1``; otherwise they are a uniform sample of those and the rank fraction is
+    estimated as ``(better + 1) / (n_candidates + 1)``, so exposure cannot exceed
+    ``max_exposure = log2(n_candidates + 1)`` (the cap set by the sample size).
     """
 
     index: int
@@ -407,28 +408,28 @@ def canary_exposure(target: Any, canaries: CanarySet, *, n_candidates: int = 10_
                     rng: np.random.Generator) -> list[CanaryExposure]:
     """Exposure of each canary (Carlini et al. 2019): ``log2 |R| - log2 rank``.
 
-    When ``|R| <= n_candidates`` every possible secret is scored and the rank is exact;
-    otherwise ``n_candidates`` secrets are drawn uniformly (never a canary's own secret) and the
-    rank is estimated from them. Candidates share the canaries' template.
+    Each canary is ranked against candidates that are not planted canaries, in both paths: the
+    other canaries were trained on too, so counting them as competitors would understate how
+    far the model prefers this canary over a secret it never saw. When ``|R| - (number of
+    canaries) + 1 <= n_candidates`` every such secret is scored and the rank is exact;
+    otherwise ``n_candidates`` of them are drawn uniformly and the rank is estimated, which caps
+    the exposure at ``log2(n_candidates + 1)``. Candidates share the canaries' template.
     """
     if n_candidates < 1:
         raise ConfigError(f"n_candidates must be a positive integer, got {n_candidates}.")
-    exact = canaries.space_size <= n_candidates
+    own = set(canaries.secrets)
+    exact = canaries.space_size - len(own) <= n_candidates
     if exact:
         candidates = ["".join(p) for p in itertools.product(canaries.alphabet, repeat=canaries.length)]
-        scores = sequence_log_perplexity(target, [canaries.fill(c) for c in candidates])
-        position = {c: i for i, c in enumerate(candidates)}
-        own_scores = scores[[position[s] for s in canaries.secrets]]
+        candidates = [c for c in candidates if c not in own]
     else:
-        own = set(canaries.secrets)
         candidates = []
         while len(candidates) < n_candidates:
             codes = rng.integers(len(canaries.alphabet), size=(n_candidates - len(candidates), canaries.length))
             candidates += [s for s in ("".join(canaries.alphabet[i] for i in row) for row in codes) if s not in own]
-        scores = sequence_log_perplexity(target, [canaries.fill(c) for c in candidates])
-        own_scores = sequence_log_perplexity(target, canaries.texts())
-    # In the exact case the candidates are all of R, the canary included (never strictly below itself).
-    n = len(candidates) - 1 if exact else len(candidates)
+    scores = sequence_log_perplexity(target, [canaries.fill(c) for c in candidates])
+    own_scores = sequence_log_perplexity(target, canaries.texts())
+    n = len(candidates)
     results = []
     for i, (score, reps) in enumerate(zip(own_scores, canaries.repetitions, strict=True)):
         better = int(np.sum(scores < score))

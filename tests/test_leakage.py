@@ -323,15 +323,17 @@ def test_exact_exposure_matches_direct_rank(canary_model):
     space = ["".join(p) for p in itertools.product("0123456789", repeat=3)]
     direct = {s: -direct_token_log_probs(model_dir, canaries.fill(s)).sum() for s in space}
     for item, secret in zip(results, canaries.secrets, strict=True):
-        # float32 batches vs float64 single passes: allow candidates within 1e-4 bits of the canary either way
-        others = [v for s, v in direct.items() if s != secret]
+        # float32 batches vs float64 single passes: allow candidates within 1e-4 bits of the canary either way;
+        # ranked against secrets that are not planted canaries (the other canary was trained on too)
+        others = [v for s, v in direct.items() if s not in canaries.secrets]
         low = 1 + sum(v < direct[secret] - 1e-4 for v in others)
         high = 1 + sum(v < direct[secret] + 1e-4 for v in others)
         assert item.exact and low <= item.rank <= high and item.space_size == 1000
         assert item.exposure == pytest.approx(math.log2(1000) - math.log2(item.rank), abs=1e-9)
-    # the canary seen 20 times is ranked first: maximal exposure; the one seen once is far less exposed
+    # the canary seen 20 times is ranked first: maximal exposure; the one seen once is less certain (ranked
+    # against unplanted secrets only, it may rank first too: the old code put it behind the other canary)
     assert results[1].rank == 1 and results[1].exposure == pytest.approx(math.log2(1000))
-    assert results[0].exposure < results[1].exposure
+    assert results[0].log_perplexity > results[1].log_perplexity
 
 
 @pytest.mark.slow  # trains a tiny model until it memorises (10-20 s on 2 shared cores)
@@ -341,6 +343,7 @@ def test_sampled_exposure_is_bounded_and_probe_reads_the_record(canary_model):
     sampled = canary_exposure(target, canaries, n_candidates=200, rng=np.random.default_rng(1))
     for item in sampled:
         assert not item.exact and item.n_candidates == 200
+        assert item.better <= 200
         assert item.exposure == pytest.approx(-math.log2((item.better + 1) / 201), abs=1e-12)
         assert 0 < item.exposure <= math.log2(201) + 1e-12
     result = Auditor(AuditConfig(seed=0), probes=[CanaryExposureProbe(n_candidates=1000)]).run(target).results[0]
@@ -351,3 +354,64 @@ def test_sampled_exposure_is_bounded_and_probe_reads_the_record(canary_model):
     skipped = Auditor(AuditConfig(), probes=[CanaryExposureProbe()]).run(load_target(
         make_tiny_model("causal-lm", model_dir.parent / "plain"), progress=False, device="cpu")).results[0]
     assert skipped.status == "skipped" and "No canaries" in skipped.summary
+
+
+class _ScoredLM:
+    """A causal-LM stand-in whose log-likelihoods are set per text, to pin the ranking down exactly."""
+
+    kind = "causal-lm"
+    model_id = "scored"
+
+    def __init__(self, scores: dict[str, float]) -> None:
+        self.scores = scores
+
+    def log_likelihood(self, texts):
+        import zlib
+
+        return np.asarray([self.scores.get(t, -(zlib.crc32(t.encode()) % 997) / 997) for t in texts])
+
+
+@pytest.mark.parametrize("n_candidates", [1000, 300])
+def test_exposure_ranks_each_canary_against_non_canary_candidates_only(n_candidates):
+    """Regression: the exhaustive path ranked a canary against the other planted canaries.
+
+    The three canaries beat every unplanted secret but one, which beats only the weakest canary.
+    The old code ranked that canary fourth (behind the other two canaries: 7.97 bits of |R| = 1000);
+    against unplanted secrets it is second, log2 1000 - 1 = 8.97 bits, and the other two 9.97.
+    """
+    canaries = CanarySet.generate(repetitions=(1, 10, 100), length=3, rng=np.random.default_rng(3))
+    rival = next(s for s in ("000", "111", "222", "333") if s not in canaries.secrets)
+    scores = {canaries.fill(s): v for s, v in zip(canaries.secrets, (10.0, 11.0, 12.0), strict=True)}
+    lm = _ScoredLM({**scores, canaries.fill(rival): 10.5})
+    results = canary_exposure(lm, canaries, n_candidates=n_candidates, rng=np.random.default_rng(0))
+    # independent ranking: every possible secret but the planted ones, scored and counted here
+    competitors = ["".join(p) for p in itertools.product("0123456789", repeat=3) if "".join(p) not in canaries.secrets]
+    competitor_nll = -lm.log_likelihood([canaries.fill(s) for s in competitors])
+    for item, secret in zip(results, canaries.secrets, strict=True):
+        better = int(np.sum(competitor_nll < -lm.log_likelihood([canaries.fill(secret)])[0]))
+        if n_candidates >= len(competitors):
+            assert item.exact and item.n_candidates == 997 and item.rank == better + 1
+            assert item.exposure == pytest.approx(math.log2(1000) - math.log2(better + 1), abs=1e-12)
+        else:
+            assert not item.exact and item.n_candidates == n_candidates
+            assert item.max_exposure == pytest.approx(math.log2(n_candidates + 1))
+    if n_candidates >= 997:
+        assert [r.rank for r in results] == [2, 1, 1]
+        assert results[0].exposure == pytest.approx(math.log2(1000) - 1)
+        assert results[2].exposure == pytest.approx(math.log2(1000))
+    else:  # the two strongest beat every sampled candidate: their estimate is capped by the sample size
+        assert results[2].exposure == pytest.approx(math.log2(n_candidates + 1))
+        assert results[1].exposure == pytest.approx(math.log2(n_candidates + 1))
+
+
+def test_canary_card_says_where_the_sample_size_caps_the_estimate():
+    canaries = CanarySet.generate(repetitions=(1, 10), length=3, rng=np.random.default_rng(4))
+    lm = _ScoredLM({canaries.fill(s): 10.0 for s in canaries.secrets})
+    lm.records = {}
+    plain = {"secrets": list(canaries.secrets), "repetitions": list(canaries.repetitions)}
+    sampled = CanaryExposureProbe(canaries=plain, n_candidates=300).run(lm, AuditContext(seed=0))
+    assert "capped by the sample size at 8.23 bits" in sampled.summary and "log2 |R| = 9.97" in sampled.summary
+    assert [row[-1] for row in sampled.tables[0].rows] == ["yes: at most log2(300 + 1) bits"] * 2
+    exact = CanaryExposureProbe(canaries=plain, n_candidates=1000).run(lm, AuditContext(seed=0))
+    assert "capped" not in exact.summary and [row[-1] for row in exact.tables[0].rows] == ["no", "no"]
+    assert exact.metrics["max_exposure"].value == pytest.approx(math.log2(1000))
