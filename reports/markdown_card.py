@@ -31,7 +31,7 @@ __all__ = ["eval_result_files", "hub_eval_results", "hub_model_name", "md_escape
 
 # The Hub's pipeline tag for each model kind (https://huggingface.co/docs/hub/models-widgets#widget-types).
 PIPELINE_TAGS = {"sequence-classification": "text-classification", "causal-lm": "text-generation",
-                 "masked-lm": "fill-mask", "encoder": "feature-extraction"}
+                 "masked-lm": "fill-mask", "encoder": "feature-extraction", "seq2seq": "text2text-generation"}
 _NOT_SCORED = ("errored", "skipped", "not_applicable")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 EVAL_RESULTS_DIR = ".eval_results"
@@ -62,6 +62,60 @@ def _dp_lines(record: dict) -> list[str]:
     lines += [f"  - {md_escape(c)}." for c in record.get("guarantee_caveats") or []]
     if record.get("private_stats"):
         lines.append(f"  - {md_escape(record['private_stats'])}")
+    audit = record.get("audit") if isinstance(record.get("audit"), dict) else {}
+    bound = record.get("empirical_epsilon_lower_bound")
+    if isinstance(bound, (int, float)):
+        verdict = ("above the accountant's epsilon: the training did not deliver the claimed guarantee"
+                   if bound > float(record["epsilon"]) else "consistent with the accountant's epsilon")
+        lines.append(f"  - One-run audit (Steinke et al. 2023): epsilon >= {_fmt(float(bound))} at "
+                     f"{_fmt(100 * float(audit.get('confidence', 0.95)))}% confidence vs accountant epsilon "
+                     f"{_fmt(float(record['epsilon']))}, {verdict}. A bound far below epsilon is expected and is no "
+                     "proof of privacy.")
+    return lines
+
+
+def _federated_lines(record: dict) -> list[str]:
+    """The federated record in sentences: strategy, rounds, which clients the accuracy is over, failures, DP."""
+    final = record.get("final") if isinstance(record.get("final"), dict) else {}
+    rounds = [r for r in record.get("rounds") or [] if isinstance(r, dict)]
+    line = (f"- **federated**: {md_escape(record.get('strategy') or 'unknown strategy')} over "
+            f"{md_escape(record.get('num_clients'))} clients ({md_escape(record.get('engine') or 'unknown')} engine); "
+            f"{md_escape(record.get('rounds_aggregated'))} of {md_escape(record.get('num_rounds'))} rounds aggregated")
+    if isinstance(record.get("model_round"), int):
+        line += f", model from round {record['model_round']}"
+    accuracy = final.get("accuracy")
+    if isinstance(accuracy, (int, float)):
+        clients = [str(c) for c in final.get("clients") or []]
+        scope = ("every client" if final.get("over_all_clients") else
+                 f"{len(clients)} client(s) only ({md_escape(', '.join(clients))})")
+        line += (f"; held-out accuracy {_fmt(float(accuracy))} over {scope}, "
+                 f"{md_escape(final.get('eval_rows'))} rows")
+    else:
+        line += "; no client scored the final model"
+    central = record.get("centralized")
+    if isinstance(central, dict) and isinstance(central.get("accuracy"), (int, float)):
+        line += f"; trained centrally instead: {_fmt(float(central['accuracy']))}"
+    gap = record.get("best_worst_gap")
+    if isinstance(gap, dict) and isinstance(gap.get("gap"), (int, float)):
+        line += (f"; best-served client {md_escape(gap.get('best_client'))}, worst {md_escape(gap.get('worst_client'))}, "
+                 f"gap {_fmt(float(gap['gap']))}")
+    failures = record.get("failures") or []
+    lines = [line + f"; {len(failures)} client failure(s) in {len(rounds)} round(s)."]
+    lines += [f"  - {md_escape(w)}." for w in record.get("warnings") or []]
+    dp = record.get("client_dp")
+    if isinstance(dp, dict) and isinstance(dp.get("epsilon_max"), (int, float)):
+        stated = (f"client-side DP-SGD, epsilon at most {_fmt(float(dp['epsilon_max']))} for any one client's rows "
+                  f"(delta = {_fmt(dp.get('delta') if isinstance(dp.get('delta'), (int, float)) else None)}; "
+                  "per client, never summed across clients)")
+        if dp.get("guarantee_holds") is False:
+            reasons = "; ".join(str(r) for r in dp.get("void_reasons") or []) or "a later step voided it"
+            lines.append(f"  - **The {stated} no longer holds** (voided by `{md_escape(dp.get('voided_by') or 'unknown')}`: "
+                         f"{md_escape(reasons)}).")
+        else:
+            checked = ("checked against every step of the training chain" if dp.get("guarantee_holds") is True
+                       else "not checked against the model's other training steps")
+            lines.append(f"  - {stated}; {checked}.")
+            lines += [f"  - {md_escape(c)}." for c in dp.get("guarantee_caveats") or []]
     return lines
 
 
@@ -214,6 +268,8 @@ def render_markdown_card(results: AuditResults) -> str:
                 lines.append(_chain_line(record))
             elif section == "dp" and isinstance(scalars.get("epsilon"), (int, float)) and isinstance(scalars.get("delta"), (int, float)):
                 lines += _dp_lines(record)
+            elif section == "federated" and isinstance(record, dict) and isinstance(record.get("rounds"), list):
+                lines += _federated_lines(record)
             else:
                 shown = ", ".join(f"{md_escape(k)}: {md_escape(v)}" for k, v in list(scalars.items())[:8])
                 lines.append(f"- **{md_escape(section)}**" + (f": {shown}" if shown else ""))

@@ -22,6 +22,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from privacy.federated.strategy import FAILURE_KEY
 from privacy.federated.task import (
     ClientData,
     Settings,
@@ -96,9 +97,43 @@ def _train_dp(model: Any, tokenizer: Any, data: ClientData, settings: Settings, 
                           "dp-sample-rate": float(tuner.sample_rate_), "dp-delta": float(tuner.target_delta_)}
 
 
+def _site_name(settings: Settings, node_config: Any) -> str:
+    """This client's name as :func:`~privacy.federated.task.load_client_data` gives it, without reading data."""
+    from pathlib import Path
+
+    pid = node_config.get("partition-id")
+    return str(node_config.get("site", "") or (pid if pid is not None and str(pid) != "" else
+                                                Path(str(node_config.get("data-path", "") or settings.data)).stem))
+
+
+def _failure_reply(msg: Message, settings: Settings, context: Context, exc: Exception) -> Message:
+    """A reply that names this client and says what went wrong, so a site failing every round is still recorded."""
+    name = _site_name(settings, context.node_config)
+    reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+    content = RecordDict({"client": ConfigRecord({"name": name, "details": json.dumps({})}),
+                          FAILURE_KEY: ConfigRecord({"reason": reason})})
+    return Message(content=content, reply_to=msg)
+
+
 def handle_train(msg: Message, context: Context, bound: Settings | None = None) -> Message:
-    """Fine-tune the received global model on this client's training rows."""
+    """Fine-tune the received global model on this client's training rows (a failure is replied, named)."""
     settings = _settings(bound, context)
+    try:
+        return _train(msg, context, settings)
+    except Exception as exc:  # any failure at this site becomes a named failure reply, not a lost node
+        return _failure_reply(msg, settings, context, exc)
+
+
+def handle_evaluate(msg: Message, context: Context, bound: Settings | None = None) -> Message:
+    """Score the received global model on this client's held-out rows (a failure is replied, named)."""
+    settings = _settings(bound, context)
+    try:
+        return _evaluate(msg, context, settings)
+    except Exception as exc:  # as in handle_train
+        return _failure_reply(msg, settings, context, exc)
+
+
+def _train(msg: Message, context: Context, settings: Settings) -> Message:
     started = time.perf_counter()
     data = load_client_data(settings, context.node_config)
     model, tokenizer = _model(settings, context)
@@ -117,16 +152,19 @@ def handle_train(msg: Message, context: Context, bound: Settings | None = None) 
                             max_length=settings.max_length, proximal_mu=mu, seed=seed, device=settings.device)
         metrics = {"loss": stats["loss"], "proximal": stats["proximal"]}
         state = float_state(model)
-    reply_metrics = {"num-examples": len(data.train_y), "train-loss": metrics.pop("loss"),
-                     "duration-s": time.perf_counter() - started, **metrics}
+    loss = metrics.pop("loss")
+    reply_metrics: dict[str, float] = {"num-examples": len(data.train_y), "duration-s": time.perf_counter() - started,
+                                       **metrics}
+    if settings.target_epsilon is None or settings.record_private_stats:
+        # Under client-side DP the training loss is a statistic of the private rows that the DP-SGD
+        # guarantee does not cover: it is sent only when the user asks (record_private_stats).
+        reply_metrics["train-loss"] = loss
     content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(reply_metrics),
                           "client": _client_record(data)})
     return Message(content=content, reply_to=msg)
 
 
-def handle_evaluate(msg: Message, context: Context, bound: Settings | None = None) -> Message:
-    """Score the received global model on this client's held-out rows."""
-    settings = _settings(bound, context)
+def _evaluate(msg: Message, context: Context, settings: Settings) -> Message:
     data = load_client_data(settings, context.node_config)
     model, tokenizer = _model(settings, context)
     set_state(model, msg.content["arrays"].to_torch_state_dict())

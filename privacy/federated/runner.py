@@ -39,8 +39,8 @@ from audit.errors import AuditError, ConfigError
 from privacy.federated.server_app import HISTORY, PROGRESS_PREFIX
 from privacy.federated.task import Settings
 
-__all__ = ["OFFLINE_ENV", "FederationError", "offline_environment", "run_deployment_engine",
-           "run_simulation_engine"]
+__all__ = ["OFFLINE_ENV", "SIMULATION_ENV", "FederationError", "offline_environment", "run_deployment_engine",
+           "run_simulation_engine", "sweep_stale_temp", "temp_prefix"]
 
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -49,8 +49,48 @@ OFFLINE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TOKENIZERS_PARALLELISM": "false",
 }
+# The simulation engine only. Ray (2.55) otherwise finds "its" address by a UDP connect to 8.8.8.8 and
+# binds its services to the machine's public interface; on Linux this switch makes it use 127.0.0.1.
+# Its usage-stats module asks the cloud metadata servers (169.254.169.254, metadata.google.internal)
+# even with usage statistics off; routing plain HTTP through a closed loopback port makes those
+# requests fail on this machine without a packet leaving it (loopback itself is exempt).
+_BLACKHOLE = "http://127.0.0.1:9"
+SIMULATION_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "http_proxy": _BLACKHOLE, "HTTP_PROXY": _BLACKHOLE, "https_proxy": _BLACKHOLE, "HTTPS_PROXY": _BLACKHOLE,
+    "no_proxy": "127.0.0.1,localhost,::1", "NO_PROXY": "127.0.0.1,localhost,::1",
+}
 CONNECTION_NAME = "rai-audit"
+LOOPBACK = "127.0.0.1"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+_TEMP_NAME = re.compile(r"^(rai-ray|rai-federate|rai-flwr-home|rai-federate-run)-(\d+)-")
+
+
+def temp_prefix(kind: str) -> str:
+    """Prefix of a temporary directory of this process: ``kind-PID-``, so a later run can tell it is stale."""
+    return f"{kind}-{os.getpid()}-"
+
+
+def sweep_stale_temp(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove the temporary directories earlier runs left when they were killed (their process is gone).
+
+    Only directories named by :func:`temp_prefix`, owned by this user, whose process id no longer
+    exists are removed; a directory of a live process is never touched. Returns those removed.
+    """
+    removed: list[Path] = []
+    base = Path(root if root is not None else tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for entry in base.iterdir():
+            match = _TEMP_NAME.match(entry.name)
+            if not match or int(match.group(2)) == os.getpid() or _alive(int(match.group(2))):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+    return removed
 
 
 class FederationError(AuditError):
@@ -58,12 +98,13 @@ class FederationError(AuditError):
 
 
 @contextlib.contextmanager
-def offline_environment(flwr_home: str | os.PathLike[str] | None = None) -> Iterator[dict[str, str]]:
-    """Set the Flower/Ray offline variables (and ``FLWR_HOME``) for the duration; restore them after."""
+def offline_environment(flwr_home: str | os.PathLike[str] | None = None,
+                        extra: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """Set the Flower/Ray offline variables (and ``FLWR_HOME``, and ``extra``) for the duration; restore them after."""
     with contextlib.ExitStack() as stack:
         if flwr_home is None:
-            flwr_home = stack.enter_context(tempfile.TemporaryDirectory(prefix="rai-flwr-home-"))
-        wanted = dict(OFFLINE_ENV, FLWR_HOME=os.fspath(flwr_home))
+            flwr_home = stack.enter_context(tempfile.TemporaryDirectory(prefix=temp_prefix("rai-flwr-home")))
+        wanted = dict(OFFLINE_ENV, FLWR_HOME=os.fspath(flwr_home), **(extra or {}))
         saved = {k: os.environ.get(k) for k in [*wanted, "PYTHONPATH"]}
         os.environ.update(wanted)
         try:
@@ -88,7 +129,7 @@ def _flower_logging(level: int) -> Iterator[None]:
 
 
 def run_simulation_engine(settings: Settings, *, num_cpus: int | None = None, client_mods: Sequence[Any] = (),
-                          verbose: bool = False) -> None:
+                          verbose: bool = False, progress: Callable[[str], None] | None = None) -> None:
     """Run the federation with Flower's simulation engine (Ray), one virtual SuperNode per client.
 
     Parameters
@@ -101,26 +142,61 @@ def run_simulation_engine(settings: Settings, *, num_cpus: int | None = None, cl
         Wrapped around the ``ClientApp``'s handlers.
     verbose : bool, default=False
         Keep Flower's own INFO logging.
+    progress : callable, optional
+        Unused here (the ServerApp runs in this process and prints its own progress lines); kept so
+        both engines take the same arguments.
+
+    Ray binds to 127.0.0.1 only (``_node_ip_address``; no dashboard, no usage statistics, no
+    cloud or accelerator metadata probes) and keeps its session folder in a temporary directory
+    of this run, removed afterwards, also when the run fails.
     """
-    try:
-        from flwr.simulation import run_simulation
-    except ImportError:  # pragma: no cover - flwr[simulation] is a dependency
-        raise ConfigError("The simulation engine needs Flower with Ray. Run: pip install 'flwr[simulation]>=1.20,<1.42'") from None
+    with offline_environment(extra=SIMULATION_ENV):  # Ray reads some of them when it is first imported
+        try:
+            from flwr.simulation import run_simulation
+        except ImportError:  # pragma: no cover - flwr[simulation] is a dependency
+            raise ConfigError("The simulation engine needs Flower with Ray. Run: pip install "
+                              "'flwr[simulation]>=1.20,<1.42'") from None
+        from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # as the variable above, for a Ray imported earlier in this process
     from privacy.federated.client_app import build_client_app
     from privacy.federated.server_app import build_server_app
 
     cpus = num_cpus or max(1, min(settings.num_clients, os.cpu_count() or 1))
-    backend_config: dict[str, Any] = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
-                      "logging_level": "ERROR", "log_to_driver": verbose,
-                      "object_store_memory": 256 * 1024 * 1024},
-    }
-    with offline_environment(), _flower_logging(logging.INFO if verbose else logging.ERROR), \
-            _quiet_ray_warnings(), _reap_started_processes():
-        run_simulation(server_app=build_server_app(settings),
-                       client_app=build_client_app(settings, mods=client_mods),
-                       num_supernodes=settings.num_clients, backend_config=backend_config)
+    gpus = _gpus_for(settings.device)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("rai-ray")) as ray_tmp, offline_environment(extra=SIMULATION_ENV), \
+            _flower_logging(logging.INFO if verbose else logging.ERROR), _quiet_ray_warnings(), \
+            _reap_started_processes():
+        backend_config: dict[str, Any] = {
+            "client_resources": {"num_cpus": 1, "num_gpus": gpus / max(1, min(cpus, settings.num_clients)) if gpus else 0.0},
+            "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False,
+                          "_node_ip_address": LOOPBACK, "_temp_dir": ray_tmp,
+                          "logging_level": "ERROR", "log_to_driver": verbose,
+                          "object_store_memory": 256 * 1024 * 1024},
+        }
+        try:
+            run_simulation(server_app=build_server_app(settings),
+                           client_app=build_client_app(settings, mods=client_mods),
+                           num_supernodes=settings.num_clients, backend_config=backend_config)
+        finally:
+            _shutdown_ray()
+
+
+def _gpus_for(device: str) -> int:
+    """GPUs Ray may hand to the client actors: none unless the clients are to run on CUDA."""
+    if not str(device).startswith(("cuda", "auto")):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _shutdown_ray() -> None:
+    with contextlib.suppress(Exception):  # Flower normally shuts Ray down itself; this covers a failed run
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 @contextlib.contextmanager
@@ -355,7 +431,8 @@ def _write_connection(flwr_home: Path, address: str, insecure: bool, root_certif
 def run_deployment_engine(settings: Settings, *, superlink: str | None = None, insecure: bool = True,
                           root_certificates: str | None = None, startup_timeout: float = 180.0,
                           timeout: float | None = None, progress: Callable[[str], None] | None = None,
-                          on_started: Callable[[list[int]], None] | None = None) -> None:
+                          on_started: Callable[[list[int]], None] | None = None,
+                          quiet_interval: float | None = None) -> dict[str, Any]:
     """Run the federation on Flower's deployment runtime (SuperLink, SuperNodes, ``flwr run``).
 
     Parameters
@@ -365,8 +442,8 @@ def run_deployment_engine(settings: Settings, *, superlink: str | None = None, i
         there, so call this on the SuperLink's machine.
     superlink : str, optional
         ``host:port`` of a running SuperLink (its HTTP port, Flower's ``--port``) whose SuperNodes
-        are already connected; ``settings.num_clients`` of them are waited for. ``None``: start a
-        SuperLink and ``num_clients`` SuperNodes on 127.0.0.1 and stop them afterwards.
+        are already connected. ``None``: start a SuperLink and ``num_clients`` SuperNodes on
+        127.0.0.1 and stop them afterwards.
     insecure : bool, default=True
         Talk to the SuperLink without TLS (the loopback setup). Set False and give
         ``root_certificates`` for a SuperLink with TLS.
@@ -375,51 +452,102 @@ def run_deployment_engine(settings: Settings, *, superlink: str | None = None, i
     startup_timeout : float, default=180
         Seconds to wait for the SuperLink (started here or given) to accept connections.
     timeout : float, optional
-        Seconds for the whole run; ``None``: no limit beyond each round's timeout.
+        Seconds for the whole run; ``None``: no limit beyond each round's timeout. When it expires
+        ``flwr run`` is stopped; the ServerApp's last checkpoint stays in ``settings.output_dir``.
     progress : callable, optional
-        Receives the ServerApp's per-round progress lines.
+        Receives the ServerApp's per-round progress lines, and a line of this function's own when
+        nothing was heard for ``quiet_interval`` seconds.
     on_started : callable, optional
         Receives the process ids started here (SuperLink first), once they are up.
+    quiet_interval : float, optional
+        Default: ``settings.progress_interval``.
+
+    Returns
+    -------
+    dict
+        ``lost_processes`` (SuperNodes started here that stopped during the run: name, exit code,
+        seconds into the run) and ``logs`` (a kept copy of every process's log, or ``None``).
+        A SuperNode that stops is not fatal: the ServerApp goes on with the others.
+
+    Raises
+    ------
+    FederationError
+        The SuperLink or ``flwr run`` failed, or the run timed out; its ``info`` holds the same
+        dict, and the logs are kept (the message says where).
     """
     flwr = _executable("flwr")
-    with tempfile.TemporaryDirectory(prefix="rai-federate-") as tmp, offline_environment(Path(tmp) / "flwr-home"):
-        root = Path(tmp)
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        logs = root / "logs"
-        logs.mkdir()
-        procs = _Processes(env, logs)
-        try:
-            if superlink is None:
-                port = _free_port()
-                procs.start("superlink", [_executable("flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                                          "--port", str(port)])
-                _wait_for_port("127.0.0.1", port, procs, startup_timeout)
-                for i in range(settings.num_clients):
-                    procs.start(f"supernode-{i}", [
-                        _executable("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                        "--host", "127.0.0.1", "--port", str(_free_port()),
-                        "--node-config", f"partition-id={i} num-partitions={settings.num_clients}"])
-                address = f"127.0.0.1:{port}"
-                if on_started is not None:
-                    on_started([p.pid for _, p, _ in procs.started])
-            else:
-                address = superlink
-                _wait_for_port(*_split_address(superlink), procs, startup_timeout)
-            _write_connection(root / "flwr-home", address, insecure, root_certificates)
-            app_dir = write_app_project(root / "app", settings)
-            lines = _stream_run(procs, [flwr, "run", str(app_dir), CONNECTION_NAME, "--stream"], env,
-                                logs / "flwr-run.log", progress=progress, timeout=timeout)
-        finally:
-            procs.stop()
+    root = Path(tempfile.mkdtemp(prefix=temp_prefix("rai-federate-run")))
+    info: dict[str, Any] = {"lost_processes": [], "logs": None}
+    failed = True
+    try:
+        with offline_environment(root / "flwr-home"):
+            env = dict(os.environ)
+            env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+            logs = root / "logs"
+            logs.mkdir()
+            procs = _Processes(env, logs)
+            try:
+                if superlink is None:
+                    port = _free_port()
+                    procs.start("superlink", [_executable("flower-superlink"), "--insecure", "--host", LOOPBACK,
+                                              "--port", str(port)])
+                    _wait_for_port(LOOPBACK, port, procs, startup_timeout)
+                    for i in range(settings.num_clients):
+                        procs.start(f"supernode-{i}", [
+                            _executable("flower-supernode"), "--insecure", "--superlink", f"{LOOPBACK}:{port}",
+                            "--host", LOOPBACK, "--port", str(_free_port()),
+                            "--node-config", f"partition-id={i} num-partitions={settings.num_clients}"])
+                    address = f"{LOOPBACK}:{port}"
+                    if on_started is not None:
+                        on_started([p.pid for _, p, _ in procs.started])
+                else:
+                    address = superlink
+                    _wait_for_port(*_split_address(superlink), procs, startup_timeout)
+                _write_connection(root / "flwr-home", address, insecure, root_certificates)
+                app_dir = write_app_project(root / "app", settings)
+                _stream_run(procs, [flwr, "run", str(app_dir), CONNECTION_NAME, "--stream"], env,
+                            logs / "flwr-run.log", progress=progress, timeout=timeout, info=info,
+                            quiet_interval=quiet_interval or settings.progress_interval)
+            finally:
+                procs.stop()
+        failed = False
+    except FederationError as exc:
+        info["logs"] = _keep_logs(root)
+        exc.info = info  # type: ignore[attr-defined]
+        exc.args = (f"{exc.args[0]} Logs: {info['logs']}.",) if info["logs"] else exc.args
+        raise
+    finally:
+        if not failed and info["lost_processes"]:
+            info["logs"] = _keep_logs(root)
+        shutil.rmtree(root, ignore_errors=True)
     if not (Path(settings.output_dir) / HISTORY).is_file():
-        raise FederationError(f"The deployment run ended without a result; the ServerApp failed: {_last_error(lines)}.")
+        raise FederationError("The deployment run ended without a result; the ServerApp wrote no history. "
+                              "Check the SuperLink's log.")
+    return info
+
+
+def _keep_logs(root: Path) -> str | None:
+    """Copy the run's logs out of its temporary folder (which is removed) into a folder that stays."""
+    source = root / "logs"
+    if not source.is_dir():
+        return None
+    kept = Path(tempfile.mkdtemp(prefix="rai-federate-logs-"))
+    for log in source.glob("*.log"):
+        with contextlib.suppress(OSError):
+            shutil.copy2(log, kept / log.name)
+    return str(kept)
 
 
 def _stream_run(procs: _Processes, argv: list[str], env: dict[str, str], log_path: Path, *,
-                progress: Callable[[str], None] | None, timeout: float | None) -> list[str]:
-    """Run ``flwr run --stream``, relaying progress lines, until it exits; fail fast if a node dies."""
+                progress: Callable[[str], None] | None, timeout: float | None, info: dict[str, Any],
+                quiet_interval: float = 30.0) -> list[str]:
+    """Run ``flwr run --stream``, relaying progress lines, until it exits.
+
+    A SuperNode that stops is noted in ``info["lost_processes"]`` and the run goes on; the
+    SuperLink stopping, ``flwr run`` failing, or the overall timeout raise :class:`FederationError`.
+    """
     lines: collections.deque[str] = collections.deque(maxlen=400)
+    heard = [time.monotonic()]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, start_new_session=True)
     procs.started.append(("flwr-run", proc, log_path))
@@ -430,21 +558,38 @@ def _stream_run(procs: _Processes, argv: list[str], env: dict[str, str], log_pat
             for raw in proc.stdout:
                 line = _ANSI.sub("", raw.decode("utf-8", errors="replace")).rstrip("\n")
                 log.write(line + "\n")
+                log.flush()
                 lines.append(line)
                 if progress is not None and PROGRESS_PREFIX in line:
+                    heard[0] = time.monotonic()
                     progress(line.split(PROGRESS_PREFIX, 1)[1])
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    deadline = None if timeout is None else time.monotonic() + timeout
+    begun = time.monotonic()
+    deadline = None if timeout is None else begun + timeout
+    noted: set[str] = set()
     while proc.poll() is None:
         for name, other, other_log in procs.started:
-            if other is not proc and other.poll() is not None:
-                raise FederationError(f"The {name} process stopped during the run (exit code {other.returncode}): "
+            if other is proc or other.poll() is None or name in noted:
+                continue
+            noted.add(name)
+            if name == "superlink":
+                raise FederationError(f"The SuperLink stopped during the run (exit code {other.returncode}): "
                                       f"{_last_error(_tail(other_log))}.")
-        if deadline is not None and time.monotonic() > deadline:
-            raise FederationError(f"The deployment run did not finish within {timeout:.0f} s. Raise the timeout or "
-                                  "check that every SuperNode is connected.")
+            info["lost_processes"].append({"process": name, "exit_code": other.returncode,
+                                           "after_s": round(time.monotonic() - begun, 1)})
+            if progress is not None:
+                progress(f"{name} stopped (exit code {other.returncode}); the run goes on with the other clients")
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
+            raise FederationError(f"The deployment run did not finish within {timeout:.0f} s (the overall timeout); "
+                                  "it was stopped and the rounds finished before are kept. Raise --timeout or "
+                                  "check that the SuperNodes are connected.")
+        if progress is not None and now - heard[0] >= quiet_interval:
+            progress(f"deployment: no progress line for {now - heard[0]:.0f} s ({now - begun:.0f} s into the run"
+                     f"{'' if deadline is None else f', stopping at {timeout:.0f} s'})")
+            heard[0] = now
         time.sleep(0.5)
     reader.join(timeout=10)
     text = list(lines)

@@ -2,8 +2,9 @@
 
 The server loads the base model with a classification head for the run's labels (initialised from
 the seed), hands it to Flower's FedAvg or FedProx (:mod:`privacy.federated.strategy`), and writes
-``global.safetensors`` (the final global weights) and ``history.json`` (rounds, clients,
-failures) into the run's output directory, for :class:`~privacy.federated.FederatedFineTuner`
+``global.safetensors`` (the latest aggregated global weights, after every round) and
+``history.json`` (rounds, clients, failures, the round the weights are from) into the run's
+output directory, for :class:`~privacy.federated.FederatedFineTuner`
 to turn into a model directory and a training record.
 
 ``app`` reads its settings from the Flower run config (deployment: ``flwr run``);
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from audit._io import write_json_atomic
-from privacy.federated.strategy import build_strategy
+from privacy.federated.strategy import RecordingMixin, build_strategy
 from privacy.federated.task import Settings, float_state, json_safe, load_model
 
 __all__ = ["GLOBAL_WEIGHTS", "HISTORY", "PROGRESS_PREFIX", "app", "build_server_app", "run_server"]
@@ -36,29 +38,131 @@ def _say(line: str) -> None:
 
 
 def run_server(grid: Grid, settings: Settings) -> None:
-    """Run the whole federation on ``grid`` and write the outputs into ``settings.output_dir``."""
-    from safetensors.torch import save_file
+    """Run the whole federation on ``grid`` and write the outputs into ``settings.output_dir``.
 
+    The round loop is this function's, with Flower's strategy hooks (``configure_train``,
+    ``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate``) doing the sampling and
+    aggregation, so that a lost node cannot stall the run:
+
+    - before round 1 the server waits up to ``round_timeout`` for all ``num_clients`` nodes, before
+      later rounds only until ``min_nodes`` are connected; a round that cannot reach ``min_nodes``
+      is recorded as failed (not aggregated) and the next round is tried;
+    - each phase waits up to ``round_timeout`` for replies and goes on with those that came;
+    - while it waits, a progress line every ``progress_interval`` seconds says which round and how
+      many clients answered;
+    - after every round the latest aggregated model (``global.safetensors``) and the history
+      (``history.json``, with ``checkpoint_round``) are written atomically, so a run stopped later
+      still leaves the last good model and says which round it is from.
+    """
     started = time.perf_counter()
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(settings.model, settings.labels, seed=settings.seed)
-    initial = ArrayRecord(float_state(model))
+    arrays = ArrayRecord(float_state(model))
+    del model
+    say = _say if settings.progress else None
     strategy = build_strategy(settings.strategy, num_clients=settings.num_clients, num_rounds=settings.num_rounds,
                               fraction_train=settings.fraction_train,
-                              min_completed_fraction=settings.min_completed_fraction,
-                              proximal_mu=settings.proximal_mu, progress=_say if settings.progress else None)
-    if settings.progress:
-        _say(f"{settings.strategy} with {settings.num_clients} clients for {settings.num_rounds} round(s) "
-             f"({settings.engine} engine); waiting for the clients")
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=settings.num_rounds,
-                            timeout=settings.round_timeout, train_config=ConfigRecord())
-    final = result.arrays if len(result.arrays) else initial
+                              min_completed_fraction=settings.min_completed_fraction, min_nodes=settings.min_nodes,
+                              proximal_mu=settings.proximal_mu, progress=say)
+    if say is not None:
+        say(f"{settings.strategy} with {settings.num_clients} clients for {settings.num_rounds} round(s) "
+            f"({settings.engine} engine, at least {settings.min_nodes} per round); waiting for the clients")
+    checkpoint_round = 0
+    _write_history(out, strategy, started, checkpoint_round, finished=False)
+    for server_round in range(1, settings.num_rounds + 1):
+        label = f"round {server_round}/{settings.num_rounds}"
+        wanted = settings.num_clients if server_round == 1 else settings.min_nodes
+        connected = _wait_for_nodes(grid, wanted=wanted, timeout=settings.round_timeout,
+                                    interval=settings.progress_interval, say=say, label=label,
+                                    total=settings.num_clients)
+        if connected < settings.min_nodes:
+            info = strategy.rounds.setdefault(server_round, {"round": server_round})
+            info.update(aggregated=False, asked_train=0, completed_train=0, connected=connected,
+                        note=f"only {connected} of {settings.num_clients} clients were connected after "
+                             f"{settings.round_timeout:.0f} s (at least {settings.min_nodes} needed): the round "
+                             "did not run and the global model was kept")
+            strategy._report(server_round)
+            _write_history(out, strategy, started, checkpoint_round, finished=False)
+            continue
+        strategy.rounds.setdefault(server_round, {"round": server_round})["connected"] = connected
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        replies = _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval,
+                            say=say, label=f"{label} training")
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+            checkpoint_round = server_round
+            _save_weights(out, arrays)
+        messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        replies = _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval,
+                            say=say, label=f"{label} evaluation")
+        strategy.aggregate_evaluate(server_round, replies)
+        _write_history(out, strategy, started, checkpoint_round, finished=False)
+    if checkpoint_round == 0:
+        _save_weights(out, arrays)  # the initial weights: the trainer refuses them (no round aggregated)
+    _write_history(out, strategy, started, checkpoint_round, finished=True)
+
+
+def _save_weights(out: Path, arrays: ArrayRecord) -> None:
+    """``global.safetensors``, replaced atomically (a reader never sees half a checkpoint)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    partial = out / (GLOBAL_WEIGHTS + ".partial")
+    save_file({k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()}, str(partial))
+    os.replace(partial, out / GLOBAL_WEIGHTS)
+
+
+def _write_history(out: Path, strategy: RecordingMixin, started: float, checkpoint_round: int, *,
+                   finished: bool) -> None:
     history = strategy.history()
     history["duration_s"] = time.perf_counter() - started
     history["aggregated_rounds"] = sum(1 for r in history["rounds"] if r.get("aggregated"))
-    save_file({k: v.contiguous() for k, v in final.to_torch_state_dict().items()}, str(out / GLOBAL_WEIGHTS))
+    history["checkpoint_round"] = checkpoint_round
+    history["finished"] = finished
     write_json_atomic(out / HISTORY, json_safe(history))
+
+
+def _wait_for_nodes(grid: Grid, *, wanted: int, timeout: float, interval: float, say: Callable[[str], None] | None,
+                    label: str, total: int) -> int:
+    """Wait up to ``timeout`` s until ``wanted`` nodes are connected; the number connected at the end."""
+    deadline = time.monotonic() + timeout
+    next_line = time.monotonic() + interval
+    while True:
+        connected = len(list(grid.get_node_ids()))
+        now = time.monotonic()
+        if connected >= wanted or now >= deadline:
+            return connected
+        if say is not None and now >= next_line:
+            say(f"{label}: waiting for clients, {connected} of {total} connected after "
+                f"{timeout - (deadline - now):.0f} s (round timeout {timeout:.0f} s)")
+            next_line += interval
+        time.sleep(min(1.0, max(0.05, deadline - now)))
+
+
+def _exchange(grid: Grid, messages: Iterable[Message], *, timeout: float, interval: float,
+              say: Callable[[str], None] | None, label: str) -> list[Message]:
+    """Flower's send-and-receive, with a progress line every ``interval`` s while replies are missing."""
+    pending = set(grid.push_messages(list(messages)))
+    asked = len(pending)
+    replies: list[Message] = []
+    begun = time.monotonic()
+    next_line = begun + interval
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        now = time.monotonic()
+        if not pending or now - begun >= timeout:
+            break
+        if say is not None and now >= next_line:
+            say(f"{label}: {asked - len(pending)} of {asked} clients answered after {now - begun:.0f} s "
+                f"(round timeout {timeout:.0f} s)")
+            next_line += interval
+        time.sleep(0.5)
+    return replies
 
 
 def build_server_app(settings: Settings | None = None) -> ServerApp:

@@ -33,8 +33,10 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 from privacy.federated.task import group_metrics, merge_groups
 
-__all__ = ["STRATEGIES", "FederatedAveraging", "FederatedProximal", "RecordingMixin", "build_strategy",
-           "weighted_metrics"]
+__all__ = ["FAILURE_KEY", "STRATEGIES", "FederatedAveraging", "FederatedProximal", "RecordingMixin", "build_strategy",
+           "name_order", "weighted_metrics"]
+
+FAILURE_KEY = "failure"  # a reply's ConfigRecord in which a ClientApp reports its own error, with its name
 
 STRATEGY_DESCRIPTIONS = {
     "fedavg": "FedAvg (McMahan et al. 2017): the global model is the average of the client models, "
@@ -78,6 +80,19 @@ def _client_of(message: Message) -> tuple[str | None, dict[str, Any]]:
     return str(record["name"]), details
 
 
+def name_order(name: str) -> tuple[int, int | str]:
+    """Sort key of client names: numbers in numeric order first, then names, then unnamed ``node <id>``."""
+    if name.lstrip("-").isdigit():
+        return (0, int(name))
+    return (2, name) if name.startswith("node ") else (1, name)
+
+
+def _train_key(metric: str) -> str:
+    """The round-record key of an aggregated training metric: ``train-loss`` -> ``train_loss`` (never ``train_train_loss``)."""
+    name = metric.replace("-", "_")
+    return name if name.startswith("train_") else f"train_{name}"
+
+
 def _short(reason: str) -> str:
     # Flower wraps a ClientApp's exception as "<class ...>:<'\nException ClientAppException occurred. Message: ...'>"
     text = " ".join(str(reason).split())
@@ -95,16 +110,19 @@ class RecordingMixin:
     min_completed_fraction : float, default=0.5
         Share of the clients asked in a round that must return an update for the round to be
         aggregated.
+    min_nodes : int, default=1
+        Fewest clients whose updates a round may aggregate, however few were asked.
     num_rounds : int
         For progress messages.
     progress : callable, optional
         Called with one line of text at the end of every round.
     """
 
-    def __init__(self, *args: Any, min_completed_fraction: float = 0.5, num_rounds: int = 0,
+    def __init__(self, *args: Any, min_completed_fraction: float = 0.5, min_nodes: int = 1, num_rounds: int = 0,
                  progress: Callable[[str], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.min_completed_fraction = min_completed_fraction
+        self.min_nodes = int(min_nodes)
         self.num_rounds = num_rounds
         self.progress = progress
         self.rounds: dict[int, dict[str, Any]] = {}
@@ -135,11 +153,17 @@ class RecordingMixin:
             if name is not None:
                 self.node_names[node] = name
                 self.client_info.setdefault(name, {}).update(details)
+            if FAILURE_KEY in msg.content:  # the ClientApp caught its own error and said who it is
+                reason = msg.content[FAILURE_KEY].get("reason", "the client reported a failure")
+                self.failures.append({"round": server_round, "phase": phase, "node_id": node,
+                                      "reason": _short(str(reason))})
+                continue
             ok.append(msg)
         for node in self._asked.get((phase, server_round), []):
             if node not in answered:
                 self.failures.append({"round": server_round, "phase": phase, "node_id": node,
                                       "reason": "no reply within the round timeout (node crashed, stalled or left)"})
+        self._round(server_round)[f"{phase}_nodes"] = [int(m.metadata.src_node_id) for m in ok]
         return ok
 
     def _record_clients(self, phase: str, server_round: int, replies: list[Message]) -> None:
@@ -167,19 +191,19 @@ class RecordingMixin:
         """Aggregate the completed clients if enough completed; record the rest as failures."""
         ok = self._sort("train", server_round, replies)
         asked = len(self._asked.get(("train", server_round), []))
-        needed = max(1, math.ceil(self.min_completed_fraction * asked - 1e-9))
+        needed = max(1, self.min_nodes, math.ceil(self.min_completed_fraction * asked - 1e-9))
         info = self._round(server_round)
         info.update(completed_train=len(ok), failed_train=asked - len(ok), needed_train=needed)
         self._record_clients("train", server_round, ok)
         if len(ok) < needed:
             info["aggregated"] = False
-            info["note"] = (f"only {len(ok)} of {asked} clients completed (at least {needed} needed): "
+            info["note"] = (f"only {len(ok)} of {asked} clients asked completed (at least {needed} needed): "
                             "the round's update was discarded and the global model kept")
             return None, None
         arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
         info["aggregated"] = arrays is not None
         if metrics is not None:
-            info.update({f"train_{k.replace('-', '_')}": v for k, v in metrics.items()})
+            info.update({_train_key(k): v for k, v in metrics.items()})
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -204,6 +228,7 @@ class RecordingMixin:
         accs = [r["accuracy"] for r in rows if r.get("num_examples", 0) > 0 and isinstance(r.get("accuracy"), float)]
         if accs:
             info["client_accuracy_min"], info["client_accuracy_max"] = min(accs), max(accs)
+        info["eval_rows"] = sum(int(r.get("num_examples", 0) or 0) for r in rows)
         merged = merge_groups([r["group_counts"] for r in rows if r.get("group_counts")])
         if merged:
             info["fairness"] = group_metrics(merged)
@@ -218,9 +243,9 @@ class RecordingMixin:
         asked = info.get("asked_train", 0)
         done = info.get("completed_train", 0)
         line = f"round {server_round}/{self.num_rounds}: {done}/{asked} clients trained"
-        failed = sum(1 for f in self.failures if f["round"] == server_round)
+        failed = sorted({self.client_name(f["node_id"]) for f in self.failures if f["round"] == server_round})
         if failed:
-            line += f", {failed} failure(s)"
+            line += f", failed or missing: {', '.join(failed)}"
         if info.get("aggregated") is False:
             line += ", update discarded"
         if isinstance(info.get("accuracy"), float):
@@ -230,11 +255,29 @@ class RecordingMixin:
         line += f"; {info.get('duration_s', 0.0):.1f} s"
         self.progress(line)
 
+    def client_name(self, node: int) -> str:
+        """The client's name as it reported it, or ``node <id>`` for a node that never replied with one."""
+        return self.node_names.get(int(node), f"node {int(node)}")
+
     def history(self) -> dict[str, Any]:
-        """Plain data: rounds, per-client rows, failures (with client names where known), clients."""
-        failures = [dict(f, client=self.node_names.get(f["node_id"])) for f in self.failures]
-        return {"rounds": [self.rounds[r] for r in sorted(self.rounds)], "client_rounds": self.client_rounds,
-                "failures": failures, "clients": self.client_info}
+        """Plain data: rounds (with the clients in each phase), per-client rows, failures, clients.
+
+        A node that never replied successfully is named ``node <id>`` in failures and round lists,
+        so a site that failed every round is still in the record.
+        """
+        failures = [dict(f, client=self.client_name(f["node_id"])) for f in self.failures]
+        rounds = []
+        for number in sorted(self.rounds):
+            info = dict(self.rounds[number])
+            for phase in ("train", "evaluate"):
+                asked = self._asked.get((phase, number), [])
+                done = info.pop(f"{phase}_nodes", [])
+                info[f"{phase}_clients"] = sorted((self.client_name(n) for n in done), key=name_order)
+                info[f"{phase}_missing"] = sorted((self.client_name(n) for n in asked if n not in done), key=name_order)
+            rounds.append(info)
+        nodes = sorted({n for asked in self._asked.values() for n in asked} | set(self.node_names))
+        return {"rounds": rounds, "client_rounds": self.client_rounds, "failures": failures,
+                "clients": self.client_info, "nodes": {str(n): self.client_name(n) for n in nodes}}
 
 
 class FederatedAveraging(RecordingMixin, FedAvg):
@@ -249,12 +292,14 @@ STRATEGIES: dict[str, type[RecordingMixin]] = {"fedavg": FederatedAveraging, "fe
 
 
 def build_strategy(name: str, *, num_clients: int, num_rounds: int, fraction_train: float = 1.0,
-                   min_completed_fraction: float = 0.5, proximal_mu: float = 0.0,
+                   min_completed_fraction: float = 0.5, min_nodes: int = 1, proximal_mu: float = 0.0,
                    progress: Callable[[str], None] | None = None) -> RecordingMixin:
-    """The strategy for ``name`` (``"fedavg"`` or ``"fedprox"``), waiting for all ``num_clients`` nodes.
+    """The strategy for ``name`` (``"fedavg"`` or ``"fedprox"``).
 
     Every connected client evaluates the global model after every round; ``fraction_train`` of them
-    train (Flower's sampling, at least one).
+    train (Flower's sampling, at least one). The strategy never waits for nodes itself (Flower's
+    ``min_available_nodes`` is 1): :func:`privacy.federated.server_app.run_server` waits, with a
+    deadline, for ``min_nodes`` of the ``num_clients`` before each round.
     """
     if name not in STRATEGIES:
         from audit.errors import ConfigError
@@ -262,9 +307,10 @@ def build_strategy(name: str, *, num_clients: int, num_rounds: int, fraction_tra
         raise ConfigError(f"Unknown strategy {name!r}. Use one of {sorted(STRATEGIES)}.")
     kwargs: dict[str, Any] = dict(
         fraction_train=fraction_train, fraction_evaluate=1.0, min_train_nodes=1,
-        min_evaluate_nodes=1, min_available_nodes=num_clients,
+        min_evaluate_nodes=1, min_available_nodes=1,
         train_metrics_aggr_fn=weighted_metrics, evaluate_metrics_aggr_fn=weighted_metrics,
-        min_completed_fraction=min_completed_fraction, num_rounds=num_rounds, progress=progress,
+        min_completed_fraction=min_completed_fraction, min_nodes=min_nodes, num_rounds=num_rounds,
+        progress=progress,
     )
     if name == "fedprox":
         kwargs["proximal_mu"] = proximal_mu

@@ -70,7 +70,9 @@ class Settings:
     proximal_mu: float = 0.0
     fraction_train: float = 1.0
     min_completed_fraction: float = 0.5
-    round_timeout: float = 3600.0
+    min_nodes: int = 1
+    round_timeout: float = 600.0
+    progress_interval: float = 30.0
     local_epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 5e-5
@@ -79,6 +81,7 @@ class Settings:
     target_epsilon: float | None = None
     target_delta: float | None = None
     max_grad_norm: float = 1.0
+    record_private_stats: bool = False
     seed: int = 0
     device: str = "cpu"
     output_dir: str = ""

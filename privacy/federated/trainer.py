@@ -45,6 +45,13 @@ ENGINES: tuple[str, ...] = get_args(Engine)
 StrategyName = Literal["fedavg", "fedprox"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 DEFAULT_PROXIMAL_MU = 0.01
+MIN_NODES_RANGE = ("min_nodes must be a whole number from 1 to num_clients ({n}), got {got!r}. Use e.g. a majority "
+                   "(the default) or --min-nodes 1 to aggregate any round that one client finished.")
+CERTS_NEED_SUPERLINK = ("root_certificates (--root-certificates) applies to a SuperLink you run (--superlink HOST:PORT); "
+                        "the federation rai-audit starts on 127.0.0.1 has no TLS. Give --superlink or drop the "
+                        "certificate.")
+CERTS_MISSING = "Root certificate file {path!r} does not exist. Give the PEM file of the CA that signed the SuperLink's certificate."
+RUN_STOPPED = "The federation stopped before its last round ({reason}); the model kept is the one aggregated in round {round}."
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, hint: str = "") -> None:
@@ -94,6 +101,10 @@ class FederatedFineTuner:
     min_completed_fraction : float, default=0.5
         Share of the sampled clients that must return an update for a round to be aggregated;
         otherwise the round's update is discarded and the global model kept.
+    min_nodes : int, optional
+        Fewest clients a round needs: connected before it starts and returning an update for it to
+        be aggregated. Default: a majority of ``num_clients`` (``num_clients // 2 + 1``). A round
+        below it is recorded as failed; the latest aggregated model is kept and saved.
     local_epochs : int, default=1
         Passes over its training rows each client makes per round.
     batch_size : int, default=16
@@ -118,15 +129,22 @@ class FederatedFineTuner:
         client's training rows.
     max_grad_norm : float, default=1.0
         Per-example clipping norm of client-side DP-SGD.
+    record_private_stats : bool, default=False
+        Under client-side DP, also send each client's training loss to the server and record it.
+        That loss is computed on the private rows without DP; by default it is not sent.
     engine : {"simulation", "deployment"}, default="simulation"
         ``run_simulation`` on Ray, or Flower's deployment runtime (SuperLink, SuperNodes,
         ``flwr run``); see :mod:`privacy.federated.runner`.
     superlink : str, optional
         Deployment only: ``host:port`` of a running SuperLink with its SuperNodes connected.
         ``None``: a SuperLink and ``num_clients`` SuperNodes are started on 127.0.0.1.
-    round_timeout : float, default=3600
-        Seconds the server waits for replies in a round (Flower's ``timeout``); a client that has
-        not answered by then is recorded as failed.
+    root_certificates : path, optional
+        Deployment with ``superlink``: PEM file of the CA that signed the SuperLink's TLS
+        certificate; the connection then uses TLS (without it, the connection is insecure).
+    round_timeout : float, default=600
+        Seconds the server waits in each phase of a round: for ``min_nodes`` clients to be
+        connected, and for their replies; a client that has not answered by then is recorded as
+        failed and the round goes on with those that did.
     baseline : bool, default=False
         Also train one model centrally on the union of the clients' training rows (same initial
         weights, ``num_rounds * local_epochs`` epochs) and score it on the union of their held-out
@@ -140,7 +158,10 @@ class FederatedFineTuner:
     progress : bool, default=False
         Print one line per round to stderr.
     deployment_timeout : float, optional
-        Deployment: seconds for the whole run.
+        Deployment: seconds for the whole run. Default: ``(3 * num_rounds + 1) * round_timeout``
+        plus 300 s for start-up (each round waits at most three round timeouts: for nodes, for
+        training replies, for evaluation replies). When it expires the run is stopped and the
+        latest checkpoint is kept.
 
     Attributes
     ----------
@@ -175,6 +196,7 @@ class FederatedFineTuner:
         proximal_mu: float | None = None,
         fraction_train: float = 1.0,
         min_completed_fraction: float = 0.5,
+        min_nodes: int | None = None,
         local_epochs: int = 1,
         batch_size: int = 16,
         learning_rate: float = 5e-5,
@@ -187,9 +209,11 @@ class FederatedFineTuner:
         target_epsilon: float | None = None,
         target_delta: float | None = None,
         max_grad_norm: float = 1.0,
+        record_private_stats: bool = False,
         engine: Engine = "simulation",
         superlink: str | None = None,
-        round_timeout: float = 3600.0,
+        root_certificates: str | os.PathLike[str] | None = None,
+        round_timeout: float = 600.0,
         baseline: bool = False,
         seed: int = 0,
         device: str = "cpu",
@@ -205,6 +229,7 @@ class FederatedFineTuner:
         self.proximal_mu = proximal_mu
         self.fraction_train = fraction_train
         self.min_completed_fraction = min_completed_fraction
+        self.min_nodes = min_nodes
         self.local_epochs = local_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -217,8 +242,10 @@ class FederatedFineTuner:
         self.target_epsilon = target_epsilon
         self.target_delta = target_delta
         self.max_grad_norm = max_grad_norm
+        self.record_private_stats = record_private_stats
         self.engine = engine
         self.superlink = superlink
+        self.root_certificates = root_certificates
         self.round_timeout = round_timeout
         self.baseline = baseline
         self.seed = seed
@@ -292,8 +319,26 @@ class FederatedFineTuner:
             raise ConfigError(f"target_delta must be in (0, 1), got {self.target_delta!r}. Use e.g. 1e-5.")
         if self.num_cpus is not None:
             _positive("num_cpus", self.num_cpus, integer=True, hint="Use e.g. 2.")
+        if self.deployment_timeout is not None:
+            _positive("deployment_timeout", self.deployment_timeout, hint="Use e.g. 3600 (seconds).")
+        if self.min_nodes is not None and not (isinstance(self.min_nodes, int) and not isinstance(self.min_nodes, bool)
+                                               and 1 <= self.min_nodes <= self.num_clients):
+            raise ConfigError(MIN_NODES_RANGE.format(n=self.num_clients, got=self.min_nodes))
+        if self.root_certificates is not None:
+            if self.superlink is None:
+                raise ConfigError(CERTS_NEED_SUPERLINK)
+            if not Path(self.root_certificates).expanduser().is_file():
+                raise ConfigError(CERTS_MISSING.format(path=os.fspath(self.root_certificates)))
         self._sensitive()
         return float(mu)
+
+    def _min_nodes(self) -> int:
+        return int(self.min_nodes) if self.min_nodes is not None else self.num_clients // 2 + 1
+
+    def _overall_timeout(self) -> float:
+        if self.deployment_timeout is not None:
+            return float(self.deployment_timeout)
+        return (3 * self.num_rounds + 1) * float(self.round_timeout) + 300.0
 
     # -- fit -------------------------------------------------------------------------------------
     def fit(self, model: Any, dataset: Any) -> FederatedFineTuner:
@@ -315,7 +360,10 @@ class FederatedFineTuner:
         started = time.perf_counter()
         model_dir = check_model_dir(model.path if isinstance(model, AuditTarget) else model)
         self.input_records_ = read_records(model_dir)
-        staging = Path(tempfile.mkdtemp(prefix="rai-federate-"))
+        from privacy.federated.runner import sweep_stale_temp, temp_prefix
+
+        sweep_stale_temp()  # folders of earlier runs that were killed before they could clean up
+        staging = Path(tempfile.mkdtemp(prefix=temp_prefix("rai-federate")))
         try:
             frame, data_path, fingerprint = self._read_data(dataset, staging)
             labels = sort_labels(frame[self.label_column].tolist())
@@ -329,21 +377,32 @@ class FederatedFineTuner:
                 num_rounds=self.num_rounds, sensitive_features=self._sensitive(), pos_label=pos_label,
                 partition=parse_partition(self.partition).spec, strategy=self.strategy, proximal_mu=mu,
                 fraction_train=float(self.fraction_train), min_completed_fraction=float(self.min_completed_fraction),
-                round_timeout=float(self.round_timeout), local_epochs=self.local_epochs, batch_size=self.batch_size,
+                min_nodes=self._min_nodes(), round_timeout=float(self.round_timeout),
+                local_epochs=self.local_epochs, batch_size=self.batch_size,
                 learning_rate=float(self.learning_rate), max_length=self.max_length,
                 eval_fraction=float(self.eval_fraction),
                 target_epsilon=None if self.target_epsilon is None else float(self.target_epsilon),
-                target_delta=self.target_delta, max_grad_norm=float(self.max_grad_norm), seed=int(self.seed),
+                target_delta=self.target_delta, max_grad_norm=float(self.max_grad_norm),
+                record_private_stats=bool(self.record_private_stats), seed=int(self.seed),
                 device=self.device, output_dir=str(staging / "out"), engine=self.engine, progress=bool(self.progress),
             )
             local_clients = self.superlink is None
             clients = self._client_data(frame, settings) if local_clients else []
             if self.target_epsilon is not None:
                 self._check_dp(clients, labels)
-            self._run(settings)
+            self.run_error_ = None
+            try:
+                self.run_info_ = self._run(settings)
+            except FederationError as exc:
+                # A run that stopped early keeps the rounds it finished: the ServerApp checkpoints the
+                # latest aggregated model and the history after every round.
+                self.run_info_ = dict(getattr(exc, "info", {}) or {})
+                if not _checkpointed(staging / "out"):
+                    raise
+                self.run_error_ = str(exc)
             history = json.loads((staging / "out" / "history.json").read_text(encoding="utf-8"))
             if not history.get("aggregated_rounds"):
-                raise FederationError(self._no_round_message(history))
+                raise FederationError(self._no_round_message(history) + _logs_hint(self.run_info_))
             from safetensors.torch import load_file
 
             final_state = load_file(str(staging / "out" / "global.safetensors"))
@@ -437,21 +496,23 @@ class FederatedFineTuner:
                                   f"client {client.name} has only {present}. Use IID partitioning, a larger "
                                   "Dirichlet alpha or fewer clients.")
 
-    def _run(self, settings: Settings) -> None:
+    def _run(self, settings: Settings) -> dict[str, Any]:
         from privacy.federated.runner import run_deployment_engine, run_simulation_engine
 
         if self.engine == "simulation":
-            run_simulation_engine(settings, num_cpus=self.num_cpus, client_mods=self.client_mods)
+            run_simulation_engine(settings, num_cpus=self.num_cpus, client_mods=self.client_mods,
+                                  progress=_stderr_progress if self.progress else None)
             if not (Path(settings.output_dir) / "history.json").is_file():
                 raise FederationError("The simulation ended without a result. Run again with progress=True "
                                       "to see the rounds.")
-        else:
-            if self.client_mods:
-                raise ConfigError("client_mods apply to the simulation engine only; a deployment's SuperNodes load "
-                                  "the ClientApp themselves. Drop client_mods or use engine='simulation'.")
-            say = _stderr_progress if self.progress else None
-            run_deployment_engine(settings, superlink=self.superlink, progress=say,
-                                  timeout=self.deployment_timeout)
+            return {}
+        if self.client_mods:
+            raise ConfigError("client_mods apply to the simulation engine only; a deployment's SuperNodes load "
+                              "the ClientApp themselves. Drop client_mods or use engine='simulation'.")
+        say = _stderr_progress if self.progress else None
+        certs = None if self.root_certificates is None else os.fspath(Path(self.root_certificates).expanduser())
+        return run_deployment_engine(settings, superlink=self.superlink, progress=say, insecure=certs is None,
+                                     root_certificates=certs, timeout=self._overall_timeout())
 
     @staticmethod
     def _no_round_message(history: dict[str, Any]) -> str:
@@ -496,17 +557,31 @@ class FederatedFineTuner:
         import torch
         import transformers
 
+        from privacy.federated.strategy import name_order
+
         parsed = parse_partition(settings.partition)
         client_rows = history.get("client_rounds", [])
         failures = history.get("failures", [])
         info = history.get("clients", {})
-        names = sorted({str(r["client"]) for r in client_rows if r.get("client") is not None} | set(info),
-                       key=lambda n: (0, int(n)) if n.lstrip("-").isdigit() else (1, n))
+        names = sorted({str(r["client"]) for r in client_rows if r.get("client") is not None} | set(info)
+                       | {str(f["client"]) for f in failures if f.get("client") is not None}
+                       | {str(n) for n in (history.get("nodes") or {}).values()},
+                       key=name_order)
         rounds = []
         for r in history.get("rounds", []):
             entry = {k: r.get(k) for k in ("round", "aggregated", "accuracy", "loss", "train_loss",
                                            "client_accuracy_min", "client_accuracy_max", "duration_s")}
+            ran = bool(r.get("asked_train"))
+            trained = list(r.get("train_clients") or [])
+            evaluated = list(r.get("evaluate_clients") or [])
+            # Every client of the federation that did not train in a round that ran, asked or not
+            # (a node the SuperLink has dropped is no longer asked); with sampling, only those asked.
+            absent = ([n for n in names if n not in trained] if settings.fraction_train >= 1.0
+                      else list(r.get("train_missing") or []))
             entry.update(clients_asked=r.get("asked_train"), clients_completed=r.get("completed_train"),
+                         clients_connected=r.get("connected"), ran=ran,
+                         trained_clients=trained, evaluated_clients=evaluated,
+                         missing_clients=absent if ran else list(names), eval_rows=r.get("eval_rows"),
                          failures=sum(1 for f in failures if f["round"] == r["round"]))
             if r.get("fairness"):
                 entry["fairness"] = r["fairness"]
@@ -525,8 +600,16 @@ class FederatedFineTuner:
                 "eval_rows": details.get("eval_rows"), "label_counts": details.get("label_counts"),
                 "group_counts": details.get("group_counts") or None,
                 "rounds_trained": len(trains),
+                "rounds_evaluated": len({e["round"] for e in evals}),
+                "rounds_missed": [r["round"] for r in rounds if name in r["missing_clients"]],
                 "failures": sum(1 for f in failures if f.get("client") == name),
             }
+            trained_rounds = sorted({t["round"] for t in trains})
+            later = [r["round"] for r in rounds if trained_rounds and r["round"] > trained_rounds[-1]]
+            if later and all(n in row["rounds_missed"] for n in later):
+                row["lost_after_round"] = trained_rounds[-1]
+            if not trains:
+                row["note"] = "never returned an update"
             if evals:
                 last = evals[-1]
                 row.update(evaluated_round=last["round"], accuracy=last.get("accuracy"), loss=last.get("loss"))
@@ -546,7 +629,13 @@ class FederatedFineTuner:
             best_worst = {"metric": "accuracy", "best_client": best["client"], "best": best["accuracy"],
                           "worst_client": worst["client"], "worst": worst["accuracy"],
                           "gap": best["accuracy"] - worst["accuracy"]}
-        last_round = rounds[-1] if rounds else {}
+        checkpoint = int(history.get("checkpoint_round") or 0)
+        evaluated_rounds = [r for r in rounds if isinstance(r.get("accuracy"), float)]
+        last_round = evaluated_rounds[-1] if evaluated_rounds and evaluated_rounds[-1]["round"] >= checkpoint else {}
+        final = self._final(last_round, names, checkpoint)
+        complete = (not self.run_error_ and len(rounds) == settings.num_rounds
+                    and all(r.get("aggregated") and not r["missing_clients"] for r in rounds))
+        lost = {c["client"]: c["lost_after_round"] for c in clients if "lost_after_round" in c}
         record: dict[str, Any] = {
             "framework": f"Flower {flwr.__version__} (Message API: ServerApp / ClientApp)",
             "engine": settings.engine,
@@ -570,9 +659,14 @@ class FederatedFineTuner:
                         "text_column": settings.text_column, "label_column": settings.label_column,
                         "sensitive_features": list(settings.sensitive_features)},
             "labels": list(settings.labels), "pos_label": settings.pos_label,
-            "final": {"accuracy": last_round.get("accuracy"), "loss": last_round.get("loss"),
-                      "evaluation": "Every client scores the global model on its held-out rows; the accuracy is "
-                                    "their example-weighted mean (the accuracy on the union of those rows)"},
+            "min_nodes": settings.min_nodes, "round_timeout_s": settings.round_timeout,
+            "complete": complete,
+            "model_round": checkpoint,
+            "stopped_early": self.run_error_,
+            "lost_clients": lost,
+            "lost_processes": list((self.run_info_ or {}).get("lost_processes") or []),
+            "logs": (self.run_info_ or {}).get("logs"),
+            "final": final,
             "rounds": rounds,
             "clients": clients,
             "client_accuracy_by_round": by_round,
@@ -587,7 +681,8 @@ class FederatedFineTuner:
         if last_round.get("fairness"):
             record["fairness"] = last_round["fairness"]
         if settings.target_epsilon is not None:
-            record["client_dp"] = _dp_summary(settings, client_rows)
+            record["client_dp"] = _dp_summary(settings, client_rows, [r["round"] for r in rounds])
+        record["warnings"] = _warnings(record)
         # The keyed digest goes into the record's chain (audit.records); under client-side DP the plain
         # file hash would let a reader test candidate datasets, so only the keyed one is kept.
         self.data_digest_ = data_digest(texts)
@@ -596,6 +691,31 @@ class FederatedFineTuner:
         if settings.target_epsilon is not None:
             record["dataset"]["fingerprint"] = keyed
         return record
+
+    def _final(self, last_round: dict[str, Any], names: list[str], checkpoint: int) -> dict[str, Any]:
+        """The final model's accuracy, with exactly which clients' held-out rows it is over."""
+        evaluated = list(last_round.get("evaluated_clients") or [])
+        missing = [n for n in names if n not in evaluated]
+        out: dict[str, Any] = {
+            "accuracy": last_round.get("accuracy"), "loss": last_round.get("loss"),
+            "evaluated_round": last_round.get("round"), "model_round": checkpoint,
+            "clients": evaluated, "clients_missing": missing, "eval_rows": last_round.get("eval_rows"),
+            "over_all_clients": bool(evaluated) and not missing,
+        }
+        if not last_round:
+            out["evaluation"] = (f"No client scored the final model (aggregated in round {checkpoint}) after its "
+                                 "last aggregation: its federated accuracy is unknown")
+        else:
+            scope = ("every client" if not missing else
+                     f"{len(evaluated)} of {len(names)} clients ({', '.join(evaluated)}; not {', '.join(missing)})")
+            out["evaluation"] = (f"In round {last_round.get('round')}, {scope} scored the global model from round "
+                                 f"{checkpoint} on their held-out rows ({last_round.get('eval_rows')} rows); the "
+                                 "accuracy is their example-weighted mean (the accuracy on the union of those rows)")
+        if getattr(self, "accuracy_", None) is not None and self.superlink is None:
+            out["accuracy_all_clients"] = self.accuracy_
+            out["accuracy_all_clients_note"] = ("scored by rai-audit on the union of every client's held-out rows "
+                                                "(the data is local in this run)")
+        return out
 
     # -- save --------------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -643,6 +763,20 @@ class FederatedFineTuner:
         return out
 
 
+def _checkpointed(out: Path) -> bool:
+    """Whether the ServerApp left a checkpoint with at least one aggregated round."""
+    try:
+        history = json.loads((out / "history.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(history.get("checkpoint_round")) and (out / "global.safetensors").is_file()
+
+
+def _logs_hint(info: dict[str, Any] | None) -> str:
+    logs = (info or {}).get("logs")
+    return f" Logs: {logs}." if logs else ""
+
+
 def _stderr_progress(line: str) -> None:
     from privacy.federated.server_app import PROGRESS_PREFIX
 
@@ -656,34 +790,84 @@ def _strategy_text(name: str) -> str:
     return STRATEGY_DESCRIPTIONS[name]
 
 
-def _dp_summary(settings: Settings, client_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each client's epsilon over every round it trained: one accountant over all its DP-SGD steps."""
+def _dp_summary(settings: Settings, client_rows: list[dict[str, Any]], round_numbers: Sequence[int] = ()) -> dict[str, Any]:
+    """Each client's epsilon after every round it trained and over the whole run: one accountant per client.
+
+    A row belongs to exactly one client, so the guarantee for any row is its own client's epsilon;
+    epsilons are never added across clients (that would describe no row). ``by_round`` gives the
+    client's cumulative epsilon after each round, from the same accountant over its steps so far.
+    """
     from privacy.dp import compute_epsilon
 
     per_client: dict[str, dict[str, Any]] = {}
-    for row in client_rows:
-        if row["phase"] != "train" or row.get("dp_steps") is None:
-            continue
-        entry = per_client.setdefault(str(row["client"]), {"steps": 0, "rounds": 0})
+    for row in sorted((r for r in client_rows if r["phase"] == "train" and r.get("dp_steps") is not None),
+                      key=lambda r: int(r.get("round", 0))):
+        entry = per_client.setdefault(str(row["client"]), {"steps": 0, "rounds": 0, "rounds_trained": [],
+                                                           "by_round": []})
         entry["steps"] += int(row["dp_steps"])
         entry["rounds"] += 1
+        entry["rounds_trained"].append(int(row.get("round", 0)))
         entry.update(noise_multiplier=row["dp_noise_multiplier"], sample_rate=row["dp_sample_rate"],
                      delta=row["dp_delta"])
+        entry["by_round"].append({"round": int(row.get("round", 0)), "steps": entry["steps"]})
     for entry in per_client.values():
-        entry["epsilon"] = compute_epsilon(noise_multiplier=entry["noise_multiplier"],
-                                           sample_rate=entry["sample_rate"], steps=entry["steps"],
-                                           target_delta=entry["delta"], accountant="prv")
+        for step in entry["by_round"]:
+            step["epsilon"] = compute_epsilon(noise_multiplier=entry["noise_multiplier"],
+                                              sample_rate=entry["sample_rate"], steps=step["steps"],
+                                              target_delta=entry["delta"], accountant="prv")
+        entry["epsilon"] = entry["by_round"][-1]["epsilon"] if entry["by_round"] else 0.0
     epsilons = [e["epsilon"] for e in per_client.values()]
+    deltas = [e["delta"] for e in per_client.values()]
+    worst = max(per_client, key=lambda c: per_client[c]["epsilon"]) if per_client else None
+    notes = ["Each row belongs to one client, so the guarantee for any row is its own client's epsilon; epsilons "
+             "are never added across clients.",
+             "The held-out rows each client scores the global model on are not trained on, but their accuracy "
+             "is reported without DP."]
+    if settings.record_private_stats:
+        notes.append("record_private_stats was set: the clients' training losses (computed on the private rows "
+                     "without DP) were sent to the server and are in this record, outside the guarantee.")
+    else:
+        notes.append("The clients did not send their training loss (a statistic of the private rows without DP); "
+                     "pass record_private_stats (--record-private-stats) to record it outside the guarantee.")
     return {
         "mechanism": "DP-SGD at every client (Abadi et al. 2016; Opacus through privacy.dp.DPFineTuner): per-example "
                      "clipping and Gaussian noise in every local step",
+        "guarantee": "example-level (epsilon, delta)-DP for each training row of each client, against anyone holding "
+                     "every global model the server sent or received (and this record)",
         "unit_of_privacy": "one training row of one client",
         "target_epsilon": settings.target_epsilon, "max_grad_norm": settings.max_grad_norm,
         "accountant": "PRV (Gopi et al. 2021) over all of a client's steps in every round",
         "epsilon_max": max(epsilons) if epsilons else None,
+        "epsilon_max_client": worst,
+        "delta": max(deltas) if deltas else settings.target_delta,
+        "rounds": list(round_numbers),
         "clients": per_client,
-        "notes": ["Each row belongs to one client, so the guarantee for any row is its client's epsilon.",
-                  "The held-out rows each client scores the global model on are not trained on, but their accuracy "
-                  "is reported without DP."],
+        "private_stats_recorded": bool(settings.record_private_stats),
+        "notes": notes,
     }
 
+
+def _warnings(record: dict[str, Any]) -> list[str]:
+    """Sentences for everything that makes this run less than every client in every round."""
+    out: list[str] = []
+    if record.get("stopped_early"):
+        out.append(f"The run stopped before its last round: {record['stopped_early']}")
+    for r in record.get("rounds") or []:
+        if not r.get("ran"):
+            out.append(f"Round {r['round']} did not run: {r.get('note') or 'too few clients connected'}")
+        elif not r.get("aggregated"):
+            out.append(f"Round {r['round']} was not aggregated: {r.get('note') or 'too few clients completed'}")
+        elif r.get("missing_clients"):
+            out.append(f"Round {r['round']} was aggregated without client(s) {', '.join(r['missing_clients'])}")
+    for name, after in (record.get("lost_clients") or {}).items():
+        out.append(f"Client {name} was lost after round {after} and missed every later round")
+    final = record.get("final") or {}
+    if final.get("clients_missing") and final.get("accuracy") is not None:
+        out.append(f"The final accuracy is over {len(final.get('clients') or [])} client(s) only "
+                   f"({', '.join(final.get('clients') or [])}): {', '.join(final['clients_missing'])} did not report")
+    if final.get("accuracy") is None:
+        out.append("No client scored the final model after its last aggregation")
+    if record.get("num_rounds") and record.get("model_round") != record.get("num_rounds"):
+        out.append(f"The saved model is the one aggregated in round {record.get('model_round')} of "
+                   f"{record.get('num_rounds')}")
+    return out
