@@ -69,6 +69,11 @@ class GateSpec(_Validated):
     ``effect_size[weat7]: {max: 0.5}`` means ``|d| <= 0.5``, ``ss: {max: 60}`` means
     ``|SS - 50| <= 10``, and a tolerance limits how much further from the ideal it may move.
     With ``signed: true`` the bounds apply to the value itself (lower is better for tolerance).
+
+    A gate cannot pass unchecked: when its probe is planned but does not run (skipped, or not
+    applicable to the model), the gate fails, unless ``required`` is false, in which case it is
+    listed under the gates not checked. A gate on a probe left out of the plan (``--disable``,
+    ``--probe``) is listed as not checked.
     """
 
     model_config = _STRICT
@@ -77,6 +82,7 @@ class GateSpec(_Validated):
     min: float | None = None
     tolerance: float | None = Field(default=None, ge=0)
     signed: bool = False
+    required: bool = True
 
     @model_validator(mode="after")
     def _one_bound(self) -> GateSpec:

@@ -161,6 +161,22 @@ def _stub_results(target: AuditTarget) -> AuditResults:
     return AuditResults(manifest=manifest, results=[])
 
 
+GATE_PROBE_NOT_RUN = ("{probe}.{metric}: the gate could not be checked because {probe} did not run ({status}: {why}); "
+                      "a required gate does not pass unchecked. Make the probe apply (model kind, data), or set "
+                      "required: false on the gate to list it as not checked instead.")
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "no reason given").strip().splitlines()[0].rstrip(".") if (text or "").strip() else "no reason given"
+
+
+def _unchecked_gates(probe: str, gates: Mapping[str, GateSpec], reason: str) -> list[GateNotChecked]:
+    """The ``max``/``min`` bounds of ``gates``, as not checked for ``reason``."""
+    return [GateNotChecked(probe=probe, metric=metric, bound=bound, threshold=threshold, reason=reason)
+            for metric, gate in gates.items()
+            for bound, threshold in (("max", gate.max), ("min", gate.min)) if threshold is not None]
+
+
 def _check_gate(probe: str, metric_name: str, spec: GateSpec, result: ProbeResult) -> list[GateOutcome]:
     metric = result.metrics.get(metric_name)
     outcomes = []
@@ -169,8 +185,10 @@ def _check_gate(probe: str, metric_name: str, spec: GateSpec, result: ProbeResul
             continue
         if result.status in ("skipped", "not_applicable"):
             outcomes.append(GateOutcome(probe=probe, metric=metric_name, bound=bound, threshold=threshold,
-                                        value=None, passed=True,
-                                        message=f"{probe} did not run ({result.status}); gate not checked"))
+                                        value=None, passed=False,
+                                        message=GATE_PROBE_NOT_RUN.format(probe=probe, metric=metric_name,
+                                                                          status=result.status,
+                                                                          why=_first_line(result.summary))))
             continue
         if metric is None or metric.value is None:
             why = "was not produced" if metric is None else f"could not be computed ({metric.note})"
@@ -297,6 +315,7 @@ class Auditor:
         self.check_baseline(target)
         dataset = data if data is not None else self.load_data()
         self._truncated_seen = set()
+        self._not_checked = self._gates_of_unplanned(plan)
         started = _dt.datetime.now(_dt.timezone.utc)
         clock = time.perf_counter()
         results: dict[str, ProbeResult] = {}
@@ -310,6 +329,10 @@ class Auditor:
                 probe_config = self.config.probes.get(name)
                 outcomes = []
                 for metric_name, gate in (probe_config.gates.items() if probe_config else ()):
+                    if not gate.required and result.status in ("skipped", "not_applicable"):
+                        self._not_checked += _unchecked_gates(name, {metric_name: gate}, (
+                            f"{name} did not run ({result.status}: {_first_line(result.summary)}); required: false"))
+                        continue
                     outcomes += _check_gate(name, metric_name, gate, result)
                 if any(not o.passed for o in outcomes) and result.status in ("passed", "warned"):
                     result = result.model_copy(update={"status": "failed"})
@@ -350,7 +373,9 @@ class Auditor:
         audit = AuditResults(manifest=manifest, results=list(results.values()), gates=gates,
                              card=self.config.card.model_dump(mode="json"), probes_not_run=self._not_run)
         if self.baseline is None:
-            return audit.model_copy(update={"gates_not_checked": self._unchecked_tolerances(plan)})
+        audit = audit.model_copy(update={"gates_not_checked": list(self._not_checked)})
+            return audit.model_copy(update={"gates_not_checked": [*self._not_checked,
+                                                                  *self._unchecked_tolerances(plan)]})
         regressions = regression_gates(audit, self.baseline,
                                        {name: cfg.gates for name, cfg in self.config.probes.items()})
         worse = {g.probe for g in regressions if not g.passed}
@@ -359,6 +384,14 @@ class Auditor:
         return audit.model_copy(update={"results": updated, "gates": [*audit.gates, *regressions]})
 
     def _unchecked_tolerances(self, plan: Sequence[tuple[str, Probe | None, ProbeSpec]]) -> list[GateNotChecked]:
+    def _gates_of_unplanned(self, plan: Sequence[tuple[str, Probe | None, ProbeSpec]]) -> list[GateNotChecked]:
+        """Gates configured on probes the plan leaves out (disabled, not selected, not installed): not checked."""
+        planned = {name for name, _, _ in plan}
+        not_run = getattr(self, "_not_run", {})
+        return [gate for name, cfg in sorted(self.config.probes.items()) if name not in planned and cfg.gates
+                for gate in _unchecked_gates(name, cfg.gates, f"{name} is not in this audit's plan "
+                                                              f"({not_run.get(name, 'not selected or not installed')})")]
+
         """The ``tolerance`` gates of the planned probes: without a baseline there is nothing to compare with."""
         return [GateNotChecked(probe=name, metric=metric, bound="tolerance", threshold=gate.tolerance,
                                reason=NO_BASELINE)

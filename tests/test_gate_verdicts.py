@@ -106,3 +106,37 @@ def test_unchecked_gate_is_a_skipped_junit_case(run, tmp_path):
     assert case.get("name") == "seat.mean_abs_effect_size no regression (tolerance 0.1)"
     assert case.find("skipped").get("message").startswith("no --baseline given")
     assert suite.get("skipped") == "1" and suite.get("failures") == "0"
+
+
+#: A gate on a probe that does not apply to an encoder (counterfactual needs a classifier or an LM).
+NOT_APPLICABLE = SEAT + "  counterfactual:\n    gates:\n      max_score_gap: {max: 0.1}\n"
+
+
+def test_gate_on_a_probe_that_did_not_run_fails(run):
+    """It used to be recorded as passed ("gate not checked") and the audit exited 0."""
+    code, out, err, results = run("select: [seat, counterfactual]\n" + NOT_APPLICABLE)
+    assert results.results[[r.probe for r in results.results].index("counterfactual")].status == "not_applicable"
+    (gate,) = [g for g in results.gates if g.probe == "counterfactual"]
+    assert gate.passed is False and gate.value is None
+    assert "could not be checked because counterfactual did not run (not_applicable" in gate.message
+    assert "required: false" in gate.message
+    assert code == 1 and "gate failed: counterfactual.max_score_gap" in err
+    assert "failed because gate counterfactual.max_score_gap (max 0.1) failed" in out
+
+
+def test_optional_gate_on_a_probe_that_did_not_run_is_said_not_checked(run):
+    config = "select: [seat, counterfactual]\n" + NOT_APPLICABLE.replace("{max: 0.1}", "{max: 0.1, required: false}")
+    code, out, err, results = run(config)
+    assert code == 0 and not [g for g in results.gates if g.probe == "counterfactual"]
+    (gate,) = results.gates_not_checked
+    assert (gate.probe, gate.metric, gate.bound) == ("counterfactual", "max_score_gap", "max")
+    assert "counterfactual did not run (not_applicable" in gate.reason
+    assert "gate not checked: counterfactual.max_score_gap" in err
+
+
+def test_gate_on_a_probe_left_out_of_the_plan_is_said_not_checked(run):
+    code, out, err, results = run(NOT_APPLICABLE)  # select: [seat] only
+    assert code == 0
+    (gate,) = results.gates_not_checked
+    assert gate.probe == "counterfactual" and "not in this audit's plan (not selected" in gate.reason
+    assert "gate not checked: counterfactual.max_score_gap" in err
