@@ -372,8 +372,8 @@ class Auditor:
         )
         audit = AuditResults(manifest=manifest, results=list(results.values()), gates=gates,
                              card=self.config.card.model_dump(mode="json"), probes_not_run=self._not_run)
-        if self.baseline is None:
         audit = audit.model_copy(update={"gates_not_checked": list(self._not_checked)})
+        if self.baseline is None:
             return audit.model_copy(update={"gates_not_checked": [*self._not_checked,
                                                                   *self._unchecked_tolerances(plan)]})
         regressions = regression_gates(audit, self.baseline,
@@ -383,7 +383,6 @@ class Auditor:
                    else r for r in audit.results]
         return audit.model_copy(update={"results": updated, "gates": [*audit.gates, *regressions]})
 
-    def _unchecked_tolerances(self, plan: Sequence[tuple[str, Probe | None, ProbeSpec]]) -> list[GateNotChecked]:
     def _gates_of_unplanned(self, plan: Sequence[tuple[str, Probe | None, ProbeSpec]]) -> list[GateNotChecked]:
         """Gates configured on probes the plan leaves out (disabled, not selected, not installed): not checked."""
         planned = {name for name, _, _ in plan}
@@ -392,6 +391,7 @@ class Auditor:
                 for gate in _unchecked_gates(name, cfg.gates, f"{name} is not in this audit's plan "
                                                               f"({not_run.get(name, 'not selected or not installed')})")]
 
+    def _unchecked_tolerances(self, plan: Sequence[tuple[str, Probe | None, ProbeSpec]]) -> list[GateNotChecked]:
         """The ``tolerance`` gates of the planned probes: without a baseline there is nothing to compare with."""
         return [GateNotChecked(probe=name, metric=metric, bound="tolerance", threshold=gate.tolerance,
                                reason=NO_BASELINE)
