@@ -91,7 +91,17 @@ class Manifest(BaseModel):
     command: list[str] = Field(default_factory=lambda: list(sys.argv))
     data: DataManifest | None = None
     config: dict[str, Any] = Field(default_factory=dict)
-    records: dict[str, Any] = Field(default_factory=dict)
+    #: The training records found beside the model, one section per step (``dp``, ``federated``, ...).
+    #: ``dp.empirical_epsilon_lower_bound``: the one-run audit's 95% lower bound on epsilon, when one ran.
+    records: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"properties": {"dp": {
+        "type": "object",
+        "properties": {"empirical_epsilon_lower_bound": {
+            "type": "number", "minimum": 0,
+            "description": ("One-run audit (Steinke, Nasr and Jagielski 2023): epsilon refuted at 95% confidence by "
+                            "guessing which random canaries were trained on; present only when an audit ran. Above "
+                            "dp.epsilon means the training did not deliver its guarantee."),
+        }},
+    }}})
     notes: list[str] = Field(default_factory=list)
     truncated_texts: int = 0
 

@@ -763,6 +763,11 @@ class DPFineTuner:
         Causal LMs: plant one random canary per entry, repeated that many times, e.g.
         ``(1, 10, 100)`` (:class:`privacy.leakage.CanarySet`, Carlini et al. 2019). They are
         recorded so the ``canary_exposure`` probe can measure what the model memorised.
+    audit_canaries : int, default=0
+        Empirical one-run audit (:mod:`privacy.dp_audit`, Steinke, Nasr and Jagielski 2023): plant
+        this many random canaries, each trained on with probability 1/2 (OS entropy), guess from
+        the trained model which were, and record a 95% lower bound on epsilon beside the
+        accountant's (``record_["empirical_epsilon_lower_bound"]``). 0: no audit.
     secure_mode : bool, default=False
         Opacus' secure mode (noise from ``torchcsprng``, hardened Gaussian sampling). Refused with
         a :class:`~audit.errors.ConfigError` when ``torchcsprng`` is not installed (it has no
@@ -836,6 +841,7 @@ class DPFineTuner:
         eval_fraction: float = 0.2,
         baseline: bool = False,
         canaries: Sequence[int] = (),
+        audit_canaries: int = 0,
         secure_mode: bool = False,
         record_private_stats: bool = False,
         seed: int = 0,
@@ -860,6 +866,7 @@ class DPFineTuner:
         self.eval_fraction = eval_fraction
         self.baseline = baseline
         self.canaries = canaries
+        self.audit_canaries = audit_canaries
         self.secure_mode = secure_mode
         self.record_private_stats = record_private_stats
         self.seed = seed
@@ -890,6 +897,9 @@ class DPFineTuner:
                 isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in canaries):
             raise ConfigError(f"canaries must be a sequence of positive repetition counts, e.g. (1, 10, 100), got "
                               f"{canaries!r}. Use () for none.")
+        from privacy.dp_audit import check_audit_canaries
+
+        check_audit_canaries(self.audit_canaries)
         if self.noise_multiplier is not None:
             _check_positive("noise_multiplier", self.noise_multiplier)
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
@@ -1053,6 +1063,14 @@ class DPFineTuner:
             self.canaries_ = CanarySet.generate(repetitions=tuple(self.canaries), rng=secret_rng)
             train_texts = self.canaries_.insert(train_texts, rng=rng)
             train_y = [0] * len(train_texts)
+        self.audit_ = None
+        if self.audit_canaries:
+            from privacy.dp_audit import OneRunAudit
+
+            # Canaries and inclusion bits from OS entropy (the secrets module), never from the seed.
+            self.audit_ = OneRunAudit(n_canaries=self.audit_canaries)
+            train_texts, train_y = self.audit_.plant(train_texts, train_y, tokenizer=tokenizer,
+                                                     n_classes=len(classes or []))
         n_train = len(train_texts)
         self.n_train_, self.n_eval_, self.n_rows_ = n_train, len(eval_texts), len(data.texts)
         self.eval_rows_ = eval_idx.tolist()
@@ -1088,10 +1106,15 @@ class DPFineTuner:
         self._positions = "position_ids" in forward_params
         model.to(device)
         initial_state = copy.deepcopy(model.state_dict()) if self.baseline else None
+        if self.audit_ is not None:
+            self.audit_.score_before(self._audit_losses(model, tokenizer, task, device))
 
         self._train_private(model, ids, mask, labels_t, task, device)
         self.model_ = model.cpu().eval()
         self.tokenizer_ = tokenizer
+        if self.audit_ is not None:
+            self.audit_.score_after(self._audit_losses(self.model_, tokenizer, task, torch.device("cpu")),
+                                    delta=self.target_delta_, epsilon=self.epsilon_)
         self.notes_ = list(source.notes)
         metric = "accuracy" if task == "sequence-classification" else "eval_loss"
         self.utility_ = {"metric": metric, "split": "held-out rows (never trained on)", "rows": len(eval_texts),
@@ -1119,6 +1142,18 @@ class DPFineTuner:
                 if task == "causal-lm":
                     self.utility_["non_private_perplexity"] = _finite(math.exp(min(self.utility_["non_private"], 700)))
             del base_model
+
+    def _audit_losses(self, model: Any, tokenizer: Any, task: str, device: torch.device) -> Any:
+        """Per-canary losses under ``model``, encoded and batched as in training (for the one-run audit)."""
+        from privacy.dp_audit import example_losses
+
+        def losses(texts: list[str], labels: list[int]) -> np.ndarray:
+            ids, mask = self._encode(tokenizer, texts, task)
+            return example_losses(model, ids, mask, torch.as_tensor(labels, dtype=torch.long), task=task,
+                                  inputs=lambda i, m: self._inputs(model, i, m, device),
+                                  batch_size=self.max_physical_batch_size)
+
+        return losses
 
     def _criterion(self, task: str) -> torch.nn.Module:
         return torch.nn.CrossEntropyLoss() if task == "sequence-classification" else _CausalLMLoss()
@@ -1361,7 +1396,7 @@ class DPFineTuner:
                 "path": data.path,
                 "fingerprint": data.fingerprint,
                 "rows": self.n_rows_,
-                "train_rows": self.n_train_ - self._canary_rows(),
+                "train_rows": self.n_train_ - self._canary_rows() - (self.audit_.included_rows if self.audit_ else 0),
                 "canary_rows": self._canary_rows(),
                 "eval_rows": self.n_eval_,
                 "text_column": data.text_column,
@@ -1388,6 +1423,13 @@ class DPFineTuner:
                 f"{len(self.canaries_.secrets)} random canaries were planted, repeated {list(self.canaries_.repetitions)} "
                 "times. A row repeated k times is protected only by group privacy (about k x epsilon), so the "
                 "frequent canaries are expected to be less protected than one row.")
+        if self.audit_ is not None:
+            record["audit"] = self.audit_.to_record()
+            record["empirical_epsilon_lower_bound"] = record["audit"]["epsilon_lower_bound"]
+            record["notes"].append(
+                f"One-run audit: {self.audit_canaries} random canaries were planted, each trained on with probability "
+                "1/2 (the canaries and the bits sealed in the record); the bound is what guessing them from the model "
+                "refutes at 95% confidence.")
         return record
 
     def _canary_rows(self) -> int:

@@ -82,6 +82,10 @@ class TrainDPCommand:
                             help="deprecated spelling of --non-private-baseline")
         parser.add_argument("--canaries", type=_repetitions, default=(), metavar="R1,R2,...",
                             help="causal LMs: plant one random canary per count, repeated that often (e.g. 1,10,100)")
+        parser.add_argument("--audit-canaries", type=int, default=0, metavar="M",
+                            help="one-run empirical audit (Steinke, Nasr and Jagielski 2023): plant M random canaries, "
+                                 "each trained on with probability 1/2, and record a 95%% lower bound on epsilon from "
+                                 "guessing them (e.g. 1000; 0: no audit)")
         parser.add_argument("--secure-mode", action="store_true",
                             help="Opacus' secure mode; needs torchcsprng (refused when it is not installed). Without "
                                  "it the noise and sampling still come from OS entropy, never from --seed")
@@ -109,6 +113,7 @@ class TrainDPCommand:
             task="sequence-classification" if args.label_column else "causal-lm",
             text_column=args.text_column, label_column=args.label_column, max_length=args.max_length,
             eval_fraction=args.eval_fraction, baseline=args.baseline, canaries=args.canaries,
+            audit_canaries=args.audit_canaries,
             secure_mode=args.secure_mode, record_private_stats=args.record_private_stats, seed=args.seed,
             device=args.device,
             progress=not args.no_progress,
@@ -130,12 +135,24 @@ class TrainDPCommand:
         print(f"Trained with DP-SGD: {_describe(record)}")
         print(_utility_line(record["utility"]))
         print(f"Model and privacy record: {out}")
+        if record.get("audit"):
+            print(_audit_line(record))
         if record.get("canaries"):
             from audit.records import key_file_path
 
             print(f"The canary secrets are sealed in the record with the key in {key_file_path()}: keep that file apart "
                   "from the model (anyone holding both can read them); the canary_exposure probe needs it.")
         return 0
+
+
+def _audit_line(record: dict[str, Any]) -> str:
+    audit = record["audit"]
+    verdict = ("consistent with the accountant" if audit["consistent"] else
+               "ABOVE the accountant's epsilon: the implementation does not deliver the claimed guarantee")
+    return (f"One-run audit ({audit['guesser']['canaries']} canaries, {audit['guesser']['correct']} of "
+            f"{audit['guesser']['guesses']} guesses right): epsilon >= {audit['epsilon_lower_bound']:.3f} at "
+            f"{audit['confidence']:.0%} confidence vs accountant epsilon {record['epsilon']:.3f}, {verdict}. "
+            "A low bound is no proof of privacy.")
 
 
 def _utility_line(utility: dict[str, Any]) -> str:
