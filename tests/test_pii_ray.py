@@ -1,0 +1,63 @@
+"""Ray Data scanning and redaction against the local scanner, on a local Ray started here."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from privacy.pii import PIIScanner
+from privacy.redact import PIIRedactor, redact_file
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+SETTINGS = {"engine": "pattern", "entities": ["EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "URL"]}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False,
+             configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _rows(n: int) -> pd.DataFrame:
+    cards = ["4111 1111 1111 1111", "5500 0000 0000 0004"]
+    text = [f"row {i}: mail user{i}@example.org" if i % 3 == 0 else
+            f"row {i}: card {cards[i % 2]}" if i % 3 == 1 else ("" if i % 10 == 2 else f"row {i} nothing") for i in range(n)]
+    notes = [None if i % 7 == 0 else f"iban DE89 3704 0044 0532 0130 00 at {i}" if i % 5 == 0 else "ok" for i in range(n)]
+    return pd.DataFrame({"id": range(n), "text": text, "notes": notes})
+
+
+@pytest.mark.slow
+def test_ray_scan_and_redaction_equal_the_local_ones(cluster, tmp_path):
+    from privacy.pii_ray import ray_redact, ray_scan
+
+    src = tmp_path / "rows.jsonl"
+    frame = _rows(1_000)
+    frame.to_json(src, orient="records", lines=True)
+    local = PIIScanner(progress=False, **SETTINGS).scan_table(src, columns=["text", "notes"], n_examples=0)
+    remote = ray_scan(src, columns=["text", "notes"], scanner=PIIScanner(progress=False, **SETTINGS), address=cluster,
+                      batch_size=128)
+    drop = {"duration_s"}
+    assert {k: v for k, v in remote.to_dict().items() if k not in drop} == \
+        {k: v for k, v in local.to_dict().items() if k not in drop}
+    assert local.entity_counts["EMAIL_ADDRESS"] == 334
+
+    out = tmp_path / "redacted"
+    summary = ray_redact(src, out, columns=["text", "notes"], redactor=PIIRedactor(**SETTINGS), address=cluster,
+                         fmt="parquet", batch_size=128)
+    redact_file(src, tmp_path / "local.jsonl", columns=["text", "notes"], redactor=PIIRedactor(**SETTINGS))
+    expected = pd.read_json(tmp_path / "local.jsonl", lines=True)
+    files = sorted(out.glob("*.parquet"))
+    got = pd.concat([pd.read_parquet(f) for f in files]).sort_values("id").reset_index(drop=True)
+    assert got["text"].tolist() == expected["text"].tolist()
+    assert [None if pd.isna(v) else v for v in got["notes"]] == [None if pd.isna(v) else v for v in expected["notes"]]
+    assert summary.entity_counts == local.entity_counts and summary.rows == 1_000
+    assert not any("example.org" in v for v in got["text"])
