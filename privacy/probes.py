@@ -186,6 +186,9 @@ class PIIDataProbe(Probe):
         any personal data makes it ``warned``.
     n_process : int, default=1
         Worker processes for large datasets.
+    spacy_model, ner_model, ner_model_configuration
+        The NER model: as in :class:`~privacy.pii.PIIScanner` (a spaCy model, or a local Hugging
+        Face token-classification model directory with its label mapping).
     """
 
     name: ClassVar[str] = "pii_data"
@@ -209,6 +212,9 @@ class PIIDataProbe(Probe):
         n_examples: int = 5,
         max_pii_rate: float | None = None,
         n_process: int = 1,
+        spacy_model: str | None = None,
+        ner_model: str | None = None,
+        ner_model_configuration: Mapping[str, Any] | None = None,
     ) -> None:
         self.columns = columns
         self.entities = entities
@@ -221,6 +227,9 @@ class PIIDataProbe(Probe):
         self.n_examples = n_examples
         self.max_pii_rate = max_pii_rate
         self.n_process = n_process
+        self.spacy_model = spacy_model
+        self.ner_model = ner_model
+        self.ner_model_configuration = ner_model_configuration
         _check_common(self.name, score_threshold=score_threshold, engine=engine, n_examples=n_examples,
                       max_pii_rate=max_pii_rate)
         if isinstance(columns, str):
@@ -237,15 +246,19 @@ class PIIDataProbe(Probe):
         columns = list(self.columns) if self.columns else [data.text_column]
         scanner = PIIScanner(entities=self.entities, score_threshold=self.score_threshold, language=self.language,
                              engine=self.engine, recognizers=self.recognizers, allow_list=self.allow_list,  # type: ignore[arg-type]
-                             n_process=self.n_process, progress=target.progress)
+                             n_process=self.n_process, progress=target.progress, spacy_model=self.spacy_model,
+                             ner_model=self.ner_model, ner_model_configuration=self.ner_model_configuration)
         summary = scanner.scan_table(data.frame, columns=columns, max_rows=self.max_rows, n_examples=self.n_examples,
                                      show_pii=context.show_pii, rng=context.rng)
         parts = _scan_results(summary, unit="document", max_pii_rate=self.max_pii_rate)
         k, n, low, high = parts["rate"]
         top = ", ".join(f"{e} ({c})" for e, c in list(summary.entity_counts.items())[:3])
         found = f"; most frequent: {top}" if top else ""
+        if summary.failures:  # never let an unanalysed document pass as clean
+            found += (f"; NOT SCANNED: {sum(summary.failures.values())} document(s) could not be analysed "
+                      f"({', '.join(summary.failures)}) and are not in the rate")
         return self.result(
-            status=parts["status"],
+            status="warned" if summary.failures and parts["status"] == "passed" else parts["status"],
             summary=(f"{k} of {n} documents ({k / n:.1%}, 95% CI {low:.1%} to {high:.1%}) in column(s) "
                      f"{', '.join(columns)} hold personal data{found}.{_engine_clause(summary)}"),
             metrics=parts["metrics"], headline="pii_rate", tables=parts["tables"], figures=parts["figures"],

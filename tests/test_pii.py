@@ -299,6 +299,24 @@ def test_pii_data_probe_reports_planted_counts(tiny_targets, tmp_path):
     assert strict.status == "failed" and strict.metrics["pii_rate"].value == pytest.approx(truth["docs"]["note"] / len(df))
 
 
+def test_pii_data_probe_says_when_a_document_could_not_be_analysed(tiny_targets, tmp_path, monkeypatch):
+    path = tmp_path / "audit.csv"
+    pd.DataFrame({"note": ["the order shipped", "EXPLODE here", "fine"]}).to_csv(path, index=False)
+    analyzer, _ = build_analyzer(engine="pattern")
+    original = analyzer.analyze
+
+    def flaky(text, **kwargs):
+        if "EXPLODE" in text:
+            raise RuntimeError("recognizer bug")
+        return original(text, **kwargs)
+
+    monkeypatch.setattr(analyzer, "analyze", flaky)
+    probe = PIIDataProbe(entities=ENTITIES, engine="pattern")
+    (result,) = Auditor(AuditConfig(seed=2), probes=[probe]).run(
+        tiny_targets["encoder"], data=load_dataset(path, text_column="note")).results
+    assert result.status == "warned" and "NOT SCANNED: 1 document(s)" in result.summary
+
+
 def test_pii_data_probe_config_errors():
     with pytest.raises(ConfigError, match="columns must be a list"):
         PIIDataProbe(columns="note")
