@@ -5,7 +5,7 @@ runs on the built-in gender, race and nationality axes (2,540 distinct inputs); 
 same texts in batches of 32 (padding to the longest text of each batch, in input order; and, for
 reference, sorted by length as the probe's target does) and runs the model under
 ``torch.inference_mode``, nothing else. Both are timed in the same process,
-alternating, after one warm-up each; the medians are compared. Each probe run gets a fresh target,
+in interleaved rounds (order rotated each round), after one warm-up each; the medians are compared. Each probe run gets a fresh target,
 so no forward pass is served from the target's cache.
 
 Run: ``python benchmarks/bench_counterfactual.py`` (about 2 minutes on 2 idle CPU cores). It rewrites
@@ -32,13 +32,12 @@ import torch  # noqa: E402
 
 from audit import load_target  # noqa: E402
 from audit.context import AuditContext  # noqa: E402
+from benchmarks._results import interleaved, load_record, write_section  # noqa: E402
 from probes.counterfactual import CounterfactualProbe, builtin_axes, builtin_templates, fill_template  # noqa: E402
 
 AXES = ["gender", "race", "nationality"]
 BATCH = 32
 REPEATS = 3
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-START, END = "<!-- bench:counterfactual start -->", "<!-- bench:counterfactual end -->"
 
 
 def inputs() -> list[str]:
@@ -75,33 +74,28 @@ def probe_run() -> tuple[float, float, str]:
     return time.perf_counter() - start, forward["s"], result.status
 
 
-def write_section(text: str) -> None:
-    current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        after = rest.split(END, 1)[1]
-        updated = before + block + after
-    else:
-        updated = current.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(updated, encoding="utf-8")
-
-
 def main() -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    load = os.getloadavg()
     texts = inputs()
     baseline_target = load_target(kind="sequence-classification", device="cpu", progress=False, batch_size=BATCH)
     bare_forward(baseline_target, texts[:256])  # warm-up
     probe_run()  # warm-up: imports (fairlearn, matplotlib, scipy) and first-call costs
     by_length = sorted(texts, key=lambda t: len(baseline_target.tokenizer.tokenize(t)))
     bare, bare_sorted, probe, forward = [], [], [], []
-    for _ in range(REPEATS):
-        bare.append(bare_forward(baseline_target, texts))
-        bare_sorted.append(bare_forward(baseline_target, by_length))
+    statuses = []
+
+    def run_probe() -> None:
         total, fwd, status = probe_run()
         probe.append(total)
         forward.append(fwd)
+        statuses.append(status)
+
+    variants = {"bare": lambda: bare.append(bare_forward(baseline_target, texts)),
+                "sorted": lambda: bare_sorted.append(bare_forward(baseline_target, by_length)),
+                "probe": run_probe}
+    with load_record() as load:
+        interleaved(variants, rounds=REPEATS, warmup=0)
+    status = statuses[-1]
     b, p, f = statistics.median(bare), statistics.median(probe), statistics.median(forward)
     bs = statistics.median(bare_sorted)
     ratio = p / b
@@ -112,7 +106,7 @@ def main() -> None:
         "",
         f"MiniLM-L6 classifier (random head), {len(texts):,} counterfactual inputs (axes {', '.join(AXES)}), "
         f"batch size {BATCH}, CPU ({platform.processor() or platform.machine()}, torch threads "
-        f"{torch.get_num_threads()}), median of {REPEATS} alternating runs after a warm-up.",
+        f"{torch.get_num_threads()}), median of {REPEATS} interleaved rounds (order rotated each round) after a warm-up.",
         "",
         "| what | seconds |",
         "|---|---|",
@@ -125,12 +119,12 @@ def main() -> None:
         f"**Ratio probe / bare forward: {ratio:.3f}** (ratio of medians; aim: at most 1.15). Ratio of each probe run "
         f"to the input-order bare run of the same round: {', '.join(f'{r:.3f}' for r in paired)}. Against the length-sorted bare pass "
         f"(the probe sorts too, so this isolates its own overhead): {p / bs:.3f}. Probe status on this model: {status}.",
-        f"All runs (bare / probe): {', '.join(f'{x:.2f}' for x in bare)} / {', '.join(f'{x:.2f}' for x in probe)}; "
-        f"1-minute load average at the start and end: {load[0]:.1f}, {os.getloadavg()[0]:.1f} "
-        f"({os.cpu_count()} cores): absolute times vary with other work on the machine, the ratios much less.",
+        f"All runs (bare / probe): {', '.join(f'{x:.2f}' for x in bare)} / {', '.join(f'{x:.2f}' for x in probe)}.",
     ]
-    write_section("\n".join(lines))
+    written = write_section("counterfactual", "\n".join(lines), load=load)
     print("\n".join(lines))
+    if not written:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -19,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from audit import AuditConfig, Auditor, load_target  # noqa: E402
-from benchmarks._results import write_section  # noqa: E402
+from benchmarks._results import interleaved, load_record, write_section  # noqa: E402
 from probes.seat import builtin_tests  # noqa: E402
 
 REPEATS = 3
@@ -38,12 +37,6 @@ def bare_forward(model, tokenizer, sentences, batch_size=BATCH):
     return torch.cat(out)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     target = load_target(progress=False, device="cpu", batch_size=BATCH)
@@ -58,33 +51,37 @@ def main() -> None:
         target._token_cache.clear()
         auditor.run(target)
 
-    probe_run()  # warm-up: first-call allocations, lazy imports
-    bare_forward(model, tokenizer, sentences)
-    probe_times, bare_times, sorted_times = [], [], []
-    for _ in range(REPEATS):  # interleaved so drift affects all three alike
-        probe_times.append(timed(probe_run))
-        bare_times.append(timed(lambda: bare_forward(model, tokenizer, sentences)))
-        sorted_times.append(timed(lambda: bare_forward(model, tokenizer, by_length)))
-    probe_t, bare_t, sorted_t = (statistics.median(x) for x in (probe_times, bare_times, sorted_times))
-    stats_only = statistics.median(timed(lambda: auditor.run(target)) for _ in range(REPEATS))  # embeddings cached
+    def stats_only():
+        auditor.run(target)  # embeddings cached by the probe run before it in the same round
+
+    variants = {"probe": probe_run, "bare": lambda: bare_forward(model, tokenizer, sentences),
+                "sorted": lambda: bare_forward(model, tokenizer, by_length)}
+    with load_record() as load:
+        times, _ = interleaved(variants, rounds=REPEATS, warmup=1)
+        probe_run()
+        cached, _ = interleaved({"stats": stats_only}, rounds=REPEATS, warmup=0)
+    probe_t, bare_t, sorted_t = (statistics.median(times[k]) for k in ("probe", "bare", "sorted"))
+    stats_only_t = statistics.median(cached["stats"])
     body = f"""## SEAT probe vs a bare forward pass (`bench_inference.py`)
 
 Model: bundled all-MiniLM-L6-v2 on CPU ({torch.get_num_threads()} threads); {len(sentences)} unique sentences from the
-{len(tests)} built-in SEAT tests; batch size {BATCH}; median of {REPEATS} interleaved runs.
+{len(tests)} built-in SEAT tests; batch size {BATCH}; median of {REPEATS} interleaved rounds (order rotated each round).
 
 | what | median wall time (s) | ratio |
 |---|---|---|
 | bare batched forward pass, sentences in given order (baseline) | {bare_t:.3f} | 1.00 |
 | bare batched forward pass, sentences sorted by length | {sorted_t:.3f} | {sorted_t / bare_t:.2f} |
 | SEAT probe, whole (embeddings + permutation tests + bootstrap + figure) | {probe_t:.3f} | **{probe_t / bare_t:.2f}** |
-| SEAT probe with embeddings already cached (statistics and figure only) | {stats_only:.3f} | {stats_only / bare_t:.2f} |
+| SEAT probe with embeddings already cached (statistics and figure only) | {stats_only_t:.3f} | {stats_only_t / bare_t:.2f} |
 
 - Overhead ratio of the probe against the bare pass: **{probe_t / bare_t:.2f}** (aim: at most 1.15).
 - Speed-up of length-sorted over unsorted batching: **{bare_t / sorted_t:.2f}x**.
 - Against the length-sorted bare pass (the probe's own batching), the ratio is {probe_t / sorted_t:.2f}.
 """
-    write_section("inference", body)
+    written = write_section("inference", body, load=load)
     print(body)
+    if not written:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

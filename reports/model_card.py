@@ -52,6 +52,13 @@ def _num(value: Any) -> str:
     return str(value)
 
 
+def _short(value: Any) -> str:
+    """Two significant digits, for the value printed beside each token of a heat line."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return ""
+    return "0" if value == 0 else f"{value:.2g}"
+
+
 def _pval(value: float | None) -> str:
     if value is None:
         return ""
@@ -98,7 +105,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=_num, pval=_pval, cell=_cell, svg_data_uri=_svg_data_uri, example_keys=_example_keys)
+    env.filters.update(num=_num, short=_short, pval=_pval, cell=_cell, svg_data_uri=_svg_data_uri, example_keys=_example_keys)
     env.globals.update(text=_text)
     return env
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -102,7 +104,8 @@ def test_card_escapes_tokens_and_long_text_is_truncated(tiny_targets):
     assert len(result.examples[0]["tokens"]) == target.max_length
     assert "first 16 of 128 tokens shown" in result.figures[0].caption
     html = render_html_card(results)
-    assert "<b>" not in html and ">&lt;</span>" in html
+    assert "<b>" not in html and ">&lt;<sub>" in html  # the token, escaped, then its weight (no hover needed)
+    assert re.search(r'class="tok"[^>]*>[^<]*<sub>0(\.\d+)?(e-\d+)?</sub>', html)
     assert "Attention rollout by token" in html
 
 

@@ -1,0 +1,84 @@
+"""benchmarks/_results.py: timings measured under load are refused (or marked), variants are interleaved."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import _results
+
+
+@pytest.fixture()
+def results_file(tmp_path, monkeypatch):
+    path = tmp_path / "RESULTS.md"
+    path.write_text(_results.HEADER + "\n<!-- bench:other start -->\nkeep me\n<!-- bench:other end -->\n")
+    monkeypatch.setattr(_results, "RESULTS", path)
+    monkeypatch.setattr(_results, "cores", lambda: 2)
+    monkeypatch.delenv(_results.ALLOW_LOADED, raising=False)
+    return path
+
+
+def _loads(monkeypatch, *values):
+    seq = iter(values)
+    monkeypatch.setattr(_results, "_load_now", lambda: next(seq))
+
+
+def test_idle_run_is_written_with_its_load(results_file, monkeypatch):
+    _loads(monkeypatch, 0.4, 1.1)
+    with _results.load_record() as load:
+        pass
+    assert load.comparable and (load.before, load.after, load.cores) == (0.4, 1.1, 2)
+    assert _results.write_section("speed", "## Speed\n\n| a | 1.0 |", load=load)
+    text = results_file.read_text()
+    assert "| a | 1.0 |" in text and "keep me" in text
+    assert "1-minute load average 0.40 before and 1.10 after, on 2 core(s): comparable." in text
+    assert "Not comparable" not in text
+
+
+@pytest.mark.parametrize(("before", "after"), [(2.5, 0.5), (0.5, 2.01)])
+def test_timings_under_load_are_refused(results_file, monkeypatch, capsys, before, after):
+    _loads(monkeypatch, before, after)
+    with _results.load_record() as load:
+        pass
+    original = results_file.read_text()
+    assert not load.comparable
+    assert _results.write_section("speed", "## Speed\n\n| a | 1.0 |", load=load) is False
+    assert results_file.read_text() == original
+    err = capsys.readouterr().err
+    assert "benchmark 'speed'" in err and f"{max(before, after):.2f}" in err and "2 core(s)" in err
+
+
+def test_allowed_under_load_is_marked_not_comparable(results_file, monkeypatch):
+    monkeypatch.setenv(_results.ALLOW_LOADED, "1")
+    _loads(monkeypatch, 5.0, 6.0)
+    with _results.load_record() as load:
+        pass
+    assert _results.write_section("speed", "## Speed\n\nbody", load=load)
+    text = results_file.read_text()
+    section = text.split("<!-- bench:speed start -->")[1]
+    assert section.index("## Speed") < section.index("**Not comparable:**") < section.index("body")
+    assert "NOT comparable" in section
+
+
+def test_sizes_are_written_whatever_the_load(results_file, monkeypatch):
+    _loads(monkeypatch, 9.0, 9.0)
+    with _results.load_record() as load:
+        pass
+    assert _results.write_section("sizes", "## Sizes\n\n| card | 200 KiB |", load=load, timings=False)
+    text = results_file.read_text()
+    assert "| card | 200 KiB |" in text and "**Not comparable:**" not in text
+
+
+def test_a_script_without_a_record_is_judged_at_writing_time(results_file, monkeypatch):
+    _loads(monkeypatch, 3.0)
+    assert _results.write_section("legacy", "## Legacy\n\nt")
+    text = results_file.read_text()
+    assert "**Not comparable:**" in text and "not recorded around the measurement" in text
+
+
+def test_interleaved_rotates_the_order_and_times_every_round():
+    calls: list[str] = []
+    variants = {name: (lambda n=name: calls.append(n) or n) for name in ("a", "b", "c")}
+    times, last = _results.interleaved(variants, rounds=3, warmup=1)
+    assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert last == {"a": "a", "b": "b", "c": "c"}
