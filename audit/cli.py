@@ -156,6 +156,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--allow-pickle", action="store_true", default=None, help="allow pickle weights (*.bin, *.pt)")
     p.add_argument("--allow-new-weights", action="store_true", default=None,
                    help="allow newly initialised tensors beyond a new task head (audits random weights)")
+    _add_loading_options(p)
     p.add_argument("--data", type=Path, help="evaluation dataset (CSV, JSONL, Parquet or saved HF dataset)")
     p.add_argument("--text-column", help="column of --data holding the texts (default: text)")
     p.add_argument("--label-column", help="column of --data holding the labels, for group fairness")
@@ -175,16 +176,55 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_loading_options(p: argparse.ArgumentParser) -> None:
+    """Adapters, large models and instruction models (see audit.adapters, audit.placement)."""
+    p.add_argument("--base-model", metavar="PATH",
+                   help="base model of a PEFT adapter directory (default: its adapter_config.json's base_model_name_or_path)")
+    p.add_argument("--device-map", metavar="MAP",
+                   help="'auto' splits a model too large for one device across GPUs, CPU and disk (needs accelerate)")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="parameter dtype to load in (default: float32; auto: the checkpoint's)")
+    p.add_argument("--max-memory", action="append", metavar="DEVICE=SIZE",
+                   help="with --device-map: most memory for a device, e.g. cpu=2GiB or 0=20GiB (repeatable)")
+    p.add_argument("--offload-folder", type=Path, help="with --device-map: where layers that fit nowhere go (default: a temporary directory)")
+    p.add_argument("--no-chat-template", action="store_false", dest="chat_template", default=None,
+                   help="generation probes send prompts as plain text, not in the tokenizer's chat template")
+
+
+BAD_MAX_MEMORY = "--max-memory takes DEVICE=SIZE (e.g. cpu=2GiB or 0=20GiB), got {value!r}."
+
+
+def _max_memory(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        device, sep, size = value.partition("=")
+        if not sep or not device.strip() or not size.strip():
+            raise ConfigError(BAD_MAX_MEMORY.format(value=value))
+        out[device.strip()] = size.strip()
+    return out
+
+
+def _loading_kwargs(config: Any) -> dict[str, Any]:
+    """load_target's adapter and placement arguments from the config (GPU indices as ints for accelerate)."""
+    memory = None if config.max_memory is None else {
+        (int(k) if str(k).isdigit() else k): v for k, v in config.max_memory.items()}
+    return {"base_model": config.base_model, "device_map": config.device_map, "dtype": config.dtype,
+            "max_memory": memory, "offload_folder": config.offload_folder}
+
+
 def _config_from_args(args: argparse.Namespace) -> Any:
     from audit.config import AuditConfig, DataConfig, load_config, validate_config
 
     config = load_config(args.config) if args.config else AuditConfig()
     raw = config.model_dump()
     for key in ("model", "kind", "revision", "device", "batch_size", "max_length", "seed",
-                "trust_remote_code", "allow_pickle", "show_pii", "show_examples", "allow_new_weights"):
+                "trust_remote_code", "allow_pickle", "show_pii", "show_examples", "allow_new_weights",
+                "base_model", "device_map", "dtype", "offload_folder", "chat_template"):
         value = getattr(args, key, None)
         if value is not None:
             raw[key] = value
+    if getattr(args, "max_memory", None):
+        raw["max_memory"] = _max_memory(args.max_memory)
     if args.out is not None:
         raw["output_dir"] = args.out
     if args.probes:
@@ -282,7 +322,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
                          allow_new_weights=config.allow_new_weights, seed=config.seed,
                          batch_size=config.batch_size, max_length=config.max_length,
+                         **_loading_kwargs(config),
                          progress=not args.no_progress)
+    target.use_chat_template = config.chat_template
     _refuse_model_dir(config.output_dir, target.path)
     check_records(target.records, source=str(target.path / RECORD_FILENAME))
     auditor.check_baseline(target)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -155,6 +155,16 @@ class AuditConfig(_Validated):
     trust_remote_code: bool = False
     allow_pickle: bool = False
     allow_new_weights: bool = False
+    #: A PEFT adapter's base model, instead of its adapter_config.json's base_model_name_or_path.
+    base_model: str | None = None
+    #: "auto" (or a module -> device map) splits the model across GPUs, CPU and disk (accelerate).
+    device_map: str | dict[str, Any] | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
+    #: With device_map: the most memory per device, e.g. {"cpu": "2GiB", "0": "20GiB"}.
+    max_memory: dict[str, str] | None = None
+    offload_folder: Path | None = None
+    #: Generation-based probes wrap each prompt in the tokenizer's chat template, where it has one.
+    chat_template: bool = True
     batch_size: PositiveInt = 32
     max_length: PositiveInt | None = None
     seed: int = Field(default=0, ge=0, lt=2**32)

@@ -104,6 +104,10 @@ class Manifest(BaseModel):
     }}})
     notes: list[str] = Field(default_factory=list)
     truncated_texts: int = 0
+    #: How the model was loaded: classifier ``head`` (single-label, multi-label, score), ``dtype``,
+    #: ``device_map`` (modules per device), ``adapter`` (a PEFT adapter's path, type and fingerprint and
+    #: its base model's id, path and fingerprint) and ``chat_template`` (whether generation used it).
+    loading: dict[str, Any] = Field(default_factory=dict)
 
 
 class GateOutcome(BaseModel):

@@ -369,6 +369,7 @@ class Auditor:
             records=target.records,
             notes=target.notes,
             truncated_texts=len(self._truncated_seen),
+            loading=dict(getattr(target, "loading", {}) or {}),
         )
         audit = AuditResults(manifest=manifest, results=list(results.values()), gates=gates,
                              card=self.config.card.model_dump(mode="json"), probes_not_run=self._not_run)

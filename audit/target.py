@@ -19,6 +19,10 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
+from audit import adapters as _adapters
+from audit import families as _families
+from audit import heads as _heads
+from audit import placement as _placement
 from audit._validate import (
     MAX_LENGTH_ABOVE_POSITIONS,
     check_device,
@@ -157,6 +161,8 @@ def detect_kind(config: Any) -> Kind:
         for suffix, kind in _ARCH_SUFFIXES:
             if arch.endswith(suffix):
                 return kind  # type: ignore[return-value]
+    if _families.generates_text(config):
+        return "causal-lm"  # Gemma 3, PaliGemma-style *ForConditionalGeneration decoders: their text use
     return "encoder"
 
 
@@ -254,7 +260,7 @@ def _names(names: Sequence[str], limit: int = 5) -> str:
 
 
 def _load_weights(auto: Any, path: Path, *, use_safetensors: bool, trust_remote_code: bool,
-                  seed: int) -> tuple[Any, dict[str, Any]]:
+                  seed: int, placement: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """from_pretrained with its loading report; tensors it must initialise are drawn from ``seed``."""
     import transformers
 
@@ -266,7 +272,7 @@ def _load_weights(auto: Any, path: Path, *, use_safetensors: bool, trust_remote_
             warnings.simplefilter("ignore")
             torch.manual_seed(seed)
             return auto.from_pretrained(path, use_safetensors=use_safetensors, trust_remote_code=trust_remote_code,
-                                        output_loading_info=True, ignore_mismatched_sizes=True)
+                                        output_loading_info=True, ignore_mismatched_sizes=True, **(placement or {}))
     finally:
         transformers.utils.logging.set_verbosity(verbosity)
 
@@ -318,6 +324,11 @@ def load_target(
     progress: bool = True,
     seed: int = 0,
     allow_new_weights: bool = False,
+    base_model: str | os.PathLike[str] | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    dtype: str | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
 ) -> AuditTarget:
     """Load a Hugging Face model and its tokenizer as an :class:`AuditTarget`.
 
@@ -349,6 +360,18 @@ def load_target(
     allow_new_weights : bool, default=False
         Allow newly initialised tensors other than a new task head (tensors outside the base
         model). Without it such a checkpoint (e.g. another architecture's weights) is refused.
+    base_model : str or path, optional
+        For a PEFT adapter directory (``adapter_config.json``, no ``config.json``): the base model
+        to apply it to, instead of the adapter's ``base_model_name_or_path`` (see :mod:`audit.adapters`).
+    device_map : str or dict, optional
+        ``"auto"`` (or an explicit map) places the layers across GPUs, the CPU and disk with
+        ``accelerate``, for a model larger than one device; ``device`` is then only where inputs go.
+    dtype : {"auto", "float32", "float16", "bfloat16"}, optional
+        Parameter dtype to load in; default float32 (``"auto"``: the checkpoint's own).
+    max_memory : dict, optional
+        With ``device_map``: the most memory per device, e.g. ``{"cpu": "2GiB", 0: "20GiB"}``.
+    offload_folder : path, optional
+        With ``device_map``: where layers that fit nowhere are offloaded (default: a temporary directory).
 
     Raises
     ------
@@ -393,12 +416,21 @@ def load_target(
             f"Model path {str(path)!r} is a file, not a directory. Give the directory that "
             "holds config.json and the weights."
         )
+    adapter = _adapters.read_adapter(path)
+    if adapter is not None:
+        options = {"revision": revision, "device": device, "trust_remote_code": trust_remote_code,
+                   "allow_pickle": allow_pickle, "batch_size": batch_size, "max_length": max_length,
+                   "progress": progress, "seed": seed, "allow_new_weights": allow_new_weights,
+                   "device_map": device_map, "dtype": dtype, "max_memory": max_memory,
+                   "offload_folder": offload_folder}
+        return _load_adapter_target(path, adapter, model_id=model_id, kind=kind, base_model=base_model, **options)
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"Directory {str(path)!r} has no config.json, so it is not a Hugging Face model "
             "directory. Give the directory written by model.save_pretrained()."
         )
     check_links(path)  # before any file is read: every file here may reach a report
+    _families.check_text_model_dir(path, model_id=model_id)
     weights, indexes, use_safetensors = _check_weights(path, allow_pickle)
     fingerprint = fingerprint_model(path, weights, safetensors=use_safetensors, indexes=indexes)
     try:
@@ -415,6 +447,7 @@ def load_target(
             f"Model {model_id!r}: config.json cannot be read ({str(exc).splitlines()[0]}). "
             "Re-save the model with save_pretrained."
         ) from None
+    _families.check_text_model(config, model_id=model_id)
     resolved_kind: Kind = kind or detect_kind(config)
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise ModelLoadError(
@@ -438,9 +471,11 @@ def load_target(
         )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(BAD_SEED.format(seed=seed))
+    placement = _placement.placement_kwargs(device_map=device_map, dtype=dtype, max_memory=max_memory,
+                                            offload_folder=offload_folder)
     try:
         loaded, info = _load_weights(_auto_class(resolved_kind), path, use_safetensors=use_safetensors,
-                                     trust_remote_code=trust_remote_code, seed=seed)
+                                     trust_remote_code=trust_remote_code, seed=seed, placement=placement)
     except ValueError as exc:
         raise ModelLoadError(
             f"Model {model_id!r} cannot be loaded as kind {resolved_kind!r} "
@@ -472,9 +507,13 @@ def load_target(
             "beside the model are applied by predict() when group values are given; predict_proba is unchanged."
         )
     dev = _resolve_device(device)
-    loaded.to(dev)
+    if "device_map" in placement:
+        dev = _placement.input_device(loaded, dev)  # accelerate placed the layers; inputs go to the embeddings
+    else:
+        loaded.to(dev)
     loaded.eval()
-    return AuditTarget(
+    notes += _pad_decoder_classifier(loaded, tokenizer, kind=resolved_kind)
+    target = AuditTarget(
         model_id=model_id,
         path=path,
         kind=resolved_kind,
@@ -494,6 +533,59 @@ def load_target(
         projection=projection,
         thresholds=thresholds,
     )
+    target.loading = _loading_record(target, placement)
+    return target
+
+
+def _pad_decoder_classifier(model: Any, tokenizer: Any, *, kind: str) -> list[str]:
+    """A classifier whose config has no pad token (GPT-2, Llama heads) is told the one the target pads with.
+
+    Such a head finds each text's last token by looking for padding; without ``pad_token_id`` it
+    refuses batches of more than one text. The target pads with EOS when the tokenizer has no pad
+    token, so both the tokenizer and the model config get that id (in memory only).
+    """
+    if kind != "sequence-classification" or getattr(model.config, "pad_token_id", None) is not None:
+        return []
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+        if pad is None:
+            return []
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = int(pad)
+    return [f"config.json sets no pad_token_id; the classifier pads with token id {int(pad)} "
+            f"({tokenizer.convert_ids_to_tokens(int(pad))!r}) and finds each text's last token before it."]
+
+
+def _loading_record(target: AuditTarget, placement: dict[str, Any]) -> dict[str, Any]:
+    """How the model was loaded, for the manifest: classifier head, dtype, placement across devices."""
+    record: dict[str, Any] = {}
+    if target.kind == "sequence-classification":
+        record["head"] = target.head
+    if "dtype" in placement:
+        record["dtype"] = str(placement["dtype"]).removeprefix("torch.")
+    placed = _placement.describe(target.model)
+    if placed is not None:
+        record["device_map"] = placed
+    return record
+
+
+def _load_adapter_target(path: Path, adapter: dict[str, Any], *, model_id: str, kind: Kind | None,
+                         base_model: str | os.PathLike[str] | None, **options: Any) -> AuditTarget:
+    """Load the base model of a PEFT adapter directory, then merge the adapter into it (:mod:`audit.adapters`)."""
+    source = _adapters.base_model_source(adapter, path=path, base_model=None if base_model is None
+                                         else os.fspath(base_model))
+    base_kind = kind or _adapters.adapter_kind(adapter)
+    try:
+        base = load_target(source, kind=base_kind, **options)  # type: ignore[arg-type]
+    except ModelLoadError as exc:
+        if base_model is not None or Path(source).expanduser().exists():
+            raise
+        raise ModelLoadError(_adapters.BASE_MISSING.format(adapter=str(path), base=source,
+                                                           why=str(exc).split(". ")[0][:160])) from None
+    target = _adapters.apply_adapter(base, path, adapter, model_id=model_id)
+    target.loading = {**target.loading, "adapter": target.adapter}
+    return target
 
 
 def _read_projection(path: Path, config: Any) -> dict[str, Any] | None:
@@ -636,6 +728,12 @@ class AuditTarget:
         self._cache: dict[Hashable, Any] = {}
         self._token_cache: dict[str, list[int]] = {}
         self._pad_id = self._pad_token_id()
+        #: Whether :meth:`generate` wraps prompts in the tokenizer's chat template, where it has one.
+        self.use_chat_template = True
+        #: For a PEFT adapter: its path, type and fingerprint, and the base model's (see :mod:`audit.adapters`).
+        self.adapter: dict[str, Any] | None = None
+        #: How the model was loaded (classifier head, dtype, device map, adapter), recorded in the manifest.
+        self.loading: dict[str, Any] = {}
 
     # -- facts -------------------------------------------------------------------------
     @property
@@ -649,7 +747,8 @@ class AuditTarget:
 
     @property
     def num_layers(self) -> int:
-        return int(getattr(self.model.config, "num_hidden_layers", 0) or getattr(self.model.config, "n_layer", 0))
+        config = _families.text_config(self.model.config)  # a multimodal model keeps them in text_config
+        return int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
 
     @property
     def labels(self) -> list[str]:
@@ -662,7 +761,7 @@ class AuditTarget:
 
     def _model_max_length(self) -> int:
         candidates = [
-            getattr(self.model.config, name, None)
+            getattr(_families.text_config(self.model.config), name, None)
             for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
         ]
         tok_max = getattr(self.tokenizer, "model_max_length", None)
@@ -845,17 +944,36 @@ class AuditTarget:
 
         return self._batched(("hidden_states",), texts, compute, desc="hidden states")
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities of a sequence classifier, shape (n_texts, n_classes)."""
-        texts = check_texts(texts, op="predict_proba")
-        self._require("sequence-classification", op="predict_proba")
+    @property
+    def head(self) -> _heads.Head | None:
+        """A classifier's head: ``"single-label"``, ``"multi-label"`` or ``"score"`` (see :mod:`audit.heads`)."""
+        return _heads.classifier_head(self.model.config) if self.kind == "sequence-classification" else None
+
+    def predict_scores(self, texts: Sequence[str]) -> np.ndarray:
+        """What a sequence classifier's head outputs, shape (n_texts, n_labels): class probabilities
+        (softmax), independent label probabilities (sigmoid, multi-label), or the raw score (one column)."""
+        texts = check_texts(texts, op="predict_scores")
+        self._require("sequence-classification", op="predict_scores")
+        head = self.head
 
         def compute(seqs: list[list[int]]) -> list[np.ndarray]:
-            logits = self.model(**self._pad(seqs), return_dict=True).logits.float()
-            return list(torch.softmax(logits, dim=-1).cpu().numpy())
+            logits = self.model(**self._pad(seqs), return_dict=True).logits
+            return list(_heads.scores_from_logits(logits, head).cpu().numpy())
 
-        rows = self._batched(("proba",), texts, compute, desc="classify")
+        rows = self._batched(("scores", head), texts, compute, desc="classify")
         return np.stack(rows) if rows else np.zeros((0, self._num_labels()))
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities of a sequence classifier, shape (n_texts, n_classes).
+
+        A multi-label head gives each label's own probability (sigmoid), so a row need not sum
+        to 1. A single-score head has no class probabilities: :meth:`predict_scores` gives its score.
+        """
+        texts = check_texts(texts, op="predict_proba")
+        self._require("sequence-classification", op="predict_proba")
+        if self.head == "score":
+            raise NotApplicableError(_heads.NO_CLASSES.format(model=self.model_id, op="predict_proba"))
+        return self.predict_scores(texts)
 
     def predict(self, texts: Sequence[str], *, sensitive_features: Sequence[Any] | None = None) -> np.ndarray:
         """Predicted class index of each text.
@@ -875,6 +993,8 @@ class AuditTarget:
             One group value per text (compared as strings with the saved groups).
         """
         texts = check_texts(texts, op="predict")
+        if self.head == "score":
+            raise NotApplicableError(_heads.NO_CLASSES.format(model=self.model_id, op="predict"))
         proba = self.predict_proba(texts)
         if sensitive_features is None or self.thresholds is None:
             return proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
@@ -991,6 +1111,32 @@ class AuditTarget:
         """Masked LM: pseudo-log-likelihood of each text (sum over its tokens)."""
         return np.array([t.total for t in self.masked_token_log_probs(texts)])
 
+    def chat_prompts(self, prompts: Sequence[str]) -> list[str] | None:
+        """Each prompt as one user turn in the tokenizer's chat template with the assistant's turn
+        opened, or None when no template applies (not a causal LM, no template, or
+        ``use_chat_template`` off). The first use is recorded in ``loading["chat_template"]``.
+
+        A template that writes the BOS token loses it here when the tokenizer adds one itself.
+        """
+        template = getattr(self.tokenizer, "chat_template", None)
+        if self.kind != "causal-lm" or not template:
+            self.loading.setdefault("chat_template", {"applied": False, "reason": "the tokenizer has no chat template"
+                                                      if self.kind == "causal-lm" else f"not used for {self.kind}"})
+            return None
+        if not self.use_chat_template:
+            self.loading["chat_template"] = {"applied": False, "reason": "turned off (--no-chat-template)"}
+            return None
+        bos = getattr(self.tokenizer, "bos_token", None)
+        adds_bos = bos is not None and self.tokenizer("x")["input_ids"][:1] == [self.tokenizer.bos_token_id]
+        out = []
+        for prompt in prompts:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+            out.append(text[len(bos):] if adds_bos and text.startswith(bos) else text)
+        digest = hashlib.sha256(str(template).encode("utf-8")).hexdigest()
+        self.loading["chat_template"] = {"applied": True, "template_sha256": "sha256:" + digest}
+        return out
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -1005,10 +1151,12 @@ class AuditTarget:
         """Causal LM: the continuation of each prompt (prompt text not included).
 
         Decoding settings are part of the cache key; sampling is seeded per batch, so the same
-        call reproduces the same continuations.
+        call reproduces the same continuations. A causal LM whose tokenizer has a chat template
+        gets each prompt as a user turn in it (``use_chat_template``; see :meth:`chat_prompts`).
         """
         prompts = check_texts(prompts, op="generate")
         self._require("causal-lm", op="generate")
+        prompts = self.chat_prompts(prompts) or prompts
         settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
         if do_sample:
             settings.update(temperature=temperature, top_k=top_k, top_p=top_p)

@@ -35,7 +35,9 @@ import torch
 
 from audit.context import AuditContext
 from audit.errors import ConfigError, DataError, NotApplicableError
+from audit.families import text_config
 from audit.figures import interval_bar_chart
+from audit.heads import classifier_head, scores_from_logits
 from audit.masking import TextMasker
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.stats import bootstrap_ci
@@ -343,7 +345,7 @@ def _resolve_baseline(tokenizer: Any, baselines: str | int) -> tuple[int, str]:
 
 def transformer_blocks(model: Any) -> Any:
     """The ``ModuleList`` of a transformers model's layers (blocks), or ``None`` when not found."""
-    config = model.config
+    config = text_config(model.config)  # a multimodal model (Gemma 3) keeps its text layers' config there
     n_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 0)
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and n_layers and len(module) == n_layers:
@@ -380,6 +382,8 @@ class Explainer:
         self.model = model
         self.tokenizer = tokenizer
         self.kind = kind
+        #: The classifier head whose scores are explained (softmax, sigmoid or the raw score; audit.heads).
+        self.head = classifier_head(model.config) if kind == "sequence-classification" else None
         self.max_length = int(max_length)
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -416,11 +420,11 @@ class Explainer:
 
     def _proba_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return torch.softmax(logits.float(), dim=-1)
+        return scores_from_logits(logits, self.head or "single-label")
 
     def _proba_from_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
-        return torch.softmax(logits.float(), dim=-1)
+        return scores_from_logits(logits, self.head or "single-label")
 
     def _continuation_logprob(self, seqs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> np.ndarray:
         joined = [list(s) + list(t[:-1]) for s, t in zip(seqs, targets, strict=True)]

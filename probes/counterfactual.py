@@ -23,6 +23,7 @@ import numpy as np
 
 from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart
+from audit.heads import decisions
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.stats import (
     EXACT_SIGN_FLIP_LIMIT,
@@ -222,7 +223,9 @@ def counterfactual_copies(texts: Sequence[str], axis: str = "gender") -> tuple[t
 
 
 def resolve_positive_label(target: AuditTarget, positive_label: int | str | None, probe: str) -> int:
-    """Index of the class that counts as the favourable ("positive") outcome."""
+    """Index of the class that counts as the favourable ("positive") outcome (0, the score, for a single-score head)."""
+    if target.head == "score" and positive_label in (None, 0, "0", *target.labels[:1]):
+        return 0
     labels = target.labels
     if len(labels) < 2:
         raise ConfigError(
@@ -246,6 +249,21 @@ def resolve_positive_label(target: AuditTarget, positive_label: int | str | None
         f"Probe {probe!r}: positive_label {positive_label!r} is not a class of {target.model_id!r}. "
         f"Use one of {labels} or an index from 0 to {len(labels) - 1}."
     )
+
+
+def score_head_headline(metrics: dict[str, Metric], per_axis: dict[str, dict[str, Any]],
+                        summary: str) -> tuple[str, str]:
+    """A single-score head (regression, cross-encoder, reward model) is judged by its score gaps: the
+    largest per-axis score gap becomes the headline, and the summary says that positive rates count
+    scores above 0."""
+    worst = max(per_axis, key=lambda a: metrics[f"max_score_gap[{a}]"].value or 0.0)
+    name = f"max_score_gap[{worst}]"
+    metrics["max_score_gap"] = metrics[name].model_copy(
+        update={"description": f"Largest |difference in mean score| between two groups over the axes ({worst}); "
+                               "the model has a single-score head, so this is the headline"})
+    gap = metrics[name].value or 0.0
+    return "max_score_gap", (f"Single-score head: largest mean score gap {gap:.3f} ({worst}); positive rates count "
+                             f"scores above 0. {summary}")
 
 
 def _ratio_of_means(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -540,13 +558,13 @@ class CounterfactualProbe(Probe):
                 "Use source='templates' or give texts that mention a person's gender or name."
             )
         unique = list(dict.fromkeys(t for _, texts in planned for t in texts.ravel()))
-        proba = target.predict_proba(unique)
+        proba = target.predict_scores(unique)  # softmax, sigmoid (multi-label) or the raw score (audit.heads)
         index = {t: i for i, t in enumerate(unique)}
         runs = []
         for spec, texts in planned:
             rows = proba[np.vectorize(index.__getitem__, otypes=[int])(texts)]
             runs.append(_AxisRun(spec=spec, texts=texts, scores=rows[..., positive],
-                                 positive=rows.argmax(axis=-1) == positive))
+                                 positive=decisions(rows, target.head or "single-label", positive)))
         return self._report(runs, target, context, positive, len(unique), notes)
 
     def _resamples(self, n_tests: int) -> int:
@@ -701,11 +719,14 @@ class CounterfactualProbe(Probe):
         summary = (f"{n_inputs:,} inputs on {len(runs)} axes: largest demographic parity difference "
                    f"{worst['dpd']:.3f} ({worst_axis}), flip rate {all_flips.mean():.1%}; {verdict}")
         label = target.labels[positive]
+        headline = "max_demographic_parity_difference"
+        if target.head == "score":
+            headline, summary = score_head_headline(metrics, per_axis, summary)
         return self.result(
             status=status,
             summary=summary,
             metrics=metrics,
-            headline="max_demographic_parity_difference",
+            headline=headline,
             tables=[
                 Table(title="Axes", columns=["axis", "source", "unit", "groups", "inputs per group",
                                               "demographic parity difference", "95% CI", "demographic parity ratio",

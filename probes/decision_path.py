@@ -15,7 +15,9 @@ import torch
 
 from audit.context import AuditContext
 from audit.errors import ConfigError, DataError, NotApplicableError
+from audit.families import shared_layers
 from audit.figures import to_svg
+from audit.heads import scores_from_logits
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.target import AuditTarget
 from probes.attribution import collect_examples, encode, redact_for_display, transformer_blocks
@@ -118,10 +120,25 @@ def _reference_ids(ids: Sequence[int], special: Sequence[bool], tokenizer: Any) 
     return [i if s else next(c for c in pool if c != i) for i, s in zip(ids, special, strict=True)]
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+def _layer_scores(target: AuditTarget, ids: Sequence[int]) -> np.ndarray:
+    """Each layer's read-out as the head's scores: softmax for a causal LM or a single-label head,
+    each label's sigmoid for a multi-label head (through :func:`audit.heads.scores_from_logits`)."""
+    logits = torch.as_tensor(layer_logits(target.model, ids, device=target.device))
+    return scores_from_logits(logits, target.head or "single-label").numpy().astype(float)
+
+
+def check_decision_path_applies(target: AuditTarget) -> None:
+    """Refuse the heads and families where "the layer that decides" has no meaning, saying why."""
+    if target.head == "score":
+        raise NotApplicableError(
+            f"{target.model_id!r} has a single-score head (num_labels=1): there is no choice between outputs for a "
+            "layer to decide, so the decision path does not apply. Its score is audited by the other probes.")
+    shared = shared_layers(target.model.config)
+    if shared is not None:
+        raise NotApplicableError(
+            f"{target.model_id!r} shares {shared} set(s) of layer weights across its "
+            f"{target.model.config.num_hidden_layers} layers (ALBERT): replacing one layer's output re-enters the "
+            "same weights, so a per-layer read-out does not isolate a layer. The decision path does not apply.")
 
 
 def line_chart(series: dict[str, Sequence[float]], *, xlabel: str, ylabel: str, marks: Sequence[str] | None = None,
@@ -201,6 +218,7 @@ class DecisionPathProbe(Probe):
                               f"{max_examples!r}, {top_k!r}.")
 
     def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
+        check_decision_path_applies(target)
         examples, notes = collect_examples(probe=self.name, examples=self.examples, context=context,
                                            max_examples=self.max_examples)
         causal = target.kind == "causal-lm"
@@ -222,7 +240,7 @@ class DecisionPathProbe(Probe):
             text = redact_for_display(enc, masker)[0] if private and masker is not None else enc.text
             # A predicted token may copy a word of a private row: mask the words it shares with the data.
             decode = (lambda ids: context.scrub(target.tokenizer.decode(ids))) if private else target.tokenizer.decode
-            probs = _softmax(layer_logits(target.model, enc.ids, device=target.device))
+            probs = _layer_scores(target, enc.ids)
             n_layers = probs.shape[0] - 1
             predicted = probs.argmax(-1).tolist()
             informative = input_dependent_layers(target.model, enc.ids,

@@ -28,7 +28,8 @@ import torch
 from scipy import stats as _st
 
 from audit.context import AuditContext
-from audit.errors import ConfigError
+from audit.errors import ConfigError, NotApplicableError
+from audit.families import shared_layers
 from audit.figures import to_svg
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.stats import bootstrap_ci, holm_bonferroni, paired_permutation_test
@@ -160,6 +161,9 @@ def cascade_stages(model: Any) -> list[tuple[str, list[tuple[str, torch.nn.Param
     ``gamma / sigma_i``), which no layer above changes.
     """
     blocks = transformer_blocks(model)
+    shared = blocks is None and shared_layers(model.config) is not None
+    if shared:
+        blocks = shared_blocks(model)
     if blocks is None:
         return []
     tied = _embedding_storage(model)
@@ -172,13 +176,39 @@ def cascade_stages(model: Any) -> list[tuple[str, list[tuple[str, torch.nn.Param
             if id(p) not in in_blocks and id(p) not in embedding_owned and p.data_ptr() not in tied]
     stages = [("head", head)] if head else []
     for index in range(len(blocks) - 1, -1, -1):
-        stages.append((f"layer {index + 1}", [(f"layer {index + 1}.{n}", p) for n, p in blocks[index].named_parameters()
-                                             if p.data_ptr() not in tied]))
+        name = f"shared layer group {index + 1} (all layers)" if shared else f"layer {index + 1}"
+        stages.append((name, [(f"{name}.{n}", p) for n, p in blocks[index].named_parameters()
+                              if p.data_ptr() not in tied]))
     done = {id(p) for _, params in stages for _, p in params}
     rest = [(n, p) for n, p in model.named_parameters(remove_duplicate=True) if id(p) not in done]
     if rest:
         stages.append((EMBEDDING_STAGE, rest))
     return stages
+
+
+def shared_blocks(model: Any) -> Any:
+    """The ``ModuleList`` of the weight sets a model shares across its layers (ALBERT's layer groups), or None."""
+    groups = shared_layers(model.config)
+    if groups is None:
+        return None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == groups and "group" in name:
+            return module
+    return None
+
+
+def randomisation_notes(model: Any, *, randomization: bool, ran: bool) -> list[str]:
+    """What the card must say about the randomisation check: shared layers, or why it did not run."""
+    if not randomization:
+        return ["Model randomisation check not run (randomization=False)."]
+    if not ran:
+        return [f"Model randomisation check not run: the layer stack of {type(model).__name__} was not found, so it "
+                "cannot be re-initialised from the top down; verdicts rest on ERASER alone."]
+    groups = shared_layers(model.config)
+    if groups is not None:
+        return [f"The {model.config.num_hidden_layers} layers share {groups} weight set(s) (ALBERT), so the "
+                "randomisation cascade re-initialises each shared set once, for every layer that uses it."]
+    return []
 
 
 def randomize_(params: Sequence[tuple[str, torch.nn.Parameter]], *, std: float, generator: torch.Generator) -> None:
@@ -450,6 +480,11 @@ class FaithfulnessProbe(Probe):
         return "trust" if checked else "faithful by ERASER (randomisation check not run)"
 
     def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
+        if target.head == "score":
+            raise NotApplicableError(
+                f"{target.model_id!r} has a single-score head (num_labels=1): ERASER measures the share of a "
+                "predicted probability that removing tokens takes away, and a raw score is not a probability. "
+                "The attribution probe explains its score.")
         explainer = Explainer.for_target(target, baselines=self.baselines)
         examples, notes = collect_examples(probe=self.name, examples=self.examples, context=context,
                                            max_examples=self.max_examples)
@@ -476,6 +511,7 @@ class FaithfulnessProbe(Probe):
 
         cascade, stage_names, cascade_p = self._cascade(target, explainer, encs, targets, attributions, context) \
             if self.randomization else ({}, [], {})
+        notes = [*notes, *randomisation_notes(target.model, randomization=self.randomization, ran=bool(cascade))]
         metrics: dict[str, Metric] = {}
         rows, verdicts = [], {}
         for j, method in enumerate(methods):

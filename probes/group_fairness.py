@@ -16,6 +16,7 @@ import numpy as np
 
 from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart
+from audit.heads import decisions
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
 from audit.stats import Interval, bootstrap_ci, holm_bonferroni, range_interval, stratified_permutation_test
 from probes.counterfactual import resolve_positive_label
@@ -263,7 +264,8 @@ class GroupFairnessProbe(Probe):
                                 f"group ({groups[0]!r}); fairness compares groups. Give data with at least two groups.")
         proba = target.predict_proba(data.texts)
         scores = proba[:, positive]
-        y_pred = scores >= self.threshold if self.threshold is not None else proba.argmax(axis=1) == positive
+        y_pred = scores >= self.threshold if self.threshold is not None else decisions(
+            proba, target.head or "single-label", positive)
         fitted_on = _threshold_feature(target)
         if self.threshold is None and fitted_on is not None and fitted_on in frame.columns:
             # A post-processed model (ThresholdOptimizer) decides per group: audit what it will do.
