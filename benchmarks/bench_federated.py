@@ -1,10 +1,27 @@
-"""Simulated FedAvg (5 clients) against centralized training on the same rows and epochs.
+"""Simulated FedAvg against centralized training of the bundled MiniLM, with start-up shown on its own.
 
-Wall time of the whole federated fit (Ray start, actors, rounds) and of its rounds alone, against
-training one model centrally on the union of the clients' training rows for ``num_rounds *
-local_epochs`` epochs from the same initial weights; and the accuracy gap on the union of the
-clients' held-out rows. IID and Dirichlet(0.5) non-IID splits, same data.
-Run: ``.venv/bin/python benchmarks/bench_federated.py``.
+Workload where training dominates (issue 20): the bundled all-MiniLM-L6-v2 with a new
+classification head, ``CLIENTS`` clients of ``ROWS_PER_CLIENT`` rows each (a sentiment task with
+varied wording and 5% label noise), ``ROUNDS`` rounds of ``LOCAL_EPOCHS`` local epoch(s). The
+centralized baseline trains one model from the same initial weights on the union of the clients'
+training rows for ``ROUNDS * LOCAL_EPOCHS`` epochs and is scored on the union of their held-out
+rows, as the federated model is.
+
+What is timed, in interleaved runs (federated, centralized, centralized, federated, ...):
+
+- **federated wall time**: the whole ``FederatedFineTuner.fit`` (Ray start, actors, every round
+  with evaluation at every client, final scoring);
+- **start-up**: that wall time minus the rounds (Ray and the ServerApp starting, the final
+  model being built and scored), and **round 1** apart from the **later rounds**: round 1 also
+  pays for each Ray actor importing torch and loading the model, which later rounds reuse
+  (actors and loaded models stay warm across rounds: ``client_app._MODEL_CACHE`` and the data
+  cache live in the actor process);
+- **centralized**: training plus scoring, on all the cores the federated run may use.
+
+The headline ratio is the federated rounds (steady state, what grows with the workload) against
+the centralized time; the start-up is reported beside it. The 1-minute load average is recorded
+around the measurement; on a busy machine the section is not written (see ``benchmarks/_results.py``).
+Run on an idle machine: ``.venv/bin/python benchmarks/bench_federated.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                   "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0"}.items():
     os.environ.setdefault(key, value)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -23,86 +41,118 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks._results import write_section  # noqa: E402
-from privacy.federated import FederatedFineTuner  # noqa: E402
-from tests.tiny import make_tiny_model  # noqa: E402
+from benchmarks._results import cores, interleaved, load_record, write_section  # noqa: E402
 
-ROWS, CLIENTS, ROUNDS, LOCAL_EPOCHS, LR = 600, 5, 3, 2, 3e-3
+CLIENTS, ROWS_PER_CLIENT, ROUNDS, LOCAL_EPOCHS = 4, 300, 3, 1
+LR, BATCH, MAX_LENGTH, RUNS = 5e-5, 16, 32, 2
+
+SUBJECTS = ["the movie", "this film", "the food", "our hotel", "the service", "the book", "that show", "the app",
+            "the staff", "this phone", "the concert", "the course"]
+POSITIVE = ["was wonderful", "felt great", "made me happy", "is worth every penny", "exceeded my hopes",
+            "was a delight", "works beautifully", "I would recommend to anyone"]
+NEGATIVE = ["was awful", "felt like a waste", "made me angry", "is not worth it", "fell far short",
+            "was a disappointment", "keeps breaking", "I would warn everyone about"]
+FILLERS = ["honestly", "to be fair", "after two weeks", "on the whole", "as expected", "surprisingly", "", ""]
 
 
 def make_data(n: int, seed: int = 0) -> pd.DataFrame:
-    """Sentiment over the tiny vocabulary (5% label noise), with a sensitive attribute."""
+    """A two-class sentiment task over varied phrasings, with 5% label noise."""
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(n):
         label = int(rng.integers(2))
-        pronoun = ["he", "she"][int(rng.integers(2))]
-        adjective = rng.choice(["good", "great", "happy", "love"] if label else ["bad", "terrible", "sad", "hate"])
-        words = [pronoun, "said", "the", rng.choice(["movie", "film", "food", "office", "family"]), "was",
-                 rng.choice(["very", "really", "so", ""]), adjective]
+        words = [rng.choice(FILLERS), rng.choice(["he said", "she said", "they said"]), rng.choice(SUBJECTS),
+                 rng.choice(POSITIVE if label else NEGATIVE)]
         if rng.random() < 0.05:
             label = 1 - label
-        rows.append({"text": " ".join(w for w in words if w), "label": label, "sex": "m" if pronoun == "he" else "f"})
+        rows.append({"text": " ".join(w for w in words if w), "label": label})
     return pd.DataFrame(rows)
 
 
-def run(model: Path, data: Path, partition: str) -> dict:
+def federated(model: Path, data: Path) -> dict:
+    from privacy.federated import FederatedFineTuner
+
     fed = FederatedFineTuner(num_clients=CLIENTS, num_rounds=ROUNDS, local_epochs=LOCAL_EPOCHS, learning_rate=LR,
-                             batch_size=16, max_length=16, partition=partition, sensitive_features="sex",
-                             baseline=True, num_cpus=min(2, os.cpu_count() or 1))
+                             batch_size=BATCH, max_length=MAX_LENGTH, num_cpus=min(cores(), CLIENTS), device="cpu")
     start = time.perf_counter()
     fed.fit(model, data)
-    total = time.perf_counter() - start
-    rec = fed.record_
-    central = rec["centralized"]
-    rounds = [r["duration_s"] for r in rec["rounds"]]
-    return {"partition": partition, "federated_s": total - central["duration_s"], "first_s": rounds[0],
-            "later_s": sum(rounds[1:]) / len(rounds[1:]), "central_s": central["duration_s"],
-            "federated_acc": rec["final"]["accuracy"], "central_acc": central["accuracy"],
-            "gap": rec["best_worst_gap"]["gap"], "load": os.getloadavg()[0]}
+    wall = time.perf_counter() - start
+    rounds = [float(r["duration_s"]) for r in fed.record_["rounds"]]
+    return {"wall": wall, "rounds": rounds, "startup": wall - sum(rounds), "accuracy": fed.accuracy_,
+            "complete": fed.record_["complete"]}
+
+
+def centralized(model: Path, data: Path) -> dict:
+    from privacy.federated.task import (
+        Settings,
+        build_client_data,
+        client_seed,
+        evaluate,
+        load_model,
+        load_tokenizer,
+        select_client_rows,
+        train_local,
+    )
+
+    start = time.perf_counter()
+    frame = pd.read_csv(data, keep_default_na=False)
+    settings = Settings(model=str(model), data=str(data), text_column="text", label_column="label",
+                        labels=("0", "1"), num_clients=CLIENTS, num_rounds=ROUNDS)
+    clients = [build_client_data(frame, select_client_rows(frame, settings, i, CLIENTS, "data"), settings,
+                                 name=str(i), partition_id=i, source="data") for i in range(CLIENTS)]
+    net = load_model(model, settings.labels, seed=settings.seed)  # the federated run's initial weights
+    tokenizer = load_tokenizer(model)
+    train_local(net, tokenizer, [t for c in clients for t in c.train_texts], [y for c in clients for y in c.train_y],
+                epochs=ROUNDS * LOCAL_EPOCHS, batch_size=BATCH, learning_rate=LR, max_length=MAX_LENGTH,
+                seed=client_seed(settings.seed, 0, "centralized"))
+    acc = evaluate(net, tokenizer, [t for c in clients for t in c.eval_texts], [y for c in clients for y in c.eval_y],
+                   max_length=MAX_LENGTH).accuracy
+    return {"wall": time.perf_counter() - start, "accuracy": acc}
 
 
 def main() -> None:
-    # One thread, as each Ray actor has: on a tiny model, two threads on a busy 2-core machine are
-    # many times slower than one, which would make the centralized side look worse than it is.
-    torch.set_num_threads(1)
+    from audit.target import default_model_path
+
+    torch.set_num_threads(cores())  # the centralized trainer may use every core the federation may use
+    model = Path(default_model_path())
     with tempfile.TemporaryDirectory() as tmp:
-        model = make_tiny_model("encoder", Path(tmp) / "model")
         data = Path(tmp) / "data.csv"
-        make_data(ROWS).to_csv(data, index=False)
-        results = [run(model, data, "iid"), run(model, data, "dirichlet:0.5")]
+        make_data(CLIENTS * ROWS_PER_CLIENT).to_csv(data, index=False)
+        with load_record() as load:
+            times, last = interleaved({"federated": lambda: federated(model, data),
+                                       "centralized": lambda: centralized(model, data)}, rounds=RUNS, warmup=0)
+    fed, central = last["federated"], last["centralized"]
+    fed_wall = float(np.median(times["federated"]))
+    central_wall = float(np.median(times["centralized"]))
+    rounds_s = sum(fed["rounds"])
+    later = fed["rounds"][1:]
     lines = [
-        "## Simulated FedAvg vs centralized training (`bench_federated.py`)",
+        "## Simulated FedAvg vs centralized training, MiniLM (`bench_federated.py`)",
         "",
-        f"Tiny BERT (hidden 32, 2 layers) on CPU; {ROWS} generated rows (sentiment over a small vocabulary, 5% label "
-        f"noise); {CLIENTS} clients, {ROUNDS} rounds x {LOCAL_EPOCHS} local epochs, AdamW lr {LR}, batch 16. "
-        f"Centralized: one model, same initial weights, the union of the clients' training rows, "
-        f"{ROUNDS * LOCAL_EPOCHS} epochs. Accuracy on the union of the clients' held-out rows (20% of each). "
-        "Every trainer runs on one thread: federated clients in 2 Ray actors (one CPU each, in parallel), "
-        "centralized training in one process. Federated wall time is the whole fit (Ray start, every round with "
-        "evaluation by every client); round 1 includes the actors' start-up (each imports torch and transformers); later rounds are "
-        "the steady state, to compare with centralized time per round's worth of epochs. One run each on a shared "
-        "2-core machine (1-minute load average in the last column), so timings are indicative.",
+        f"Bundled all-MiniLM-L6-v2 with a new 2-class head, CPU; {CLIENTS} clients x {ROWS_PER_CLIENT} generated rows "
+        f"(varied sentiment phrasings, 5% label noise; 20% of each client held out), {ROUNDS} rounds x "
+        f"{LOCAL_EPOCHS} local epoch(s), AdamW lr {LR}, batch {BATCH}, max length {MAX_LENGTH}. Centralized: one "
+        f"model from the same initial weights on the union of the clients' training rows, {ROUNDS * LOCAL_EPOCHS} "
+        f"epoch(s), {cores()} thread(s). Federated: {min(cores(), CLIENTS)} Ray actor(s), one CPU each. Median of "
+        f"{RUNS} interleaved runs each. Start-up = federated wall time minus its rounds (Ray, ServerApp, final "
+        "scoring); round 1 also includes each actor importing torch and loading the model, reused by later rounds.",
         "",
-        "| split | federated wall time (s) | round 1 (s) | later rounds, mean (s) | centralized (s) | "
-        "centralized per round's epochs (s) | wall-time ratio | federated accuracy | centralized accuracy | "
-        "accuracy gap | best-worst client gap | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| measure | seconds | vs centralized |",
+        "|---|---|---|",
+        f"| federated, whole fit | {fed_wall:.1f} | {fed_wall / central_wall:.2f}x |",
+        f"| federated, start-up only | {fed['startup']:.1f} | |",
+        f"| federated, rounds only | {rounds_s:.1f} | **{rounds_s / central_wall:.2f}x** |",
+        f"| round 1 | {fed['rounds'][0]:.1f} | |",
+        f"| later rounds, mean | {(sum(later) / len(later)) if later else float('nan'):.1f} | |",
+        f"| centralized, training and scoring | {central_wall:.1f} | 1.00x |",
+        "",
+        f"Held-out accuracy: federated {fed['accuracy']:.3f}, centralized {central['accuracy']:.3f} "
+        f"(difference {fed['accuracy'] - central['accuracy']:+.3f}); every round complete: {fed['complete']}.",
+        "Goal (issue 20): federated rounds within 1.5x of centralized wall time on this workload.",
     ]
-    for r in results:
-        lines.append(f"| {r['partition']} | {r['federated_s']:.1f} | {r['first_s']:.1f} | {r['later_s']:.1f} | "
-                     f"{r['central_s']:.1f} | {r['central_s'] / ROUNDS:.1f} | **{r['federated_s'] / r['central_s']:.1f}x** | "
-                     f"{r['federated_acc']:.3f} | {r['central_acc']:.3f} | **{r['federated_acc'] - r['central_acc']:+.3f}** | "
-                     f"{r['gap']:.3f} | {r['load']:.1f} |")
-    iid = results[0]
-    lines += ["", f"- IID: federated accuracy is {abs(iid['federated_acc'] - iid['central_acc']) * 100:.1f} points from "
-                  "centralized (aim: within 3); the Dirichlet(0.5) row is the non-IID result on the same data.",
-              f"- Start-up dominates on a model this small: round 1 takes {iid['first_s']:.0f} s of the "
-              f"{iid['federated_s']:.0f} s. A steady-state round takes {iid['later_s'] / (iid['central_s'] / ROUNDS):.1f}x "
-              "the time centralized training spends on the same epochs: the clients train in parallel on 2 actors, and "
-              "each round also moves the weights and evaluates at every client."]
-    write_section("federated", "\n".join(lines))
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    print(text)
+    write_section("federated", text, load=load)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,13 @@ def _federated_lines(record: dict) -> list[str]:
                        else "not checked against the model's other training steps")
             lines.append(f"  - {stated}; {checked}.")
             lines += [f"  - {md_escape(c)}." for c in dp.get("guarantee_caveats") or []]
+    central = record.get("central_dp")
+    if isinstance(central, dict) and isinstance(central.get("epsilon"), (int, float)):
+        held = {True: "checked against every step of the training chain", False: "**no longer holds**"}.get(
+            central.get("guarantee_holds"), "not checked against the model's other training steps")
+        lines.append(f"  - central DP ({md_escape(central.get('side'))}-side clipping): epsilon = "
+                     f"{_fmt(float(central['epsilon']))}, delta = {_fmt(central.get('delta'))} for everything one client "
+                     f"contributed; {held}.")
     return lines
 
 

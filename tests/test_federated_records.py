@@ -57,9 +57,10 @@ class FakeGrid:
     has left: it is no longer listed and does not reply).
     """
 
-    def __init__(self, nodes: dict[int, str], behaviour) -> None:
+    def __init__(self, nodes: dict[int, str], behaviour, update=None) -> None:
         self.nodes = nodes
         self.behaviour = behaviour
+        self.update = update  # (node, ArrayRecord) -> the ArrayRecord the node sends back
         self.replies: dict[str, object] = {}
         self.round, self.last_phase = 0, "evaluate"
 
@@ -82,7 +83,8 @@ class FakeGrid:
             name = self.nodes[node]
             client = ConfigRecord({"name": name, "details": json.dumps({"rows": 10, "train_rows": 8, "eval_rows": 2})})
             if msg.metadata.message_type == "train":
-                content = RecordDict({"arrays": msg.content["arrays"], "client": client,
+                arrays = msg.content["arrays"] if self.update is None else self.update(node, msg.content["arrays"])
+                content = RecordDict({"arrays": arrays, "client": client,
                                       "metrics": MetricRecord({"num-examples": 8, "train-loss": 0.5})})
             else:
                 content = RecordDict({"client": client, "metrics": MetricRecord(
@@ -363,3 +365,97 @@ def test_stale_temporary_folders_of_killed_runs_are_swept(tmp_path) -> None:
     other.mkdir()
     assert sweep_stale_temp(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and mine.exists() and other.exists()
+
+
+# -- central DP with Flower's fixed-clipping wrappers ------------------------------------------------------
+
+
+def _shifted(scale: dict[int, float]):
+    """Each node adds ``scale[node]`` to every weight (an update of norm scale * sqrt(number of weights))."""
+    from flwr.app import Array, ArrayRecord
+
+    def update(node, arrays):
+        return ArrayRecord({k: Array(np.asarray(v) + np.float32(scale[node]))
+                            for k, v in zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True)})
+
+    return update
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_central_dp_clips_each_update_averages_equally_and_adds_the_stated_noise(setup, tmp_path, run_identity,
+                                                                                 side) -> None:
+    from safetensors.numpy import load_file
+
+    from privacy.federated.server_app import GLOBAL_WEIGHTS, HISTORY, run_server
+    from privacy.federated.task import float_state, load_model
+
+    initial = {k: v.numpy() for k, v in float_state(load_model(setup["model"], ("0", "1"))).items()}
+    size = sum(v.size for v in initial.values())
+    scale = {1: 0.25, 2: 1.0, 3: -3.0}  # (Flower's clipping divides by the norm: an update of exactly 0 would crash)
+    clip = 0.5 * np.sqrt(size)  # node 1's update is kept, node 2's (norm sqrt(size)) halved, node 3's cut to a sixth
+    if side == "client":
+        # client-side clipping happens in the ClientApp's mod; the fake nodes clip as fixedclipping_mod does
+        norms = {n: abs(v) * np.sqrt(size) for n, v in scale.items()}
+        scale = {n: v * min(1.0, clip / norms[n]) if norms[n] else 0.0 for n, v in scale.items()}
+    grid = FakeGrid({1: "a", 2: "b", 3: "c"}, lambda n, p, r: "ok", update=_shifted(scale))
+    settings = _settings(setup, tmp_path, num_rounds=1, central_dp=side, central_noise_multiplier=1e-8,
+                         central_clipping_norm=float(clip))
+    run_server(grid, settings)
+    history = json.loads((tmp_path / "out" / HISTORY).read_text(encoding="utf-8"))
+    assert history["rounds"][0]["aggregated"] is True and history["rounds"][0]["central_dp_clients"] == 3
+    assert history["rounds"][0]["central_dp_noise_std"] == pytest.approx(1e-8 * clip / 3)
+    final = load_file(str(tmp_path / "out" / GLOBAL_WEIGHTS))
+    # independent: clip each update to the norm, then the equal-weight mean: (0.25 + 0.5 - 0.5) / 3 per weight
+    expected_shift = (0.25 + 0.5 + (-3.0) * min(1.0, clip / (3.0 * np.sqrt(size)))) / 3
+    for key, value in initial.items():
+        np.testing.assert_allclose(final[key], value + expected_shift, atol=1e-4)
+
+
+def test_central_dp_discards_a_round_missing_a_client_and_noise_is_not_from_the_seed(setup, tmp_path,
+                                                                                      run_identity) -> None:
+    from safetensors.numpy import load_file
+
+    from privacy.federated.server_app import GLOBAL_WEIGHTS, HISTORY, run_server
+
+    def behaviour(node, phase, server_round):
+        return "silent" if node == 3 and server_round == 2 else "ok"
+
+    outs = []
+    for attempt in range(2):
+        grid = FakeGrid({1: "a", 2: "b", 3: "c"}, behaviour, update=_shifted({1: 0.1, 2: 0.1, 3: 0.1}))
+        settings = _settings(setup, tmp_path / str(attempt), num_rounds=2, central_dp="server",
+                             central_noise_multiplier=1.0, central_clipping_norm=1.0, round_timeout=1.0,
+                             output_dir=str(tmp_path / str(attempt) / "out"))
+        run_server(grid, settings)
+        history = json.loads((tmp_path / str(attempt) / "out" / HISTORY).read_text(encoding="utf-8"))
+        assert [r["aggregated"] for r in history["rounds"]] == [True, False]
+        assert "2 of the 3 clients asked" in history["rounds"][1]["note"] and history["checkpoint_round"] == 1
+        outs.append(load_file(str(tmp_path / str(attempt) / "out" / GLOBAL_WEIGHTS)))
+    key = next(iter(outs[0]))
+    assert not np.allclose(outs[0][key], outs[1][key])  # same seed, different noise
+
+
+def test_central_dp_epsilon_lies_between_the_exact_gaussian_curve_and_the_classic_rdp_bound() -> None:
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    from privacy.federated.task import Settings
+    from privacy.federated.trainer import _central_dp_summary
+
+    z, delta, rounds = 1.2, 1e-5, 4
+    settings = Settings(model="/m", data="/d", text_column="t", label_column="y", labels=("0", "1"), num_clients=5,
+                        num_rounds=rounds, central_dp="server", central_noise_multiplier=z, central_clipping_norm=1.0,
+                        target_delta=delta)
+    summary = _central_dp_summary(settings, [{"round": r, "aggregated": True} for r in range(1, rounds + 1)],
+                                  {"rounds": []})
+    eps = summary["epsilon"]
+    mu = np.sqrt(rounds) / z  # T Gaussian mechanisms of multiplier z compose to mu-GDP (Dong et al. 2019)
+
+    def gdp_delta(e: float) -> float:
+        return norm.cdf(-e / mu + mu / 2) - np.exp(e) * norm.cdf(-e / mu - mu / 2)
+
+    exact = brentq(lambda e: gdp_delta(e) - delta, 0.0, 100.0)
+    classic = min(rounds * a / (2 * z * z) + np.log(1 / delta) / (a - 1) for a in np.linspace(1.01, 200, 20000))
+    assert exact <= eps + 1e-6 and eps <= classic + 1e-6, (exact, eps, classic)
+    assert [e["round"] for e in summary["epsilon_by_round"]] == [1, 2, 3, 4]
+    assert summary["delta"] == delta and summary["unit_of_privacy"].startswith("one client")

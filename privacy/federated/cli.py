@@ -81,6 +81,13 @@ class FederateCommand:
         parser.add_argument("--target-epsilon", type=float, help="client-side DP-SGD with this epsilon per client (fedavg)")
         parser.add_argument("--target-delta", type=float, help="DP delta with --target-epsilon (default: a power of ten at most 1/(10 N))")
         parser.add_argument("--max-grad-norm", type=float, default=1.0, help="per-example clipping norm with --target-epsilon")
+        parser.add_argument("--central-dp", choices=["server", "client"],
+                            help="client-level central DP with Flower's fixed-clipping wrapper: the server clips each "
+                                 "update (server) or each client clips its own (client); Gaussian noise on the mean")
+        parser.add_argument("--central-noise", type=float, dest="central_noise_multiplier",
+                            help="with --central-dp: noise multiplier z (noise std z * clip / clients per round)")
+        parser.add_argument("--central-clip", type=float, dest="central_clipping_norm",
+                            help="with --central-dp: L2 clipping norm of each client's update")
         parser.add_argument("--record-private-stats", action="store_true",
                             help="with --target-epsilon, also send and record the clients' training loss, which is "
                                  "computed on their private rows without DP (off: not sent)")
@@ -122,6 +129,8 @@ class FederateCommand:
             strategy=args.strategy, proximal_mu=args.proximal_mu, fraction_train=args.fraction_train,
             min_completed_fraction=args.min_completed_fraction, min_nodes=args.min_nodes,
             local_epochs=args.local_epochs, record_private_stats=args.record_private_stats,
+            central_dp=args.central_dp, central_noise_multiplier=args.central_noise_multiplier,
+            central_clipping_norm=args.central_clipping_norm,
             root_certificates=args.root_certificates,
             batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=args.max_length,
             eval_fraction=args.eval_fraction, text_column=args.text_column, label_column=args.label_column,
@@ -159,6 +168,11 @@ class FederateCommand:
             print(f"Client-side DP: epsilon at most {dp['epsilon_max']:.3f} for any one client's rows "
                   f"(client {dp.get('epsilon_max_client')}), delta {dp.get('delta'):.1e}; epsilons are per client, "
                   "never summed.")
+        central = record.get("central_dp")
+        if central:
+            print(f"Central DP ({central['side']}-side clipping): epsilon {central['epsilon']:.3f}, delta "
+                  f"{central['delta']:.1e} for everything one client contributed, over "
+                  f"{len(central['rounds_released'])} released round(s).")
         print(f"Model and federated record: {saved}")
         for warning in record.get("warnings") or []:
             sys.stderr.write(f"rai-audit: warning: {warning}.\n")

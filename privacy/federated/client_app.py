@@ -153,9 +153,13 @@ def _train(msg: Message, context: Context, settings: Settings) -> Message:
         metrics = {"loss": stats["loss"], "proximal": stats["proximal"]}
         state = float_state(model)
     loss = metrics.pop("loss")
-    reply_metrics: dict[str, float] = {"num-examples": len(data.train_y), "duration-s": time.perf_counter() - started,
-                                       **metrics}
-    if settings.target_epsilon is None or settings.record_private_stats:
+    # Under central DP every client's (clipped) update weighs the same: the noise covers one client's
+    # update in an equal-weight mean, not in a mean weighted by the clients' row counts.
+    weight = 1 if settings.central_dp else len(data.train_y)
+    reply_metrics: dict[str, float] = {"num-examples": weight, "train-rows": len(data.train_y),
+                                       "duration-s": time.perf_counter() - started, **metrics}
+    private = settings.target_epsilon is not None or bool(settings.central_dp)
+    if not private or settings.record_private_stats:
         # Under client-side DP the training loss is a statistic of the private rows that the DP-SGD
         # guarantee does not cover: it is sent only when the user asks (record_private_stats).
         reply_metrics["train-loss"] = loss
@@ -178,6 +182,20 @@ def _evaluate(msg: Message, context: Context, settings: Settings) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _central_clipping_mod(bound: Settings | None) -> Any:
+    """Flower's ``fixedclipping_mod`` on training messages when the run uses client-side clipping central DP."""
+
+    def mod(msg: Message, context: Context, call_next: Any) -> Message:
+        settings = _settings(bound, context)
+        if settings.central_dp != "client" or msg.metadata.message_type != "train":
+            return call_next(msg, context)
+        from flwr.clientapp.mod import fixedclipping_mod
+
+        return fixedclipping_mod(msg, context, call_next)
+
+    return mod
+
+
 def build_client_app(settings: Settings | None = None, *, mods: Sequence[Any] = ()) -> ClientApp:
     """A ``ClientApp`` for ``settings`` (``None``: read them from the run config).
 
@@ -188,7 +206,7 @@ def build_client_app(settings: Settings | None = None, *, mods: Sequence[Any] = 
         Wrap every message handler (Flower's ``Mod`` hook), e.g. to add logging or to inject faults
         in a test.
     """
-    client = ClientApp(mods=list(mods))
+    client = ClientApp(mods=[_central_clipping_mod(settings), *mods])
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:

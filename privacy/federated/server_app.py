@@ -17,12 +17,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from audit._io import write_json_atomic
-from privacy.federated.strategy import RecordingMixin, build_strategy
+from privacy.federated.strategy import RecordingMixin, build_strategy, central_dp
 from privacy.federated.task import Settings, float_state, json_safe, load_model
 
 __all__ = ["GLOBAL_WEIGHTS", "HISTORY", "PROGRESS_PREFIX", "app", "build_server_app", "run_server"]
@@ -65,6 +66,10 @@ def run_server(grid: Grid, settings: Settings) -> None:
                               fraction_train=settings.fraction_train,
                               min_completed_fraction=settings.min_completed_fraction, min_nodes=settings.min_nodes,
                               proximal_mu=settings.proximal_mu, progress=say)
+    hooks: Any = strategy  # the object whose configure/aggregate hooks run: the strategy or a DP wrapper of it
+    if settings.central_dp:
+        hooks = central_dp(strategy, side=settings.central_dp, noise_multiplier=settings.central_noise_multiplier,
+                           clipping_norm=settings.central_clipping_norm)
     if say is not None:
         say(f"{settings.strategy} with {settings.num_clients} clients for {settings.num_rounds} round(s) "
             f"({settings.engine} engine, at least {settings.min_nodes} per round); waiting for the clients")
@@ -86,18 +91,18 @@ def run_server(grid: Grid, settings: Settings) -> None:
             _write_history(out, strategy, started, checkpoint_round, finished=False)
             continue
         strategy.rounds.setdefault(server_round, {"round": server_round})["connected"] = connected
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        messages = hooks.configure_train(server_round, arrays, ConfigRecord(), grid)
         replies = _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval,
                             say=say, label=f"{label} training")
-        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        new_arrays, _ = hooks.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
             checkpoint_round = server_round
             _save_weights(out, arrays)
-        messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        messages = hooks.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
         replies = _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval,
                             say=say, label=f"{label} evaluation")
-        strategy.aggregate_evaluate(server_round, replies)
+        hooks.aggregate_evaluate(server_round, replies)
         _write_history(out, strategy, started, checkpoint_round, finished=False)
     if checkpoint_round == 0:
         _save_weights(out, arrays)  # the initial weights: the trainer refuses them (no round aggregated)

@@ -33,8 +33,18 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 from privacy.federated.task import group_metrics, merge_groups
 
-__all__ = ["FAILURE_KEY", "STRATEGIES", "FederatedAveraging", "FederatedProximal", "RecordingMixin", "build_strategy",
-           "name_order", "weighted_metrics"]
+__all__ = [
+    "CENTRAL_DP",
+    "FAILURE_KEY",
+    "STRATEGIES",
+    "FederatedAveraging",
+    "FederatedProximal",
+    "RecordingMixin",
+    "build_strategy",
+    "central_dp",
+    "name_order",
+    "weighted_metrics",
+]
 
 FAILURE_KEY = "failure"  # a reply's ConfigRecord in which a ClientApp reports its own error, with its name
 
@@ -206,6 +216,14 @@ class RecordingMixin:
             info.update({_train_key(k): v for k, v in metrics.items()})
         return arrays, metrics
 
+    def discard_train(self, server_round: int, replies: Iterable[Message], note: str) -> None:
+        """Record a training round whose update is not used (``note`` says why)."""
+        ok = self._sort("train", server_round, replies)
+        asked = len(self._asked.get(("train", server_round), []))
+        self._round(server_round).update(completed_train=len(ok), failed_train=asked - len(ok), aggregated=False,
+                                         note=note)
+        self._record_clients("train", server_round, ok)
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Flower's sampling and messages; the asked nodes are remembered."""
@@ -289,6 +307,70 @@ class FederatedProximal(RecordingMixin, FedProx):
 
 
 STRATEGIES: dict[str, type[RecordingMixin]] = {"fedavg": FederatedAveraging, "fedprox": FederatedProximal}
+
+CENTRAL_DP = {
+    "server": "central DP with server-side fixed clipping (Flower's DifferentialPrivacyServerSideFixedClipping; "
+              "McMahan et al. 2018, DP-FedAvg): the server clips each client's update to the clipping norm, averages "
+              "them with equal weights and adds Gaussian noise to the average",
+    "client": "central DP with client-side fixed clipping (Flower's DifferentialPrivacyClientSideFixedClipping with "
+              "fixedclipping_mod at every client): each client clips its own update, the server averages them with "
+              "equal weights and adds Gaussian noise to the average",
+}
+CENTRAL_DP_INCOMPLETE = ("central DP: only {ok} of the {asked} clients asked returned an update; the noise is calibrated "
+                         "to every client asked, so the round's update was discarded and the global model kept")
+
+
+def central_dp(recorder: RecordingMixin, *, side: str, noise_multiplier: float, clipping_norm: float) -> Any:
+    """Flower's fixed-clipping central-DP wrapper around ``recorder``, sound when clients are lost.
+
+    The wrapper is Flower's own; three things are added. The number of sampled clients (which
+    scales the noise, ``noise_multiplier * clipping_norm / k``) is set each round to the clients
+    actually asked, so a lost node cannot leave the noise calibrated to clients that are not
+    there; a round in which any client asked does not return an update is discarded (a mean over
+    fewer clients would have a larger sensitivity than the noise covers) and recorded; and the
+    noise comes from a generator seeded by the operating system, never from the run's seed.
+    """
+    import numpy as np
+    from flwr.app import Array
+    from flwr.serverapp.strategy import (
+        DifferentialPrivacyClientSideFixedClipping,
+        DifferentialPrivacyServerSideFixedClipping,
+    )
+
+    base = {"server": DifferentialPrivacyServerSideFixedClipping,
+            "client": DifferentialPrivacyClientSideFixedClipping}[side]
+
+    class Wrapped(base):  # type: ignore[misc, valid-type]
+        def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                            grid: Grid) -> Iterable[Message]:
+            messages = list(super().configure_train(server_round, arrays, config, grid))
+            self.num_sampled_clients = max(1, len(messages))
+            return messages
+
+        def aggregate_train(self, server_round: int,
+                            replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+            replies = list(replies)
+            asked = len(recorder._asked.get(("train", server_round), []))
+            good = [m for m in replies if not m.has_error() and FAILURE_KEY not in m.content]
+            if len(good) < asked:
+                recorder.discard_train(server_round, replies, CENTRAL_DP_INCOMPLETE.format(ok=len(good), asked=asked))
+                return None, None
+            arrays, metrics = super().aggregate_train(server_round, good)
+            if arrays is not None:
+                recorder._round(server_round).update(
+                    central_dp_noise_std=self.noise_multiplier * self.clipping_norm / self.num_sampled_clients,
+                    central_dp_clients=self.num_sampled_clients)
+            return arrays, metrics
+
+        def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
+            rng = np.random.default_rng()  # operating-system entropy: the noise never follows from a recorded seed
+            std = self.noise_multiplier * self.clipping_norm / self.num_sampled_clients
+            noisy = {k: Array(np.asarray(v + rng.normal(0.0, std, size=np.shape(v)).astype(np.asarray(v).dtype)))
+                     for k, v in zip(aggregated_arrays.keys(), aggregated_arrays.to_numpy_ndarrays(), strict=True)}
+            return ArrayRecord(noisy)
+
+    return Wrapped(recorder, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
+                   num_sampled_clients=1)
 
 
 def build_strategy(name: str, *, num_clients: int, num_rounds: int, fraction_train: float = 1.0,

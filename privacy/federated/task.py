@@ -82,6 +82,9 @@ class Settings:
     target_delta: float | None = None
     max_grad_norm: float = 1.0
     record_private_stats: bool = False
+    central_dp: str = ""
+    central_noise_multiplier: float = 0.0
+    central_clipping_norm: float = 0.0
     seed: int = 0
     device: str = "cpu"
     output_dir: str = ""

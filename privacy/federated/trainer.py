@@ -51,6 +51,10 @@ CERTS_NEED_SUPERLINK = ("root_certificates (--root-certificates) applies to a Su
                         "the federation rai-audit starts on 127.0.0.1 has no TLS. Give --superlink or drop the "
                         "certificate.")
 CERTS_MISSING = "Root certificate file {path!r} does not exist. Give the PEM file of the CA that signed the SuperLink's certificate."
+CENTRAL_AND_LOCAL = ("central_dp and target_epsilon are two different guarantees (client-level and example-level); "
+                     "use one: --central-dp with --central-noise/--central-clip, or --target-epsilon.")
+CENTRAL_WITHOUT_MODE = ("central_noise_multiplier / central_clipping_norm apply with central_dp only. Add --central-dp "
+                        "server (or client), or drop them.")
 RUN_STOPPED = "The federation stopped before its last round ({reason}); the model kept is the one aggregated in round {round}."
 
 
@@ -130,8 +134,20 @@ class FederatedFineTuner:
     max_grad_norm : float, default=1.0
         Per-example clipping norm of client-side DP-SGD.
     record_private_stats : bool, default=False
-        Under client-side DP, also send each client's training loss to the server and record it.
-        That loss is computed on the private rows without DP; by default it is not sent.
+        Under DP (client-side or central), also send each client's training loss to the server and
+        record it. That loss is computed on the private rows without DP; by default it is not sent.
+    central_dp : {"server", "client"}, optional
+        Client-level central DP with Flower's own wrappers: ``"server"`` is
+        ``DifferentialPrivacyServerSideFixedClipping`` (the server clips each update), ``"client"``
+        is ``DifferentialPrivacyClientSideFixedClipping`` with Flower's ``fixedclipping_mod`` at
+        every client. Both average the clipped updates with equal weights and add Gaussian noise
+        of standard deviation ``central_noise_multiplier * central_clipping_norm / k`` for the
+        ``k`` clients of the round; a round missing any client asked is discarded. The guarantee:
+        (epsilon, delta)-DP for everything one client contributes, against anyone holding the
+        released models (RDP accounting over the aggregated rounds, no sampling amplification);
+        the server itself sees each client's update, so it must be trusted.
+    central_noise_multiplier, central_clipping_norm : float
+        Required with ``central_dp``.
     engine : {"simulation", "deployment"}, default="simulation"
         ``run_simulation`` on Ray, or Flower's deployment runtime (SuperLink, SuperNodes,
         ``flwr run``); see :mod:`privacy.federated.runner`.
@@ -210,6 +226,9 @@ class FederatedFineTuner:
         target_delta: float | None = None,
         max_grad_norm: float = 1.0,
         record_private_stats: bool = False,
+        central_dp: str | None = None,
+        central_noise_multiplier: float | None = None,
+        central_clipping_norm: float | None = None,
         engine: Engine = "simulation",
         superlink: str | None = None,
         root_certificates: str | os.PathLike[str] | None = None,
@@ -243,6 +262,9 @@ class FederatedFineTuner:
         self.target_delta = target_delta
         self.max_grad_norm = max_grad_norm
         self.record_private_stats = record_private_stats
+        self.central_dp = central_dp
+        self.central_noise_multiplier = central_noise_multiplier
+        self.central_clipping_norm = central_clipping_norm
         self.engine = engine
         self.superlink = superlink
         self.root_certificates = root_certificates
@@ -324,6 +346,16 @@ class FederatedFineTuner:
         if self.min_nodes is not None and not (isinstance(self.min_nodes, int) and not isinstance(self.min_nodes, bool)
                                                and 1 <= self.min_nodes <= self.num_clients):
             raise ConfigError(MIN_NODES_RANGE.format(n=self.num_clients, got=self.min_nodes))
+        if self.central_dp is not None:
+            if self.central_dp not in ("server", "client"):
+                raise ConfigError(f"central_dp must be 'server' or 'client', got {self.central_dp!r}. "
+                                  "Use --central-dp server (the server clips) or client (the clients clip).")
+            if self.target_epsilon is not None:
+                raise ConfigError(CENTRAL_AND_LOCAL)
+            _positive("central_noise_multiplier", self.central_noise_multiplier, hint="Use e.g. 1.0.")
+            _positive("central_clipping_norm", self.central_clipping_norm, hint="Use e.g. 1.0.")
+        elif self.central_noise_multiplier is not None or self.central_clipping_norm is not None:
+            raise ConfigError(CENTRAL_WITHOUT_MODE)
         if self.root_certificates is not None:
             if self.superlink is None:
                 raise ConfigError(CERTS_NEED_SUPERLINK)
@@ -383,7 +415,9 @@ class FederatedFineTuner:
                 eval_fraction=float(self.eval_fraction),
                 target_epsilon=None if self.target_epsilon is None else float(self.target_epsilon),
                 target_delta=self.target_delta, max_grad_norm=float(self.max_grad_norm),
-                record_private_stats=bool(self.record_private_stats), seed=int(self.seed),
+                record_private_stats=bool(self.record_private_stats), central_dp=self.central_dp or "",
+                central_noise_multiplier=float(self.central_noise_multiplier or 0.0),
+                central_clipping_norm=float(self.central_clipping_norm or 0.0), seed=int(self.seed),
                 device=self.device, output_dir=str(staging / "out"), engine=self.engine, progress=bool(self.progress),
             )
             local_clients = self.superlink is None
@@ -682,13 +716,15 @@ class FederatedFineTuner:
             record["fairness"] = last_round["fairness"]
         if settings.target_epsilon is not None:
             record["client_dp"] = _dp_summary(settings, client_rows, [r["round"] for r in rounds])
+        if settings.central_dp:
+            record["central_dp"] = _central_dp_summary(settings, rounds, history)
         record["warnings"] = _warnings(record)
         # The keyed digest goes into the record's chain (audit.records); under client-side DP the plain
         # file hash would let a reader test candidate datasets, so only the keyed one is kept.
         self.data_digest_ = data_digest(texts)
         keyed = self.data_digest_["fingerprint"] if self.data_digest_ else None
         record["dataset"]["keyed_fingerprint"] = keyed
-        if settings.target_epsilon is not None:
+        if settings.target_epsilon is not None or settings.central_dp:
             record["dataset"]["fingerprint"] = keyed
         return record
 
@@ -756,7 +792,8 @@ class FederatedFineTuner:
         records["federated"] = section
         records = append_step(records, chain_entry(step="federated", technique=str(section.get("strategy")),
                                                    digest=self.data_digest_, uses_user_data=True,
-                                                   private=isinstance(section.get("client_dp"), dict)))
+                                                   private=isinstance(section.get("client_dp"), dict)
+                                                   or isinstance(section.get("central_dp"), dict)))
         self.model_.save_pretrained(out, safe_serialization=True)
         self.tokenizer_.save_pretrained(out)
         write_json_atomic(out / RECORD_FILENAME, json_safe(records))
@@ -844,6 +881,46 @@ def _dp_summary(settings: Settings, client_rows: list[dict[str, Any]], round_num
         "clients": per_client,
         "private_stats_recorded": bool(settings.record_private_stats),
         "notes": notes,
+    }
+
+
+def _central_dp_summary(settings: Settings, rounds: list[dict[str, Any]], history: dict[str, Any]) -> dict[str, Any]:
+    """The client-level guarantee of Flower's central-DP wrapper over the rounds that were aggregated.
+
+    Each aggregated round releases one Gaussian mechanism on the equal-weight mean of the clipped
+    updates (sensitivity ``C / k`` under add-or-remove-one client, noise ``z * C / k``), so the
+    rounds compose as ``T`` full-batch Gaussian mechanisms of noise multiplier ``z``: Opacus' RDP
+    accountant with sample rate 1 (no amplification by sampling is claimed).
+    """
+    from privacy.dp import compute_epsilon, default_delta
+    from privacy.federated.strategy import CENTRAL_DP
+
+    released = [r["round"] for r in rounds if r.get("aggregated")]
+    delta = settings.target_delta if settings.target_delta is not None else default_delta(settings.num_clients)
+    by_round, epsilon = [], 0.0
+    for i, number in enumerate(released, start=1):
+        epsilon = compute_epsilon(noise_multiplier=settings.central_noise_multiplier, sample_rate=1.0, steps=i,
+                                  target_delta=delta, accountant="rdp")
+        by_round.append({"round": number, "epsilon": epsilon})
+    stds = {str(r["round"]): r.get("central_dp_noise_std") for r in history.get("rounds", []) if r.get("aggregated")}
+    return {
+        "mechanism": CENTRAL_DP[settings.central_dp],
+        "side": settings.central_dp,
+        "guarantee": "client-level (epsilon, delta)-DP: for everything one client contributes (all its rows), "
+                     "against anyone holding the released global models and this record; the server sees each "
+                     "client's update before noise, so it must be trusted",
+        "unit_of_privacy": "one client (all of its rows)",
+        "neighbouring": "add or remove one client, equal-weight mean over the clients of each round",
+        "noise_multiplier": settings.central_noise_multiplier, "clipping_norm": settings.central_clipping_norm,
+        "noise_std_by_round": stds,
+        "accountant": "RDP (Mironov 2017) of the Gaussian mechanism composed over the aggregated rounds, no "
+                      "amplification by client sampling",
+        "rounds_released": released, "epsilon_by_round": by_round,
+        "epsilon": epsilon if released else 0.0, "delta": delta,
+        "notes": ["A round that missed any client asked was discarded: the noise is calibrated to the clients asked.",
+                  "The clients' held-out accuracy and loss are reported to the server without DP.",
+                  "The clients' training loss is " + ("recorded (record_private_stats), outside the guarantee."
+                                                      if settings.record_private_stats else "not sent.")],
     }
 
 
