@@ -54,6 +54,7 @@ __all__ = [
     "anonymize",
     "build_analyzer",
     "ner_configuration",
+    "optional_recognizers",
     "parse_recognizers",
     "proportion_ci",
     "spacy_model_available",
@@ -121,6 +122,10 @@ class EngineInfo:
         Entity types of the custom recognizers.
     ner_model : str or None
         The Hugging Face token-classification model directory, for ``engine == "transformers"``.
+    optional_entities : tuple of str
+        Entity types of Presidio's predefined recognizers that its default registry leaves out
+        (country-specific identifiers such as ``UK_NINO``, ``ES_NIF``): found only when named in
+        ``entities``, which adds their recognizers.
     """
 
     engine: str
@@ -130,6 +135,7 @@ class EngineInfo:
     cannot_find: tuple[str, ...] = ()
     custom_entities: tuple[str, ...] = ()
     ner_model: str | None = None
+    optional_entities: tuple[str, ...] = ()
 
     @property
     def description(self) -> str:
@@ -339,9 +345,32 @@ def _guard_presidio_logs() -> None:
             logger.addFilter(_LogGuard())
 
 
+@functools.lru_cache(maxsize=4)
+def optional_recognizers(language: str) -> dict[str, str]:
+    """Presidio's predefined pattern recognizers, by entity type: entity -> class name.
+
+    Only pattern recognizers are considered (the model-backed ones would download models).
+    """
+    import presidio_analyzer.predefined_recognizers as predefined
+    from presidio_analyzer import PatternRecognizer
+
+    found: dict[str, str] = {}
+    for name in sorted(dir(predefined)):
+        cls = getattr(predefined, name)
+        if not (isinstance(cls, type) and issubclass(cls, PatternRecognizer)) or cls is PatternRecognizer:
+            continue
+        try:
+            recognizer = cls(supported_language=language)
+        except (TypeError, ValueError):
+            continue
+        for entity in recognizer.supported_entities:
+            found.setdefault(entity, name)
+    return found
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_analyzer(engine: str, language: str, model: str | None, ner_model: str | None, ner_json: str,
-                     recognizers_json: str) -> tuple[Any, EngineInfo]:
+                     recognizers_json: str, optional: tuple[str, ...] = ()) -> tuple[Any, EngineInfo]:
     _offline_suffix_list()
     _guard_presidio_logs()
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
@@ -366,6 +395,10 @@ def _cached_analyzer(engine: str, language: str, model: str | None, ner_model: s
                           "directory saved with save_pretrained that holds the model and its tokenizer.") from None
     registry = RecognizerRegistry(supported_languages=[language])
     registry.load_predefined_recognizers(languages=[language], nlp_engine=nlp_engine)
+    import presidio_analyzer.predefined_recognizers as predefined
+
+    for name in optional:
+        registry.add_recognizer(getattr(predefined, name)(supported_language=language))
     custom = parse_recognizers(json.loads(recognizers_json), language=language)
     for recognizer in custom:
         registry.add_recognizer(recognizer)
@@ -376,7 +409,8 @@ def _cached_analyzer(engine: str, language: str, model: str | None, ner_model: s
                           "custom recognizers for it.")
     cannot = () if engine != "pattern" else tuple(e for e in NER_ENTITIES if e not in entities)
     info = EngineInfo(engine=engine, model=model, language=language, entities=entities, cannot_find=cannot,
-                      custom_entities=tuple(sorted({r.supported_entities[0] for r in custom})), ner_model=ner_model)
+                      custom_entities=tuple(sorted({r.supported_entities[0] for r in custom})), ner_model=ner_model,
+                      optional_entities=tuple(sorted(set(optional_recognizers(language)) - set(entities))))
     return analyzer, info
 
 
@@ -388,6 +422,7 @@ def build_analyzer(
     spacy_model: str | None = None,
     ner_model: str | os.PathLike[str] | None = None,
     ner_model_configuration: Mapping[str, Any] | None = None,
+    optional_entities: Sequence[str] = (),
 ) -> tuple[Any, EngineInfo]:
     """A Presidio ``AnalyzerEngine`` configured explicitly for offline use, and what it can find.
 
@@ -411,6 +446,9 @@ def build_analyzer(
         Presidio ``NerModelConfiguration`` keys, e.g. ``{"model_to_presidio_entity_mapping":
         {"PER": "PERSON", "ORG": "ORGANIZATION", "LOC": "LOCATION"}, "aggregation_strategy": "max"}``
         (see :func:`ner_configuration`).
+    optional_entities : sequence of str, default=()
+        Entity types of Presidio's predefined recognizers that its default registry leaves out
+        (see :attr:`EngineInfo.optional_entities`); their recognizers are added.
 
     Engines are cached per configuration: building the spaCy one takes about a second.
 
@@ -430,8 +468,10 @@ def build_analyzer(
     specs = [_validated_spec(i, s) for i, s in enumerate(recognizers)] if not isinstance(recognizers, (str, Mapping)) else None
     if specs is None:
         raise ConfigError("recognizers must be a list of mappings, e.g. [{entity: EMPLOYEE_ID, regex: 'EMP-\\d{6}'}].")
+    available = optional_recognizers(language)
+    optional = tuple(sorted({available[e] for e in optional_entities if e in available}))
     return _cached_analyzer(resolved, language, model, ner_path, json.dumps(ner, sort_keys=True),
-                            json.dumps(specs, sort_keys=True))
+                            json.dumps(specs, sort_keys=True), optional)
 
 
 def check_entities(entities: Sequence[str] | None, info: EngineInfo) -> tuple[str, ...]:
@@ -449,8 +489,8 @@ def check_entities(entities: Sequence[str] | None, info: EngineInfo) -> tuple[st
     unknown = [e for e in entities if e not in info.entities]
     if unknown:
         raise ConfigError(
-            f"Unknown entity type(s) {unknown}. This engine finds: {list(info.entities)}. "
-            "Fix the names or add a custom recognizer for them."
+            f"Unknown entity type(s) {unknown}. This engine finds: {list(info.entities)}, and on request "
+            f"{list(info.optional_entities)}. Fix the names or add a custom recognizer for them."
         )
     if not entities:
         raise ConfigError(f"entities is empty. Name at least one of {list(info.entities)}, or omit it for all.")
@@ -774,7 +814,7 @@ def _analyze_batch(texts: list[str], *, analyzer: Any, language: str, entities: 
         try:
             results = analyzer.analyze(text=chunk, language=language, entities=entities, nlp_artifacts=nlp_artifacts,
                                        score_threshold=score_threshold, allow_list=allow_list)
-        except Exception as exc:  # noqa: BLE001 - reported per text as Unscanned, never silently
+        except Exception as exc:
             failed[i] = type(exc).__name__
             continue
         spans = found[i]
@@ -791,7 +831,7 @@ def _analyze_batch(texts: list[str], *, analyzer: Any, language: str, entities: 
 def _nlp_one(analyzer: Any, text: str, language: str) -> Any:
     try:
         return analyzer.nlp_engine.process_text(text, language)
-    except Exception as exc:  # noqa: BLE001 - reported per text as Unscanned
+    except Exception as exc:
         return Unscanned(type(exc).__name__)
 
 
@@ -878,9 +918,14 @@ class PIIScanner:
 
     # -- engine ------------------------------------------------------------------------------
     def _engine(self) -> tuple[Any, EngineInfo, tuple[str, ...]]:
-        analyzer, info = build_analyzer(engine=self.engine, language=self.language, recognizers=self.recognizers,
-                                        spacy_model=self.spacy_model, ner_model=self.ner_model,
-                                        ner_model_configuration=self.ner_model_configuration)
+        settings = {"engine": self.engine, "language": self.language, "recognizers": self.recognizers,
+                    "spacy_model": self.spacy_model, "ner_model": self.ner_model,
+                    "ner_model_configuration": self.ner_model_configuration}
+        analyzer, info = build_analyzer(**settings)
+        wanted = ([e for e in self.entities if e in info.optional_entities]
+                  if self.entities is not None and not isinstance(self.entities, str) else [])
+        if wanted:  # Presidio recognizers its default registry leaves out, added because they were named
+            analyzer, info = build_analyzer(**settings, optional_entities=wanted)
         return analyzer, info, check_entities(self.entities, info)
 
     @property

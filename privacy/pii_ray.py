@@ -36,7 +36,7 @@ _STATUS_SKIPPED = None
 def _ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise ConfigError(RAY_MISSING) from None
     return ray
