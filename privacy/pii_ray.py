@@ -46,7 +46,11 @@ def _connect(address: str) -> bool:
     """Connect to the cluster at ``address``; True when this call started the connection."""
     ray = _ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
+    if ray.is_initialized():  # a driver that already joined a cluster (a notebook, a test) must name that one
+        current = ray.get_runtime_context().gcs_address
+        if address not in ("auto", current) and not address.startswith("ray://"):
+            raise ConfigError(f"This process is already connected to the Ray cluster at {current!r}, not {address!r}. "
+                              "Pass that address, or run from a fresh process.")
         return False
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)

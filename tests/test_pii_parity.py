@@ -211,6 +211,26 @@ def test_transformers_engine_loads_a_local_model_with_the_label_mapping(tmp_path
     assert {d.entity_type for d in found} == {"ORGANIZATION"}
 
 
+@needs_spacy
+@pytest.mark.slow
+def test_cli_takes_the_ner_model_and_its_label_mapping(tmp_path, capsys):
+    from audit.cli import main
+
+    model = _tiny_ner(tmp_path / "ner", "I-ORG")
+    (tmp_path / "ner.yaml").write_text("model_to_presidio_entity_mapping: {ORG: ORGANIZATION, PER: PERSON}\n",
+                                       encoding="utf-8")
+    src = tmp_path / "in.csv"
+    src.write_text("text\njohn talked to the doctor\n", encoding="utf-8")
+    report = tmp_path / "scan.json"
+    code = main(["scan-pii", str(src), "--columns", "text", "--ner-model", str(model), "--ner-config",
+                 str(tmp_path / "ner.yaml"), "--entities", "ORGANIZATION", "--no-progress", "--json-file", str(report)])
+    saved = json.loads(report.read_text(encoding="utf-8"))
+    assert code == 1 and saved["engine"]["engine"] == "transformers" and set(saved["entity_counts"]) == {"ORGANIZATION"}
+    assert "john" not in report.read_text(encoding="utf-8")
+    assert main(["scan-pii", str(src), "--columns", "text", "--ner-model", str(tmp_path / "nope"), "--no-progress"]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+
+
 def test_ner_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"does not exist or has no config\.json"):
         build_analyzer(engine="transformers", ner_model=tmp_path / "missing")

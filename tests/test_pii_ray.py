@@ -61,3 +61,22 @@ def test_ray_scan_and_redaction_equal_the_local_ones(cluster, tmp_path):
     assert [None if pd.isna(v) else v for v in got["notes"]] == [None if pd.isna(v) else v for v in expected["notes"]]
     assert summary.entity_counts == local.entity_counts and summary.rows == 1_000
     assert not any("example.org" in v for v in got["text"])
+
+
+@pytest.mark.slow
+def test_cli_scan_with_ray_address_equals_the_local_scan(cluster, tmp_path, capsys):
+    from audit.cli import main
+
+    src = tmp_path / "rows.csv"
+    _rows(200).to_csv(src, index=False)
+    argv = ["scan-pii", str(src), "--columns", "text", "notes", "--engine", "pattern", "--entities",
+            *SETTINGS["entities"], "--no-progress"]
+    local, remote = tmp_path / "local.json", tmp_path / "remote.json"
+    assert main([*argv, "--json-file", str(local)]) == 1
+    assert main([*argv, "--json-file", str(remote), "--ray-address", cluster]) == 1
+    read = [{k: v for k, v in __import__("json").loads(f.read_text()).items() if k != "duration_s"} for f in (local, remote)]
+    assert read[0] == read[1]
+    assert main([*argv, "--ray-address", cluster, "--examples", "2"]) == 2
+    assert "Example rows are not collected on a Ray cluster" in capsys.readouterr().err
+    assert main([*argv, "--ray-address", "10.9.9.9:6379"]) == 2
+    assert "already connected to the Ray cluster" in capsys.readouterr().err
