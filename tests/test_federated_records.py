@@ -459,3 +459,18 @@ def test_central_dp_epsilon_lies_between_the_exact_gaussian_curve_and_the_classi
     assert exact <= eps + 1e-6 and eps <= classic + 1e-6, (exact, eps, classic)
     assert [e["round"] for e in summary["epsilon_by_round"]] == [1, 2, 3, 4]
     assert summary["delta"] == delta and summary["unit_of_privacy"].startswith("one client")
+
+
+def test_a_federation_that_fails_exits_1_not_the_usage_error_code(setup, capsys, monkeypatch) -> None:
+    from audit.cli import main
+    from privacy.federated import trainer
+    from privacy.federated.runner import FederationError
+
+    def fail(self, model, data):
+        raise FederationError("No round was aggregated (3 client failure(s); first: round 1, client 0: boom). Logs: /x.")
+
+    monkeypatch.setattr(trainer.FederatedFineTuner, "fit", fail)
+    code = main(["federate", "--model", str(setup["model"]), "--data", str(setup["data"]), "--out",
+                 str(setup["root"] / "never")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "No round was aggregated" in err[0] and "Logs: /x." in err[0]

@@ -676,7 +676,9 @@ class FederatedFineTuner:
             "superlink": self.superlink if self.superlink else (
                 "127.0.0.1, started for this run" if settings.engine == "deployment" else None),
             "strategy": settings.strategy,
-            "strategy_description": _strategy_text(settings.strategy),
+            "strategy_description": _strategy_text(settings.strategy) + (
+                " Under central DP every client's clipped update weighs the same: the mean is unweighted."
+                if settings.central_dp else ""),
             "proximal_mu": settings.proximal_mu if settings.strategy == "fedprox" else None,
             "num_rounds": settings.num_rounds,
             "rounds_aggregated": history.get("aggregated_rounds"),
