@@ -11,7 +11,7 @@ import torch
 
 from audit.context import AuditContext
 from audit.errors import ConfigError, DataError, NotApplicableError
-from audit.figures import to_svg
+from audit.figures import heatmap_grid as _heatmap_grid
 from audit.probe import KINDS, Figure, Metric, Probe, ProbeResult, Table
 from audit.target import AuditTarget
 from probes.attribution import Encoded, collect_examples, encode, heat_colors, redact_for_display
@@ -100,38 +100,9 @@ def attention_rollout(attentions: np.ndarray, *, residual: bool = True) -> np.nd
 
 def heatmap_grid(mats: Sequence[np.ndarray], titles: Sequence[str], *, tokens: Sequence[str] | None = None,
                  ncols: int = 4, panel: float = 2.6, suptitle: str = "") -> str:
-    """Square heatmaps (rows: queries, columns: keys) in a grid, as an SVG string."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    n = len(mats)
-    ncols = max(1, min(ncols, n))
-    nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols + 0.6, panel * nrows + (0.5 if suptitle else 0.2)),
-                             squeeze=False)
-    labels = [str(t) for t in tokens] if tokens is not None else None
-    fontsize = max(4.0, min(8.0, 220.0 / max(1, len(labels) if labels else 1) / max(1, ncols) * 1.8))
-    for k, ax in enumerate(axes.flat):
-        if k >= n:
-            ax.axis("off")
-            continue
-        ax.imshow(mats[k], cmap="Blues", vmin=0.0, vmax=max(float(np.max(mats[k])), 1e-9), interpolation="nearest")
-        ax.set_title(titles[k], fontsize=8)
-        if labels is not None:
-            ticks = range(len(labels))
-            ax.set_xticks(ticks)
-            ax.set_yticks(ticks)
-            ax.set_xticklabels(labels, rotation=90, fontsize=fontsize)
-            ax.set_yticklabels(labels, fontsize=fontsize)
-        else:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    return to_svg(fig)
+    """Square heatmaps (rows: queries, columns: keys) in a grid on one colour scale, as an SVG string."""
+    return _heatmap_grid(mats, titles, tokens=tokens, ncols=ncols, panel=panel, suptitle=suptitle,
+                         label="attention weight")
 
 
 def _entropy_stats(maps: np.ndarray, special: np.ndarray, causal: bool) -> dict[str, np.ndarray]:
@@ -256,7 +227,7 @@ class AttentionProbe(Probe):
                 titles = [f"L{layer + 1} H{head + 1}" for layer in range(n_layers) for head in range(n_heads)]
                 figures.append(Figure(
                     title=f"Example {i + 1}: every head (layers x heads)",
-                    svg=heatmap_grid(panels, titles, ncols=min(n_heads, 12), panel=1.15),
+                    svg=heatmap_grid(panels, titles, tokens=tokens[:shown], ncols=min(n_heads, 12), panel=1.15),
                     caption=f"One panel per head, rows = layers; same orientation as above{crop}.",
                 ))
 

@@ -80,8 +80,13 @@ TITLES = {"integrated_gradients": "Integrated Gradients", "saliency": "Saliency"
 SIGNED = {"integrated_gradients": True, "saliency": False, "input_x_gradient": True}
 EXPLAINABLE_KINDS = frozenset({"sequence-classification", "causal-lm"})
 BASELINE_TOKENS = ("pad", "unk", "mask", "eos", "bos")
-#: Tokens (rows x sequence length) per forward pass when Captum's internal batch size is not set.
+#: Tokens (rows x sequence length) per forward pass of the forward-only scoring (no gradients kept).
 _TOKENS_PER_PASS = 8192
+#: Tokens per forward+backward pass of Integrated Gradients when Captum's internal batch size is not set.
+#: Gradient passes keep every activation for the backward pass: past about a thousand tokens they
+#: spill the CPU's caches and each token costs more (8,192 made the batched path slower than Captum
+#: one example at a time, 50 steps x ~15 tokens); benchmarks/bench_attribution.py sweeps this value.
+_IG_TOKENS_PER_PASS = 1024
 #: Below this |f(x) - f(baseline)| the convergence tolerance stops shrinking.
 _DELTA_FLOOR = 0.01
 _WORD_EDGE = re.compile(r"^[^\w]+|[^\w]+$")
@@ -418,7 +423,7 @@ class Explainer:
             mask[row, :len(seq)] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _proba_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _proba_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         return scores_from_logits(logits, self.head or "single-label")
 
@@ -532,33 +537,56 @@ class Explainer:
                 results[i] = r
 
     def _rows_per_pass(self, n_examples: int, width: int, internal_batch_size: int | None) -> int:
+        # Captum splits the n_steps x n_examples rows into passes of whole steps: at least one step per pass.
         if internal_batch_size is not None:
             return max(internal_batch_size, n_examples)
-        return max(n_examples, _TOKENS_PER_PASS // max(width, 1))
+        return max(n_examples, _IG_TOKENS_PER_PASS // max(width, 1))
+
+    def _integrated_gradients_classifier(self, encs: Sequence[Encoded], classes: Sequence[int], n_steps: int,
+                                         internal_batch_size: int | None) -> list[TokenAttribution]:
+        """Integrated Gradients per bucket of equal-length texts: no padding, so no attention mask either.
+
+        Within a bucket Captum batches the interpolation steps of all its texts into passes of about
+        ``_IG_TOKENS_PER_PASS`` tokens. ``f(x)`` and ``f(baseline)`` come from one forward pass over the
+        bucket's texts and its distinct baselines (texts of one length share theirs), and the convergence
+        delta is Captum's, ``sum(attributions) - (f(x) - f(baseline))``, from those values instead of
+        Captum running both forwards again.
+        """
+        from captum.attr import LayerIntegratedGradients
+
+        lig = LayerIntegratedGradients(self._proba_from_ids, self.embeddings)
+        results: list[TokenAttribution | None] = [None] * len(encs)
+        buckets: dict[int, list[int]] = {}
+        for i, enc in enumerate(encs):
+            buckets.setdefault(len(enc), []).append(i)
+        for width, members in buckets.items():
+            ids = torch.as_tensor([list(encs[i].ids) for i in members], dtype=torch.long, device=self.device)
+            bases = [tuple(self.baseline_ids(encs[i])) for i in members]
+            distinct = list(dict.fromkeys(bases))
+            base = torch.as_tensor([list(b) for b in bases], dtype=torch.long, device=self.device)
+            target = [int(classes[i]) for i in members]
+            attr = lig.attribute(ids, baselines=base, target=target, additional_forward_args=(None,), n_steps=n_steps,
+                                 internal_batch_size=self._rows_per_pass(len(members), width, internal_batch_size))
+            scores = attr.float().sum(-1).detach().cpu().numpy()
+            with torch.no_grad():
+                rows = torch.cat([ids, torch.as_tensor([list(b) for b in distinct], dtype=torch.long, device=self.device)])
+                proba = self._proba_from_ids(rows, None).float().cpu().numpy()
+            for k, i in enumerate(members):
+                f_x = float(proba[k, target[k]])
+                f_b = float(proba[len(members) + distinct.index(bases[k]), target[k]])
+                delta = float(scores[k].sum()) - (f_x - f_b)
+                results[i] = TokenAttribution("integrated_gradients", self._clean(scores[k], encs[i]), f_x, f_b,
+                                              delta, n_steps)
+        return results  # type: ignore[return-value]
 
     def _attribute_classifier(self, encs: Sequence[Encoded], classes: Sequence[int], method: str, n_steps: int,
                               internal_batch_size: int | None) -> list[TokenAttribution]:
-        from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
+        from captum.attr import InputXGradient, Saliency
 
+        if method == "integrated_gradients":
+            return self._integrated_gradients_classifier(encs, classes, n_steps, internal_batch_size)
         ids, mask = self._pad([e.ids for e in encs])
         target = [int(c) for c in classes]
-        if method == "integrated_gradients":
-            base, _ = self._pad([self.baseline_ids(e) for e in encs])
-            lig = LayerIntegratedGradients(self._proba_from_ids, self.embeddings)
-            attr, delta = lig.attribute(
-                ids, baselines=base, target=target, additional_forward_args=(mask,), n_steps=n_steps,
-                internal_batch_size=self._rows_per_pass(len(encs), ids.shape[1], internal_batch_size),
-                return_convergence_delta=True,
-            )
-            scores = attr.float().sum(-1).detach().cpu().numpy()
-            with torch.no_grad():
-                both = self._proba_from_ids(torch.cat([ids, base]), torch.cat([mask, mask]))
-                rows = torch.arange(len(encs), device=ids.device)
-                f_x = both[rows, target].cpu().numpy()
-                f_b = both[rows + len(encs), target].cpu().numpy()
-            delta = delta.detach().cpu().numpy()
-            return [TokenAttribution(method, self._clean(scores[i], e), float(f_x[i]), float(f_b[i]),
-                                     float(delta[i]), n_steps) for i, e in enumerate(encs)]
         embeds = self.embeddings(ids).detach().requires_grad_(True)
         if method == "saliency":
             grads = Saliency(self._proba_from_embeds).attribute(embeds, target=target, abs=True,

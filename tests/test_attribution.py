@@ -145,6 +145,75 @@ def test_batched_ig_equals_captum_one_example_at_a_time(planted):
         np.testing.assert_allclose(r.scores, single, atol=1e-5)
 
 
+def _captum_one_at_a_time(target, enc, cls, n_steps):
+    """Captum's LayerIntegratedGradients on one unpadded text, with its own convergence delta."""
+    from captum.attr import LayerIntegratedGradients
+
+    model = target.model
+
+    def forward(input_ids):
+        return torch.softmax(model(input_ids=input_ids).logits, -1)
+
+    lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
+    ids = torch.tensor([list(enc.ids)])
+    base = torch.tensor([_baseline(enc.ids, enc.special, target.tokenizer.pad_token_id)])
+    attr, delta = lig.attribute(ids, baselines=base, target=cls, n_steps=n_steps, return_convergence_delta=True)
+    single = attr.sum(-1)[0].detach().double().numpy()
+    single[np.asarray(enc.special)] = 0
+    return single, float(delta[0])
+
+
+# equal lengths share a bucket (and a baseline); the rest are alone in theirs
+BUCKETED = ["einstein talked about art", "we talked about food", "the movie and the food in the office",
+            "home", "einstein was here", "it was art"]
+
+
+@pytest.mark.parametrize("internal_batch_size", [None, 7, 64])
+def test_bucketed_ig_is_captum_one_example_at_a_time(planted, internal_batch_size):
+    explainer = Explainer.for_target(planted)
+    encs = [explainer.encode(t) for t in BUCKETED]
+    assert len({len(e) for e in encs}) < len(encs), "the texts must include equal lengths"
+    targets = explainer.predict(encs)
+    batched = explainer.attribute(encs, targets, "integrated_gradients", n_steps=30,
+                                  internal_batch_size=internal_batch_size)
+    for enc, cls, r in zip(encs, targets, batched, strict=True):
+        single, delta = _captum_one_at_a_time(planted, enc, cls, 30)
+        assert np.max(np.abs(r.scores - single)) < 1e-6
+        assert r.delta == pytest.approx(delta, abs=1e-6)  # Captum's delta, from the reused forward passes
+        assert r.f_x == pytest.approx(_proba(planted.model, list(enc.ids), cls), abs=1e-6)
+
+
+def test_ig_passes_hold_no_padding_and_fit_the_token_budget(planted, monkeypatch):
+    """Regression: the batched path padded every text to the longest and ran ~8,192-token gradient passes."""
+    import probes.attribution as attribution
+
+    explainer = Explainer.for_target(planted)
+    encs = [explainer.encode(t) for t in BUCKETED]
+    targets = explainer.predict(encs)
+    monkeypatch.setattr(attribution, "_IG_TOKENS_PER_PASS", 64)
+    shapes: list[tuple[int, ...]] = []
+    masks: list[object] = []
+
+    def record(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and torch.is_grad_enabled():
+            shapes.append(tuple(ids.shape))
+            masks.append(kwargs.get("attention_mask"))
+
+    handle = planted.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        explainer.attribute(encs, targets, "integrated_gradients", n_steps=30)
+    finally:
+        handle.remove()
+    assert shapes, "no gradient pass was seen"
+    widths = {len(e) for e in encs}
+    assert {w for _, w in shapes} == widths  # one bucket per length: never padded to the longest
+    assert all(m is None for m in masks)  # an equal-length bucket needs no attention mask
+    for rows, width in shapes:
+        same = sum(len(e) == width for e in encs)
+        assert rows * width <= max(64, same * width), (rows, width)  # the budget, or one step of the bucket
+
+
 def test_saliency_and_input_x_gradient_match_autograd(tiny_targets):
     target = tiny_targets["sequence-classification"]
     explainer = Explainer.for_target(target)
