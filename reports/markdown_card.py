@@ -123,6 +123,11 @@ def _federated_lines(record: dict) -> list[str]:
         lines.append(f"  - central DP ({md_escape(central.get('side'))}-side clipping): epsilon = "
                      f"{_fmt(float(central['epsilon']))}, delta = {_fmt(central.get('delta'))} for everything one client "
                      f"contributed; {held}.")
+    local = record.get("local_dp")
+    if isinstance(local, dict) and isinstance(local.get("epsilon_max"), (int, float)):
+        lines.append(f"  - local DP (Flower's LocalDpMod): epsilon = {_fmt(local.get('epsilon_per_round'))} per client per "
+                     f"round, at most {_fmt(float(local['epsilon_max']))} (delta = {_fmt(local.get('delta'))}) for any one "
+                     "client over its rounds; not checked against the model's other training steps.")
     return lines
 
 

@@ -474,3 +474,51 @@ def test_a_federation_that_fails_exits_1_not_the_usage_error_code(setup, capsys,
                  str(setup["root"] / "never")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "No round was aggregated" in err[0] and "Logs: /x." in err[0]
+
+
+# -- local DP with Flower's LocalDpMod ---------------------------------------------------------------------
+
+
+def test_local_dp_mod_clips_the_update_and_adds_the_stated_gaussian_noise(run_identity) -> None:
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+    from privacy.federated.client_app import LOCAL_DP_SENSITIVITY, _local_dp_mod
+    from privacy.federated.task import Settings
+
+    eps, delta, clip = 0.8, 1e-5, 2.0
+    settings = Settings(model="/m", data="/d", text_column="t", label_column="y", labels=("0", "1"), num_clients=2,
+                        num_rounds=1, local_dp_epsilon=eps, local_dp_delta=delta, local_dp_clip=clip)
+    anchor = {"w": np.zeros(200_000, dtype=np.float32)}
+    update = np.full(200_000, 0.1, dtype=np.float32)  # norm 44.7, clipped to 2
+    msg = _instruction(3, 1)
+    msg.content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in anchor.items()}),
+                              "config": ConfigRecord({"server-round": 1})})
+    context = Context(run_id=1, node_id=3, node_config={}, state=RecordDict(), run_config={})
+
+    def client(m, c):
+        return Message(content=RecordDict({"arrays": ArrayRecord({"w": Array(update.copy())}),
+                                           "metrics": MetricRecord({"num-examples": 5})}), reply_to=m)
+
+    mod = _local_dp_mod(settings)
+    outs = [mod(msg, context, client).content["arrays"]["w"].numpy() for _ in range(2)]
+    sigma = LOCAL_DP_SENSITIVITY * clip * np.sqrt(2 * np.log(1.25 / delta)) / eps  # classic Gaussian mechanism
+    clipped = update * (clip / np.linalg.norm(update))
+    for out in outs:
+        noise = out - clipped
+        assert abs(float(noise.mean())) < 5 * sigma / np.sqrt(noise.size)
+        assert float(noise.std()) == pytest.approx(sigma, rel=0.02)
+    assert not np.allclose(outs[0], outs[1])  # fresh noise every time, whatever was seeded before
+
+
+def test_local_dp_ledger_composes_per_client_over_its_rounds_only() -> None:
+    from privacy.federated.task import Settings
+    from privacy.federated.trainer import _local_dp_summary
+
+    settings = Settings(model="/m", data="/d", text_column="t", label_column="y", labels=("0", "1"), num_clients=2,
+                        num_rounds=3, local_dp_epsilon=0.5, local_dp_delta=1e-6, local_dp_clip=1.0)
+    rows = [{"phase": "train", "client": "a", "round": r} for r in (1, 2, 3)] + [
+        {"phase": "train", "client": "b", "round": 1}, {"phase": "evaluate", "client": "b", "round": 2}]
+    ledger = _local_dp_summary(settings, rows)
+    assert ledger["clients"]["a"]["epsilon"] == pytest.approx(1.5) and ledger["clients"]["b"]["epsilon"] == 0.5
+    assert ledger["epsilon_max"] == pytest.approx(1.5) and ledger["delta"] == pytest.approx(3e-6)
+    assert ledger["clients"]["a"]["rounds_trained"] == [1, 2, 3]

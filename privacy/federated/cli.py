@@ -88,6 +88,10 @@ class FederateCommand:
                             help="with --central-dp: noise multiplier z (noise std z * clip / clients per round)")
         parser.add_argument("--central-clip", type=float, dest="central_clipping_norm",
                             help="with --central-dp: L2 clipping norm of each client's update")
+        parser.add_argument("--local-dp-epsilon", type=float,
+                            help="local DP with Flower's LocalDpMod: each client noises its clipped update for this "
+                                 "epsilon (at most 1) per round, against the server too")
+        parser.add_argument("--local-dp-clip", type=float, help="with --local-dp-epsilon: L2 clipping norm of each update")
         parser.add_argument("--record-private-stats", action="store_true",
                             help="with --target-epsilon, also send and record the clients' training loss, which is "
                                  "computed on their private rows without DP (off: not sent)")
@@ -130,7 +134,8 @@ class FederateCommand:
             min_completed_fraction=args.min_completed_fraction, min_nodes=args.min_nodes,
             local_epochs=args.local_epochs, record_private_stats=args.record_private_stats,
             central_dp=args.central_dp, central_noise_multiplier=args.central_noise_multiplier,
-            central_clipping_norm=args.central_clipping_norm,
+            central_clipping_norm=args.central_clipping_norm, local_dp_epsilon=args.local_dp_epsilon,
+            local_dp_clip=args.local_dp_clip,
             root_certificates=args.root_certificates,
             batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=args.max_length,
             eval_fraction=args.eval_fraction, text_column=args.text_column, label_column=args.label_column,
@@ -173,6 +178,10 @@ class FederateCommand:
             print(f"Central DP ({central['side']}-side clipping): epsilon {central['epsilon']:.3f}, delta "
                   f"{central['delta']:.1e} for everything one client contributed, over "
                   f"{len(central['rounds_released'])} released round(s).")
+        local = record.get("local_dp")
+        if local and isinstance(local.get("epsilon_max"), float):
+            print(f"Local DP: epsilon {local['epsilon_per_round']:.3f} per client per round; at most "
+                  f"{local['epsilon_max']:.3f} (delta {local['delta']:.1e}) for any one client over its rounds.")
         print(f"Model and federated record: {saved}")
         for warning in record.get("warnings") or []:
             sys.stderr.write(f"rai-audit: warning: {warning}.\n")

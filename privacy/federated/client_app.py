@@ -155,10 +155,10 @@ def _train(msg: Message, context: Context, settings: Settings) -> Message:
     loss = metrics.pop("loss")
     # Under central DP every client's (clipped) update weighs the same: the noise covers one client's
     # update in an equal-weight mean, not in a mean weighted by the clients' row counts.
-    weight = 1 if settings.central_dp else len(data.train_y)
+    weight = 1 if settings.central_dp else len(data.train_y)  # (local DP keeps FedAvg's weights: each update is noised)
     reply_metrics: dict[str, float] = {"num-examples": weight, "train-rows": len(data.train_y),
                                        "duration-s": time.perf_counter() - started, **metrics}
-    private = settings.target_epsilon is not None or bool(settings.central_dp)
+    private = settings.target_epsilon is not None or bool(settings.central_dp) or settings.local_dp_epsilon > 0
     if not private or settings.record_private_stats:
         # Under client-side DP the training loss is a statistic of the private rows that the DP-SGD
         # guarantee does not cover: it is sent only when the user asks (record_private_stats).
@@ -196,6 +196,34 @@ def _central_clipping_mod(bound: Settings | None) -> Any:
     return mod
 
 
+LOCAL_DP_SENSITIVITY = 2.0  # x the clipping norm: two updates clipped to norm C around the same model differ by <= 2C
+
+
+def _local_dp_mod(bound: Settings | None) -> Any:
+    """Flower's ``LocalDpMod`` on training messages when the run asks for local DP.
+
+    The sensitivity given to it is twice the clipping norm (any two clipped updates around the
+    same global model differ by at most ``2 C``), and numpy's global generator, which Flower's
+    noise uses, is reseeded from the operating system first, so the noise never follows from a
+    seed anyone recorded.
+    """
+
+    def mod(msg: Message, context: Context, call_next: Any) -> Message:
+        settings = _settings(bound, context)
+        if settings.local_dp_epsilon <= 0 or msg.metadata.message_type != "train":
+            return call_next(msg, context)
+        import numpy as np
+        from flwr.clientapp.mod import LocalDpMod
+
+        np.random.seed()  # Flower's LocalDpMod draws from numpy's global generator: reseed it from the OS
+        local = LocalDpMod(clipping_norm=settings.local_dp_clip,
+                           sensitivity=LOCAL_DP_SENSITIVITY * settings.local_dp_clip,
+                           epsilon=settings.local_dp_epsilon, delta=settings.local_dp_delta)
+        return local(msg, context, call_next)
+
+    return mod
+
+
 def build_client_app(settings: Settings | None = None, *, mods: Sequence[Any] = ()) -> ClientApp:
     """A ``ClientApp`` for ``settings`` (``None``: read them from the run config).
 
@@ -206,7 +234,7 @@ def build_client_app(settings: Settings | None = None, *, mods: Sequence[Any] = 
         Wrap every message handler (Flower's ``Mod`` hook), e.g. to add logging or to inject faults
         in a test.
     """
-    client = ClientApp(mods=[_central_clipping_mod(settings), *mods])
+    client = ClientApp(mods=[_central_clipping_mod(settings), _local_dp_mod(settings), *mods])
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:

@@ -85,6 +85,9 @@ class Settings:
     central_dp: str = ""
     central_noise_multiplier: float = 0.0
     central_clipping_norm: float = 0.0
+    local_dp_epsilon: float = 0.0
+    local_dp_delta: float = 0.0
+    local_dp_clip: float = 0.0
     seed: int = 0
     device: str = "cpu"
     output_dir: str = ""

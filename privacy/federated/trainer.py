@@ -19,6 +19,7 @@ from audit.data import AuditDataset, fingerprint_path, load_dataset
 from audit.errors import ConfigError, DataError, NotFittedError, OutputError
 from audit.records import append_step, chain_entry, data_digest
 from audit.target import RECORD_FILENAME, AuditTarget, model_fingerprint, read_records
+from privacy.dp import default_delta
 from privacy.federated.partition import parse_partition
 from privacy.federated.runner import FederationError
 from privacy.federated.task import (
@@ -55,6 +56,10 @@ CENTRAL_AND_LOCAL = ("central_dp and target_epsilon are two different guarantees
                      "use one: --central-dp with --central-noise/--central-clip, or --target-epsilon.")
 CENTRAL_WITHOUT_MODE = ("central_noise_multiplier / central_clipping_norm apply with central_dp only. Add --central-dp "
                         "server (or client), or drop them.")
+LOCAL_AND_OTHER = ("local DP (local_dp_epsilon) is a third kind of guarantee; use one of --local-dp-epsilon, "
+                   "--central-dp or --target-epsilon.")
+LOCAL_EPSILON_RANGE = ("local_dp_epsilon must be in (0, 1] (the classic Gaussian mechanism of Flower's LocalDpMod holds "
+                       "only there), got {got!r}. Use e.g. --local-dp-epsilon 1.0 with --local-dp-clip.")
 RUN_STOPPED = "The federation stopped before its last round ({reason}); the model kept is the one aggregated in round {round}."
 
 
@@ -148,6 +153,12 @@ class FederatedFineTuner:
         the server itself sees each client's update, so it must be trusted.
     central_noise_multiplier, central_clipping_norm : float
         Required with ``central_dp``.
+    local_dp_epsilon, local_dp_clip : float, optional
+        Local DP with Flower's ``LocalDpMod`` at every client: the client clips its update to
+        ``local_dp_clip`` and adds Gaussian noise for (``local_dp_epsilon``, delta)-DP of that
+        update in that round (classic Gaussian mechanism, sensitivity ``2 * local_dp_clip``;
+        valid for epsilon at most 1), against the server too. Over the rounds a client trains the
+        guarantees add up (basic composition); they are never added across clients.
     engine : {"simulation", "deployment"}, default="simulation"
         ``run_simulation`` on Ray, or Flower's deployment runtime (SuperLink, SuperNodes,
         ``flwr run``); see :mod:`privacy.federated.runner`.
@@ -229,6 +240,8 @@ class FederatedFineTuner:
         central_dp: str | None = None,
         central_noise_multiplier: float | None = None,
         central_clipping_norm: float | None = None,
+        local_dp_epsilon: float | None = None,
+        local_dp_clip: float | None = None,
         engine: Engine = "simulation",
         superlink: str | None = None,
         root_certificates: str | os.PathLike[str] | None = None,
@@ -265,6 +278,8 @@ class FederatedFineTuner:
         self.central_dp = central_dp
         self.central_noise_multiplier = central_noise_multiplier
         self.central_clipping_norm = central_clipping_norm
+        self.local_dp_epsilon = local_dp_epsilon
+        self.local_dp_clip = local_dp_clip
         self.engine = engine
         self.superlink = superlink
         self.root_certificates = root_certificates
@@ -356,6 +371,12 @@ class FederatedFineTuner:
             _positive("central_clipping_norm", self.central_clipping_norm, hint="Use e.g. 1.0.")
         elif self.central_noise_multiplier is not None or self.central_clipping_norm is not None:
             raise ConfigError(CENTRAL_WITHOUT_MODE)
+        if self.local_dp_epsilon is not None or self.local_dp_clip is not None:
+            if self.target_epsilon is not None or self.central_dp is not None:
+                raise ConfigError(LOCAL_AND_OTHER)
+            if not (isinstance(self.local_dp_epsilon, (int, float)) and 0 < self.local_dp_epsilon <= 1):
+                raise ConfigError(LOCAL_EPSILON_RANGE.format(got=self.local_dp_epsilon))
+            _positive("local_dp_clip", self.local_dp_clip, hint="Use e.g. 1.0 (--local-dp-clip).")
         if self.root_certificates is not None:
             if self.superlink is None:
                 raise ConfigError(CERTS_NEED_SUPERLINK)
@@ -417,7 +438,11 @@ class FederatedFineTuner:
                 target_delta=self.target_delta, max_grad_norm=float(self.max_grad_norm),
                 record_private_stats=bool(self.record_private_stats), central_dp=self.central_dp or "",
                 central_noise_multiplier=float(self.central_noise_multiplier or 0.0),
-                central_clipping_norm=float(self.central_clipping_norm or 0.0), seed=int(self.seed),
+                central_clipping_norm=float(self.central_clipping_norm or 0.0),
+                local_dp_epsilon=float(self.local_dp_epsilon or 0.0), local_dp_clip=float(self.local_dp_clip or 0.0),
+                local_dp_delta=(float(self.target_delta) if self.target_delta is not None else
+                                default_delta(self.num_clients)) if self.local_dp_epsilon else 0.0,
+                seed=int(self.seed),
                 device=self.device, output_dir=str(staging / "out"), engine=self.engine, progress=bool(self.progress),
             )
             local_clients = self.superlink is None
@@ -720,13 +745,15 @@ class FederatedFineTuner:
             record["client_dp"] = _dp_summary(settings, client_rows, [r["round"] for r in rounds])
         if settings.central_dp:
             record["central_dp"] = _central_dp_summary(settings, rounds, history)
+        if settings.local_dp_epsilon > 0:
+            record["local_dp"] = _local_dp_summary(settings, client_rows)
         record["warnings"] = _warnings(record)
         # The keyed digest goes into the record's chain (audit.records); under client-side DP the plain
         # file hash would let a reader test candidate datasets, so only the keyed one is kept.
         self.data_digest_ = data_digest(texts)
         keyed = self.data_digest_["fingerprint"] if self.data_digest_ else None
         record["dataset"]["keyed_fingerprint"] = keyed
-        if settings.target_epsilon is not None or settings.central_dp:
+        if settings.target_epsilon is not None or settings.central_dp or settings.local_dp_epsilon > 0:
             record["dataset"]["fingerprint"] = keyed
         return record
 
@@ -794,8 +821,8 @@ class FederatedFineTuner:
         records["federated"] = section
         records = append_step(records, chain_entry(step="federated", technique=str(section.get("strategy")),
                                                    digest=self.data_digest_, uses_user_data=True,
-                                                   private=isinstance(section.get("client_dp"), dict)
-                                                   or isinstance(section.get("central_dp"), dict)))
+                                                   private=any(isinstance(section.get(k), dict) for k in
+                                                               ("client_dp", "central_dp", "local_dp"))))
         self.model_.save_pretrained(out, safe_serialization=True)
         self.tokenizer_.save_pretrained(out)
         write_json_atomic(out / RECORD_FILENAME, json_safe(records))
@@ -923,6 +950,36 @@ def _central_dp_summary(settings: Settings, rounds: list[dict[str, Any]], histor
                   "The clients' held-out accuracy and loss are reported to the server without DP.",
                   "The clients' training loss is " + ("recorded (record_private_stats), outside the guarantee."
                                                       if settings.record_private_stats else "not sent.")],
+    }
+
+
+def _local_dp_summary(settings: Settings, client_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each client's local-DP guarantee: (epsilon, delta) per round it trained, composed over its rounds."""
+    per_client: dict[str, dict[str, Any]] = {}
+    for row in client_rows:
+        if row["phase"] != "train" or row.get("client") is None:
+            continue
+        entry = per_client.setdefault(str(row["client"]), {"rounds_trained": []})
+        entry["rounds_trained"].append(int(row["round"]))
+    for entry in per_client.values():
+        t = len(entry["rounds_trained"])
+        entry.update(epsilon_per_round=settings.local_dp_epsilon, delta_per_round=settings.local_dp_delta,
+                     epsilon=t * settings.local_dp_epsilon, delta=t * settings.local_dp_delta)
+    worst = max(per_client, key=lambda c: per_client[c]["epsilon"]) if per_client else None
+    return {
+        "mechanism": "local DP with Flower's LocalDpMod at every client: the client clips its model update to the "
+                     "clipping norm and adds Gaussian noise (classic Gaussian mechanism, sensitivity 2 x the clipping "
+                     "norm) before sending it",
+        "guarantee": "(epsilon, delta)-DP of each client's update in each round, against everyone including the "
+                     "server; over the rounds a client trained, basic composition (epsilons and deltas add up)",
+        "unit_of_privacy": "one client's update in one round (so everything the client contributes, over its rounds)",
+        "epsilon_per_round": settings.local_dp_epsilon, "delta_per_round": settings.local_dp_delta,
+        "clipping_norm": settings.local_dp_clip,
+        "epsilon_max": per_client[worst]["epsilon"] if worst else None, "epsilon_max_client": worst,
+        "delta": per_client[worst]["delta"] if worst else None,
+        "clients": per_client,
+        "notes": ["Epsilons are per client, never added across clients.",
+                  "The clients' held-out accuracy and loss are reported to the server without DP."],
     }
 
 
