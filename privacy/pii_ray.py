@@ -129,7 +129,8 @@ def _concurrency(ray: Any) -> int:
 
 
 def ray_scan(source: str | os.PathLike[str], *, columns: Sequence[str], scanner: PIIScanner, address: str,
-             batch_size: int = 1_000, max_rows: int | None = None, n_examples: int = 0) -> ScanSummary:
+             batch_size: int = 1_000, max_rows: int | None = None, n_examples: int = 0,
+             detections_out: str | os.PathLike[str] | None = None, fmt: str = "parquet") -> ScanSummary:
     """Scan ``columns`` of ``source`` on the Ray cluster at ``address``: the same counts as
     :meth:`PIIScanner.scan_table` (rows in file order), examples excepted.
 
@@ -147,11 +148,25 @@ def ray_scan(source: str | os.PathLike[str], *, columns: Sequence[str], scanner:
     max_rows : int, optional
     n_examples : int, default=0
         Must be 0: examples would bring raw text to the driver.
+    detections_out : path, optional
+        A new directory for the detections, one part file per batch (``fmt``: ``parquet`` or
+        ``jsonl``): per row its number in file order and, per scanned column, a JSON list of
+        ``[entity_type, start, end, score]`` (``{"error": ...}`` if it could not be analysed,
+        null if not text). Offsets only, never the text. Written by the driver as the batches
+        stream in, so memory stays at one batch.
     """
     import time
 
     if n_examples:
         raise ConfigError(RAY_EXAMPLES)
+    if fmt not in RAY_FORMATS:
+        raise ConfigError(f"Unknown output format {fmt!r} for --ray-address. Use one of {list(RAY_FORMATS)}.")
+    if detections_out is not None and "://" in os.fspath(detections_out):
+        raise ConfigError(f"--detections-out {os.fspath(detections_out)!r} must be a local directory (the driver "
+                          "writes it as the batches stream in). Give a local path.")
+    if detections_out is not None and Path(detections_out).exists():
+        raise DataError(RAY_OUTPUT_EXISTS.format(path=os.fspath(detections_out)).replace(
+            ", or pass --overwrite to replace it", ""))
     _, info, entities = scanner._engine()  # fail on bad settings before the cluster does
     ray = _ray()
     started = _connect(address)
@@ -163,12 +178,34 @@ def ray_scan(source: str | os.PathLike[str], *, columns: Sequence[str], scanner:
         ds.context.execution_options.preserve_order = True
         mapped = ds.map_batches(_ScanBatch, fn_constructor_kwargs={"options": _options(scanner), "columns": list(columns)},
                                 batch_size=batch_size, batch_format="default", concurrency=(1, _concurrency(ray)))
-        summary = _summarize(mapped.iter_batches(batch_size=batch_size, batch_format="default"), list(columns),
-                             info=info, entities=entities, threshold=float(scanner.score_threshold))
+        batches = mapped.iter_batches(batch_size=batch_size, batch_format="default")
+        if detections_out is not None:
+            batches = _written(batches, Path(detections_out), list(columns), fmt)
+        summary = _summarize(batches, list(columns), info=info, entities=entities,
+                             threshold=float(scanner.score_threshold))
         return ScanSummary(**{**summary, "duration_s": round(time.perf_counter() - start, 3)})
     finally:
         if started:
             ray.shutdown()
+
+
+def _written(batches: Iterator[dict[str, Any]], directory: Path, columns: list[str],
+             fmt: str) -> Iterator[dict[str, Any]]:
+    """Pass the batches through, writing each as one part file of detections (row numbers added)."""
+    import pandas as pd
+
+    directory.mkdir(parents=True)
+    row = 0
+    for part, batch in enumerate(batches):
+        n = len(batch[columns[0]])
+        frame = pd.DataFrame({"row": range(row, row + n), **{c: list(batch[c]) for c in columns}})
+        target = directory / f"part-{part:05d}.{fmt}"
+        if fmt == "parquet":
+            frame.to_parquet(target, index=False)
+        else:
+            frame.to_json(target, orient="records", lines=True)
+        row += n
+        yield batch
 
 
 def _decoded(cell: Any) -> list[Detection] | None:

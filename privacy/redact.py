@@ -465,6 +465,11 @@ class ScanCommand:
         parser.add_argument("--max-rows", type=int, help="scan only the first N rows")
         parser.add_argument("--examples", type=int, default=0, help="redacted example rows to print (default 0)")
         parser.add_argument("--show-pii", action="store_true", help="show raw values in the examples")
+        parser.add_argument("--detections-out", type=Path, metavar="DIR",
+                            help="with --ray-address: a new directory for per-row detection offsets (no text), "
+                                 "as partitioned --ray-format files")
+        parser.add_argument("--ray-format", choices=("parquet", "jsonl"), default="parquet",
+                            help="with --detections-out: format of the part files")
         add_engine_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -484,8 +489,11 @@ class ScanCommand:
             from privacy.pii_ray import ray_scan
 
             summary = ray_scan(args.input, columns=args.columns, scanner=scanner, address=args.ray_address,
-                               max_rows=args.max_rows, n_examples=args.examples)
+                               max_rows=args.max_rows, n_examples=args.examples, detections_out=args.detections_out,
+                               fmt=args.ray_format)
         else:
+            if args.detections_out is not None:
+                raise ConfigError("--detections-out is written only with --ray-address. Add --ray-address or drop it.")
             summary = scanner.scan_table(args.input, columns=args.columns, chunk_size=args.chunk_size,
                                          max_rows=args.max_rows, n_examples=args.examples, show_pii=args.show_pii)
         if args.json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pandas as pd
@@ -43,8 +44,18 @@ def test_ray_scan_and_redaction_equal_the_local_ones(cluster, tmp_path):
     frame = _rows(1_000)
     frame.to_json(src, orient="records", lines=True)
     local = PIIScanner(progress=False, **SETTINGS).scan_table(src, columns=["text", "notes"], n_examples=0)
+    detections = tmp_path / "detections"
     remote = ray_scan(src, columns=["text", "notes"], scanner=PIIScanner(progress=False, **SETTINGS), address=cluster,
-                      batch_size=128)
+                      batch_size=128, detections_out=detections, fmt="jsonl")
+    written = pd.concat([pd.read_json(f, lines=True, dtype=False) for f in sorted(detections.glob("part-*.jsonl"))])
+    assert written["row"].tolist() == list(range(1_000))
+    analyzer = PIIScanner(progress=False, **SETTINGS)
+    for column in ("text", "notes"):
+        expected = [json.loads(json.dumps([[d.entity_type, d.start, d.end, d.score] for d in f])) if isinstance(v, str)
+                    and v.strip() else None for v, f in zip(frame[column], analyzer.analyze(frame[column]), strict=True)]
+        got = [None if c is None or (isinstance(c, float) and pd.isna(c)) else json.loads(c) for c in written[column]]
+        assert got == expected
+    assert not any("example.org" in f.read_text() for f in detections.iterdir())
     drop = {"duration_s"}
     assert {k: v for k, v in remote.to_dict().items() if k not in drop} == \
         {k: v for k, v in local.to_dict().items() if k not in drop}
