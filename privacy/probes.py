@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,7 +21,17 @@ from audit.errors import ConfigError, DataError
 from audit.figures import interval_bar_chart, to_svg
 from audit.probe import KINDS, Figure, Metric, Probe, ProbeResult, Table
 from audit.target import AuditTarget
-from privacy.leakage import CanarySet, canary_exposure, loss_threshold_attack, sample_losses
+from privacy.leakage import CanarySet, _class_indices, canary_exposure, loss_threshold_attack, sample_losses
+from privacy.mia import (
+    NOT_A_PROOF,
+    TPR_INTERVAL,
+    attack_metrics,
+    lira_offline_scores,
+    min_k_scores,
+    rmia_scores,
+    train_reference_models,
+    zlib_scores,
+)
 from privacy.pii import PIIScanner, ScanSummary, check_scanner_params, proportion_ci
 from privacy.redact import PIIRedactor
 
@@ -423,6 +434,29 @@ class MembershipInferenceProbe(Probe):
         Significance level of the one-sided Mann-Whitney test of AUC > 0.5.
     max_auc : float, optional
         The probe fails when the AUC exceeds this; without it, a significant AUC makes it ``warned``.
+    reference_base : str, optional
+        The model the audited one was fine-tuned from (a directory). With ``reference_data``, the
+        probe fine-tunes ``n_reference_models`` copies of it on random halves of the population
+        data and runs the offline LiRA (Carlini et al. 2022) and RMIA (Zarifzadeh et al. 2024)
+        attacks (:mod:`privacy.mia`). Causal LMs and classifiers.
+    reference_data : str, optional
+        Population data: samples from the training distribution that are neither the members nor
+        the non-members (a file with ``text_column``, and the label column for a classifier).
+        Half trains the reference models; the other half is RMIA's comparison population.
+    n_reference_models : int, default=4
+    reference_epochs : int, default=3
+    reference_learning_rate : float, default=1e-3
+    reference_batch_size : int, default=16
+        Fast settings. Cost: ``n_reference_models * reference_epochs * len(reference_data) / 4``
+        training examples, plus one scoring pass per reference model over every audited sample.
+    rmia_a : float, default=0.3
+        RMIA's offline correction ``a`` (tune it on data of your own: the paper does per dataset).
+    min_k : float, default=0.2
+        Share of least likely tokens Min-K% Prob averages (Shi et al. 2024); causal LMs.
+
+    Every attack reports AUC and the TPR at FPR 0.1% and 1% with 95% percentile-bootstrap
+    intervals; causal LMs add Min-K% Prob and the zlib ratio. The status comes from the loss
+    attack's calibrated test; a low success of every attack is no proof of privacy.
     """
 
     name: ClassVar[str] = "membership_inference"
@@ -442,7 +476,36 @@ class MembershipInferenceProbe(Probe):
         n_boot: int = 2000,
         alpha: float = 0.05,
         max_auc: float | None = None,
+        reference_base: str | None = None,
+        reference_data: str | None = None,
+        n_reference_models: int = 4,
+        reference_epochs: int = 3,
+        reference_learning_rate: float = 1e-3,
+        reference_batch_size: int = 16,
+        rmia_a: float = 0.3,
+        min_k: float = 0.2,
     ) -> None:
+        self.reference_base = reference_base
+        self.reference_data = reference_data
+        self.n_reference_models = n_reference_models
+        self.reference_epochs = reference_epochs
+        self.reference_learning_rate = reference_learning_rate
+        self.reference_batch_size = reference_batch_size
+        self.rmia_a = rmia_a
+        self.min_k = min_k
+        if (reference_base is None) != (reference_data is None):
+            raise ConfigError("Probe 'membership_inference': give both reference_base (the model fine-tuned from) and "
+                              "reference_data (population samples), or neither.")
+        for name, value in (("n_reference_models", n_reference_models), ("reference_epochs", reference_epochs),
+                            ("reference_batch_size", reference_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Probe 'membership_inference': {name} must be a positive integer, got {value!r}.")
+        if not 0 < reference_learning_rate < 1:
+            raise ConfigError(f"Probe 'membership_inference': reference_learning_rate must be in (0, 1), got "
+                              f"{reference_learning_rate!r}.")
+        if not 0 <= rmia_a <= 1 or not 0 < min_k <= 1:
+            raise ConfigError(f"Probe 'membership_inference': rmia_a must be in [0, 1] and min_k in (0, 1]; got "
+                              f"{rmia_a!r} and {min_k!r}.")
         self.members = members
         self.non_members = non_members
         self.member_column = member_column
@@ -533,7 +596,8 @@ class MembershipInferenceProbe(Probe):
         n_texts, n_labels = self._subset(n_texts, n_labels, context.rng)
         member_losses = sample_losses(target, m_texts, m_labels)
         other_losses = sample_losses(target, n_texts, n_labels)
-        attack = loss_threshold_attack(member_losses, other_losses, rng=context.rng, n_boot=self.n_boot)
+        attack = loss_threshold_attack(member_losses, other_losses, rng=context.rng, n_boot=self.n_boot,
+                                       fpr_levels=(0.001, 0.01, 0.1))
         auc = attack.auc
         significant = attack.p_value < self.alpha
         if self.max_auc is not None and auc.estimate > self.max_auc:
@@ -553,10 +617,25 @@ class MembershipInferenceProbe(Probe):
             "yeom_advantage": Metric(value=attack.yeom_advantage, direction="lower_is_better",
                                      description="TPR - FPR at Yeom et al.'s threshold (the members' mean loss)"),
         }
-        for level, value in attack.tpr_at_fpr.items():
-            metrics[f"tpr_at_{level:g}_fpr"] = Metric(value=value, direction="lower_is_better",
-                                                      description=f"Attack TPR at FPR <= {level:g}")
-        figure = _attack_figure(member_losses, other_losses, attack.roc, loss_name)
+        scores, not_run = self._attack_scores(target, context, m_texts, m_labels, n_texts, n_labels,
+                                              member_losses, other_losses)
+        results = {name: attack_metrics(name, m, o, rng=context.rng, n_boot=self.n_boot)
+                   for name, (m, o) in scores.items()}
+        for name, result in results.items():
+            prefix = "" if name == "loss" else f"{name}_"
+            if prefix:
+                metrics[f"{prefix}auc"] = Metric(value=result.auc.estimate, ci=result.auc.as_tuple(),
+                                                 ci_level=result.auc.level, direction="lower_is_better",
+                                                 description=f"{ATTACK_NAMES[name]}: ROC AUC")
+            for level, tpr in result.tpr.items():
+                resolution = "" if result.resolved(level) else (
+                    f"; {result.n_non_members} non-members cannot show FPR {level:.1%}: this is the TPR at FPR 0")
+                metrics[f"{prefix}tpr_at_{level:g}_fpr"] = Metric(
+                    value=tpr.estimate, ci=tpr.as_tuple(), ci_level=tpr.level, direction="lower_is_better",
+                    description=f"{ATTACK_NAMES[name]}: TPR at FPR <= {level:.1%} (95% {TPR_INTERVAL}){resolution}")
+        metrics["tpr_at_0.1_fpr"] = Metric(value=attack.tpr_at_fpr[0.1], direction="lower_is_better",
+                                           description="Loss attack TPR at FPR <= 10%")
+        figure = _attack_figure(member_losses, other_losses, {n: r.roc for n, r in results.items()}, loss_name)
         table = Table(
             title="Member and non-member losses",
             columns=["group", "samples", f"mean {loss_name}", f"median {loss_name}"],
@@ -565,28 +644,117 @@ class MembershipInferenceProbe(Probe):
                    round(float(np.median(other_losses)), 4)]],
             caption="Texts are not shown: member samples may hold personal data.",
         )
+        low_fpr = Table(
+            title="Attacks at low false-positive rates",
+            columns=["attack", "AUC", "AUC 95% CI", "TPR at 0.1% FPR", "95% CI", "TPR at 1% FPR", "95% CI"],
+            rows=[[ATTACK_NAMES[n], round(r.auc.estimate, 4), f"{r.auc.low:.3f} to {r.auc.high:.3f}",
+                   round(r.tpr[0.001].estimate, 4), f"{r.tpr[0.001].low:.3f} to {r.tpr[0.001].high:.3f}",
+                   round(r.tpr[0.01].estimate, 4), f"{r.tpr[0.01].low:.3f} to {r.tpr[0.01].high:.3f}"]
+                  for n, r in results.items()] + [[f"{n} (not run)", why, "", "", "", "", ""] for n, why in not_run],
+            caption=(f"Intervals: {TPR_INTERVAL}; AUC and ROC from scikit-learn. With {attack.n_non_members} non-members "
+                     f"the smallest FPR a threshold can show is {1 / attack.n_non_members:.2%}; at lower levels the TPR "
+                     f"is the TPR at FPR 0 (Carlini et al. 2022 use at least 1,000 non-members for 0.1%). {NOT_A_PROOF}"),
+        )
+        best = max(results.values(), key=lambda r: r.tpr[0.01].estimate)
         return self.result(
             status=status,
             summary=(f"Loss-threshold attack AUC {auc.estimate:.3f} (95% CI {auc.low:.3f} to {auc.high:.3f}) over "
-                     f"{attack.n_members} members and {attack.n_non_members} non-members, {verdict}."),
-            metrics=metrics, headline="auc", tables=[table],
+                     f"{attack.n_members} members and {attack.n_non_members} non-members, {verdict}. Highest TPR at 1% "
+                     f"FPR: {best.tpr[0.01].estimate:.1%} ({ATTACK_NAMES[best.attack]}, 95% CI {best.tpr[0.01].low:.1%} "
+                     f"to {best.tpr[0.01].high:.1%}) of {len(results)} attack(s)"
+                     f"{'; not run: ' + ', '.join(n for n, _ in not_run) if not_run else ''}. {NOT_A_PROOF}"),
+            metrics=metrics, headline="auc", tables=[low_fpr, table],
             figures=[Figure(title="Membership inference", svg=figure,
-                            caption="Left: ROC of the loss-threshold attack; right: loss distributions.")],
+                            caption=("Left: ROC of every attack on log-log axes (Carlini et al. 2022), the diagonal is "
+                                     "chance; right: loss distributions."))],
         )
 
+    def _attack_scores(self, target: AuditTarget, context: AuditContext, m_texts: list[str], m_labels: list[Any] | None,
+                       n_texts: list[str], n_labels: list[Any] | None, member_losses: np.ndarray,
+                       other_losses: np.ndarray) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[tuple[str, str]]]:
+        """Each attack's (member, non-member) scores, higher = member, and the attacks not run with why."""
+        scores = {"loss": (-member_losses, -other_losses)}
+        not_run: list[tuple[str, str]] = []
+        if target.kind == "causal-lm":
+            scores["min_k"] = (min_k_scores(target, m_texts, k=self.min_k), min_k_scores(target, n_texts, k=self.min_k))
+            scores["zlib"] = (zlib_scores(member_losses, m_texts), zlib_scores(other_losses, n_texts))
+        else:
+            not_run += [("min_k", "causal LMs only"), ("zlib", "causal LMs only")]
+        if self.reference_data is None:
+            not_run += [(n, "needs reference_base and reference_data") for n in ("lira", "rmia")]
+            return scores, not_run
+        if target.kind not in ("causal-lm", "sequence-classification"):
+            not_run += [(n, f"reference models are not trained for a {target.kind}") for n in ("lira", "rmia")]
+            return scores, not_run
+        x_losses, refs_x, z_losses, refs_z = self._reference_losses(target, context, m_texts + n_texts,
+                                                                    (m_labels or []) + (n_labels or []))
+        k = len(m_texts)
+        logit = target.kind == "sequence-classification"
+        lira = lira_offline_scores(x_losses, refs_x, logit=logit)
+        rmia = rmia_scores(x_losses, refs_x, z_losses, refs_z, a=self.rmia_a, tie_break=True)
+        scores["lira"], scores["rmia"] = (lira[:k], lira[k:]), (rmia[:k], rmia[k:])
+        return scores, not_run
 
-def _attack_figure(member_losses: np.ndarray, other_losses: np.ndarray, roc: tuple[tuple[float, ...], tuple[float, ...]],
-                   loss_name: str) -> str:
+    def _reference_losses(self, target: AuditTarget, context: AuditContext, texts: list[str],
+                          labels: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        import tempfile
+
+        from audit.data import read_table
+        from audit.target import load_target
+
+        frame = read_table(self.reference_data)
+        columns = [str(c) for c in frame.columns]
+        label_col = self.label_column or ("label" if "label" in columns else None)
+        needs_labels = target.kind == "sequence-classification"
+        if self.text_column not in columns or (needs_labels and label_col not in columns):
+            raise DataError(f"Probe 'membership_inference': reference_data {str(self.reference_data)!r} needs column "
+                            f"{self.text_column!r}{' and a label column' if needs_labels else ''}. Columns: {columns}. "
+                            "Set text_column / label_column.")
+        pop = frame[self.text_column].astype(str).tolist()
+        pop_labels = frame[label_col].tolist() if needs_labels else None
+        order = context.rng.permutation(len(pop))
+        train_rows, z_rows = order[: len(pop) // 2], order[len(pop) // 2:]
+        z_texts = [pop[i] for i in z_rows]
+        z_labels = [pop_labels[i] for i in z_rows] if pop_labels else None
+        class_ids = _class_indices(target, [pop_labels[i] for i in train_rows]).tolist() if pop_labels else None
+        with tempfile.TemporaryDirectory(dir=context.scratch_dir) as scratch:
+            paths = train_reference_models(self.reference_base, [pop[i] for i in train_rows], class_ids, kind=target.kind,
+                                           n_models=self.n_reference_models, out_dir=Path(scratch), rng=context.rng,
+                                           epochs=self.reference_epochs, learning_rate=self.reference_learning_rate,
+                                           batch_size=self.reference_batch_size, max_length=target.max_length)
+            refs_x, refs_z = [], []
+            for path in paths:
+                ref = load_target(path, progress=False, device=str(target.device), max_length=target.max_length)
+                refs_x.append(sample_losses(ref, texts, labels or None))
+                refs_z.append(sample_losses(ref, z_texts, z_labels))
+        return (sample_losses(target, texts, labels or None), np.asarray(refs_x),
+                sample_losses(target, z_texts, z_labels), np.asarray(refs_z))
+
+
+ATTACK_NAMES = {"loss": "Loss threshold (Yeom et al. 2018)", "min_k": "Min-K% Prob (Shi et al. 2024)",
+                "zlib": "zlib ratio (Carlini et al. 2021)", "lira": "LiRA offline (Carlini et al. 2022)",
+                "rmia": "RMIA offline (Zarifzadeh et al. 2024)"}
+
+
+def _attack_figure(member_losses: np.ndarray, other_losses: np.ndarray,
+                   rocs: Mapping[str, tuple[tuple[float, ...], tuple[float, ...]]], loss_name: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.2))
-    left.plot(roc[0], roc[1], color="#b4442c", linewidth=1.5)
-    left.plot([0, 1], [0, 1], color="#888888", linewidth=0.8, linestyle="--")
-    left.set_xlabel("false positive rate")
-    left.set_ylabel("true positive rate")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    floor = 1.0 / (2 * max(len(other_losses), len(member_losses)))  # a zero rate is drawn at the floor
+    for name, (fpr, tpr) in rocs.items():
+        left.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), linewidth=1.4, label=name)
+    left.plot([floor, 1], [floor, 1], color="#888888", linewidth=0.8, linestyle="--")
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlim(floor, 1)
+    left.set_ylim(floor, 1)
+    left.set_xlabel("false positive rate (log)")
+    left.set_ylabel("true positive rate (log)")
+    left.legend(frameon=False, fontsize=7)
     bins = np.histogram_bin_edges(np.r_[member_losses, other_losses], bins=30)
     right.hist(other_losses, bins=bins, alpha=0.6, color="#7a8ea8", label="non-members")
     right.hist(member_losses, bins=bins, alpha=0.6, color="#b4442c", label="members")

@@ -249,7 +249,7 @@ def test_overfit_lm_leaks_membership_and_unseen_model_does_not(base_causal, over
     assert leaky.status == "warned" and leaky.metrics["auc"].value > 0.9 and leaky.metrics["auc"].ci[0] > 0.75
     auc = clean.metrics["auc"]
     assert clean.status == "passed" and abs(auc.value - 0.5) < 0.2 and auc.ci[0] < 0.5 < auc.ci[1], auc
-    assert "members" in leaky.summary and leaky.figures and leaky.tables[0].rows[0][1] == 32
+    assert "members" in leaky.summary and leaky.figures and leaky.tables[1].rows[0][1] == 32
     failing = MembershipInferenceProbe(members=probe.members, non_members=probe.non_members, n_boot=200, max_auc=0.7)
     assert _run(failing, overfit_causal, tmp_path)[0].status == "failed"
 
