@@ -317,7 +317,7 @@ def assess_guarantees(records: Mapping[str, Any]) -> dict[str, Any]:
 
     Sets ``guarantee_holds`` (bool), ``voided_by`` (``"step:technique"`` of the first step that
     voids it, or ``None``), ``void_reasons`` and ``guarantee_caveats`` (sentences) on the ``dp``
-    section and on ``federated.client_dp``. Nothing is read or written on disk except the secret
+    section and on ``federated.client_dp``, ``federated.central_dp`` and ``federated.local_dp``. Nothing is read or written on disk except the secret
     key, when it exists.
 
     Examples
@@ -340,13 +340,20 @@ def assess_guarantees(records: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if name == "dp" and entry is _last(entries, "dp"):
             section.update(_assess(entry, entries[:position] + entries[position + 1:], section, key))
-        elif name == "federated" and entry is _last(entries, "federated") and isinstance(section.get("client_dp"), dict):
-            assessed = _assess(entry, entries[:position] + entries[position + 1:], section, key)
+        elif name == "federated" and entry is _last(entries, "federated"):
             rounds = section.get("rounds") if isinstance(section.get("rounds"), list) else []
-            if any(isinstance(r, Mapping) and r.get("train_loss") is not None for r in rounds):
-                assessed["guarantee_caveats"].append(CLIENT_LOSSES)
-            section["client_dp"].update(assessed)
+            for kind in FEDERATED_GUARANTEES:
+                if isinstance(section.get(kind), dict):
+                    assessed = _assess(entry, entries[:position] + entries[position + 1:], section, key)
+                    if any(isinstance(r, Mapping) and r.get("train_loss") is not None for r in rounds):
+                        assessed["guarantee_caveats"].append(CLIENT_LOSSES)
+                    section[kind].update(assessed)
     return out
+
+
+#: The federated record's guarantee sections: per-example DP-SGD on each client, Flower's central
+#: DP (client-level, server- or client-side clipping) and Flower's LocalDpMod.
+FEDERATED_GUARANTEES = ("client_dp", "central_dp", "local_dp")
 
 
 def _last(entries: list[dict[str, Any]], name: str) -> dict[str, Any] | None:

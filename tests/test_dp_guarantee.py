@@ -328,6 +328,25 @@ def test_client_side_dp_of_a_federated_model_is_voided_by_a_later_step_on_its_ro
     assert "3 of its rows are rows of the DP training data" in client_dp["void_reasons"][0]
 
 
+@pytest.mark.parametrize("kind", ["central_dp", "local_dp"])
+def test_flower_dp_of_a_federated_model_is_voided_by_a_later_step_on_its_rows(kind):
+    """Central and local DP sections used to be left unassessed (the card said "not checked")."""
+    from audit.records import append_step, chain_entry, data_digest
+
+    rows = [f"row {i}" for i in range(10)]
+    records = append_step({"federated": {"strategy": "fedavg", kind: {"epsilon": 2.0, "delta": 1e-5},
+                                         "rounds": [{"round": 1, "train_loss": None}]}},
+                          chain_entry(step="federated", technique="fedavg", digest=data_digest(rows),
+                                      uses_user_data=True, private=True))
+    alone = assess_guarantees(records)["federated"][kind]
+    assert alone["guarantee_holds"] is True and alone["voided_by"] is None and not alone["guarantee_caveats"]
+    later = append_step(records, chain_entry(step="debiasing", technique="cda", digest=data_digest(rows[2:7]),
+                                             uses_user_data=True, private=False))
+    assessed = assess_guarantees(later)["federated"][kind]
+    assert assessed["guarantee_holds"] is False and assessed["voided_by"] == "debiasing:cda"
+    assert "5 of its rows are rows of the DP training data" in assessed["void_reasons"][0]
+
+
 def test_cli_records_private_statistics_only_with_the_flag(tiny_dirs, tmp_path, capsys):
     data = tmp_path / "d.csv"
     people_data(32).to_csv(data, index=False)
