@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from audit.errors import AuditError, ConfigError, OutputError
+from audit.kinds import KINDS
 
 __all__ = ["Command", "DeprecatedForm", "main"]
 
@@ -146,7 +147,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--probe", action="append", dest="probes", metavar="NAME", help="run only this probe (repeatable)")
     p.add_argument("--disable", action="append", default=[], metavar="NAME", help="do not load or run this probe (repeatable)")
     p.add_argument("--seed", type=int, help="seed for every random choice (default 0)")
-    p.add_argument("--kind", choices=["encoder", "masked-lm", "causal-lm", "sequence-classification"],
+    p.add_argument("--kind", choices=list(KINDS),
                    help="model kind (default: detected from config.json)")
     p.add_argument("--revision", help="Hub revision")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")

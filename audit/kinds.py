@@ -7,5 +7,5 @@ from typing import Literal, get_args
 
 __all__ = ["KINDS", "Kind"]
 
-Kind = Literal["encoder", "masked-lm", "causal-lm", "sequence-classification"]
+Kind = Literal["encoder", "masked-lm", "causal-lm", "sequence-classification", "seq2seq"]
 KINDS: tuple[str, ...] = get_args(Kind)

@@ -23,6 +23,7 @@ from audit import adapters as _adapters
 from audit import families as _families
 from audit import heads as _heads
 from audit import placement as _placement
+from audit import seq2seq as _seq2seq
 from audit._validate import (
     MAX_LENGTH_ABOVE_POSITIONS,
     check_device,
@@ -156,11 +157,16 @@ def detect_kind(config: Any) -> Kind:
     'masked-lm'
     >>> detect_kind(BertConfig(architectures=["BertModel"]))
     'encoder'
+    >>> from transformers import T5Config
+    >>> detect_kind(T5Config(architectures=["T5ForConditionalGeneration"]))
+    'seq2seq'
     """
     for arch in getattr(config, "architectures", None) or []:
         for suffix, kind in _ARCH_SUFFIXES:
             if arch.endswith(suffix):
                 return kind  # type: ignore[return-value]
+    if _seq2seq.is_encoder_decoder(config):
+        return "seq2seq"  # T5, BART, mBART, Pegasus: *ForConditionalGeneration, or a bare *Model
     if _families.generates_text(config):
         return "causal-lm"  # Gemma 3, PaliGemma-style *ForConditionalGeneration decoders: their text use
     return "encoder"
@@ -174,6 +180,7 @@ def _auto_class(kind: str) -> Any:
         "masked-lm": transformers.AutoModelForMaskedLM,
         "causal-lm": transformers.AutoModelForCausalLM,
         "sequence-classification": transformers.AutoModelForSequenceClassification,
+        "seq2seq": transformers.AutoModelForSeq2SeqLM,
     }[kind]
 
 
@@ -337,8 +344,9 @@ def load_target(
     model : str or path, optional
         A local directory written by ``save_pretrained``, or a Hub id (fetched only where the
         Hub is reachable). ``None`` loads the bundled all-MiniLM-L6-v2.
-    kind : {"encoder", "masked-lm", "causal-lm", "sequence-classification"}, optional
-        Which head to load. Detected from the config's ``architectures`` when omitted.
+    kind : {"encoder", "masked-lm", "causal-lm", "sequence-classification", "seq2seq"}, optional
+        Which head to load. Detected from the config's ``architectures`` when omitted
+        (``config.is_encoder_decoder`` without a classification head means ``"seq2seq"``).
     revision : str, optional
         Hub revision (branch, tag or commit).
     device : str, default="auto"
@@ -500,6 +508,9 @@ def load_target(
             f"A {projection['technique']} projection ({PROJECTION_FILENAME}) saved beside the model is applied "
             f"to every embedding of hidden-state layer {projection['layer']}; other operations see the raw model."
         )
+    if resolved_kind == "seq2seq":
+        notes.append("Seq2seq model: embeddings, hidden states and attention are read from its encoder; likelihood "
+                     "scores are log p(target | source) with the target as decoder labels (lm-evaluation-harness).")
     thresholds = _read_thresholds(path)
     if thresholds is not None:
         notes.append(
@@ -873,8 +884,14 @@ class AuditTarget:
         self._cache.clear()
 
     # -- operations -------------------------------------------------------------------
+    def _states_module(self) -> Any:
+        """The module hidden states are read from: a seq2seq model's encoder, otherwise the base model."""
+        if _seq2seq.is_encoder_decoder(self.model) and hasattr(self.model, "get_encoder"):
+            return _seq2seq.encoder_of(self.model)
+        return getattr(self.model, "base_model", self.model)
+
     def _base_forward(self, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
-        base = getattr(self.model, "base_model", self.model)
+        base = self._states_module()
         out = base(**batch, output_hidden_states=layer != -1, return_dict=True)
         if layer == -1 and getattr(out, "last_hidden_state", None) is not None:
             return out.last_hidden_state
@@ -937,8 +954,7 @@ class AuditTarget:
 
         def compute(seqs: list[list[int]]) -> list[np.ndarray]:
             batch = self._pad(seqs)
-            base = getattr(self.model, "base_model", self.model)
-            out = base(**batch, output_hidden_states=True, return_dict=True)
+            out = self._states_module()(**batch, output_hidden_states=True, return_dict=True)
             stacked = torch.stack(out.hidden_states, dim=1).float().cpu().numpy()
             return [stacked[i, :, : len(s)] for i, s in enumerate(seqs)]
 
@@ -1060,6 +1076,27 @@ class AuditTarget:
         """Causal LM: total log-likelihood of each text (natural log)."""
         return np.array([t.total for t in self.token_log_likelihoods(texts)])
 
+    def conditional_token_log_probs(self, sources: Sequence[str], targets: Sequence[str]) -> list[TokenLogProbs]:
+        """Seq2seq: log p(target token | target tokens before it, source) for every token of each target.
+
+        The source goes to the encoder, the target is scored as decoder labels, tokenized as
+        lm-evaluation-harness does for seq2seq models (see :mod:`audit.seq2seq`; an empty source
+        scores the target on its own). ``log_probs`` are all ``nan`` for a pair that does not fit
+        ``max_length`` or whose target has no token.
+        """
+        sources = check_texts(sources, op="conditional_token_log_probs")
+        targets = check_texts(targets, op="conditional_token_log_probs")
+        self._require("seq2seq", op="conditional_token_log_probs")
+        if len(sources) != len(targets):
+            raise ConfigError(f"conditional_token_log_probs() needs one target per source, got {len(sources)} "
+                              f"sources and {len(targets)} targets. Pass two lists of the same length.")
+        return _seq2seq.token_log_probs(self, sources, targets)
+
+    def conditional_log_likelihood(self, sources: Sequence[str], targets: Sequence[str]) -> np.ndarray:
+        """Seq2seq: log p(target | source) of each pair (natural log); ``nan`` where it was not scored."""
+        return np.array([np.nan if np.isnan(t.log_probs).all() else t.total
+                         for t in self.conditional_token_log_probs(sources, targets)])
+
     def masked_token_log_probs(self, texts: Sequence[str]) -> list[TokenLogProbs]:
         """Masked LM: log p(token_i | text with only token i masked), for every token but the markers
         ([CLS], [SEP], padding); ``[UNK]`` positions are scored.
@@ -1148,14 +1185,15 @@ class AuditTarget:
         top_p: float | None = None,
         seed: int = 0,
     ) -> list[str]:
-        """Causal LM: the continuation of each prompt (prompt text not included).
+        """Causal LM: the continuation of each prompt (prompt text not included). Seq2seq: the
+        decoder's output for each prompt given to the encoder.
 
         Decoding settings are part of the cache key; sampling is seeded per batch, so the same
         call reproduces the same continuations. A causal LM whose tokenizer has a chat template
         gets each prompt as a user turn in it (``use_chat_template``; see :meth:`chat_prompts`).
         """
         prompts = check_texts(prompts, op="generate")
-        self._require("causal-lm", op="generate")
+        self._require("causal-lm", "seq2seq", op="generate")
         prompts = self.chat_prompts(prompts) or prompts
         settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
         if do_sample:
@@ -1163,6 +1201,8 @@ class AuditTarget:
         key = ("generate", tuple(sorted(settings.items())), seed)
 
         def compute(seqs: list[list[int]]) -> list[str]:
+            if self.kind == "seq2seq":
+                return _seq2seq.generate_batch(self, seqs, settings, seed)
             batch = self._pad(seqs, side="left")
             torch.manual_seed(seed)
             out = self.model.generate(

@@ -13,6 +13,7 @@ from audit.context import AuditContext
 from audit.errors import ConfigError, DataError, NotApplicableError
 from audit.figures import heatmap_grid as _heatmap_grid
 from audit.probe import KINDS, Figure, Metric, Probe, ProbeResult, Table
+from audit.seq2seq import encoder_of, is_encoder_decoder
 from audit.target import AuditTarget
 from probes.attribution import Encoded, collect_examples, encode, heat_colors, redact_for_display
 from probes.display import data_masker
@@ -50,8 +51,10 @@ def attention_maps(model: Any, ids: Sequence[int], *, device: Any = "cpu") -> np
     """Attention weights of one token sequence: an array (layers, heads, tokens, tokens).
 
     Row ``i`` of each map is the distribution of query token ``i`` over the key tokens; it sums to 1.
+    For an encoder-decoder (T5, BART) these are the encoder's self-attention weights (what the full
+    model returns as ``encoder_attentions``): they depend on the text alone, the decoder's on its output too.
     """
-    base = getattr(model, "base_model", model)
+    base = encoder_of(model) if is_encoder_decoder(model) else getattr(model, "base_model", model)
     input_ids = torch.as_tensor([list(ids)], dtype=torch.long, device=device)
     with eager_attention(model), torch.no_grad():
         out = base(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), output_attentions=True,
@@ -175,6 +178,10 @@ class AttentionProbe(Probe):
         examples, notes = collect_examples(probe=self.name, examples=self.examples, context=context,
                                            max_examples=self.max_examples)
         causal = target.kind == "causal-lm"
+        seq2seq = target.kind == "seq2seq"
+        if seq2seq:
+            notes.append("Seq2seq model: the maps are the encoder's self-attention (encoder_attentions); the "
+                         "decoder's self- and cross-attention depend on its output and are not shown.")
         target.tokenize([ex.text for ex in examples])  # counts truncated texts for the card's manifest
         encs: list[Encoded] = []
         for i, ex in enumerate(examples):
@@ -200,14 +207,16 @@ class AttentionProbe(Probe):
                 else (enc.text, list(enc.tokens))
             # The representation a decision is read from: [CLS] (first) for encoders, the last token for causal LMs.
             source = len(enc) - 1 if causal else 0
-            flow = rollout[source]
+            # A seq2seq decoder reads every encoder token (cross-attention), so no one row stands for it.
+            flow = rollout.mean(axis=0) if seq2seq else rollout[source]
+            from_token = "mean over encoder tokens" if seq2seq else tokens[source]
             content = enc.content
             ranked = content[np.argsort(-flow[content], kind="stable")][:5]
-            top_rows.append([i + 1, ex.source, tokens[source],
+            top_rows.append([i + 1, ex.source, from_token,
                              ", ".join(f"{tokens[j]} ({flow[j]:.2f})" for j in ranked),
                              float(flow[special].sum()) if special.any() else None, enc.truncated])
             out_examples.append({
-                "example": i + 1, "source": ex.source, "text": text, "tokens": tokens, "from_token": tokens[source],
+                "example": i + 1, "source": ex.source, "text": text, "tokens": tokens, "from_token": from_token,
                 "rollout": [float(f"{v:.4g}") for v in flow], "rollout_colors": heat_colors(flow, signed=False),
                 "truncated": enc.truncated,
             })
@@ -270,7 +279,8 @@ class AttentionProbe(Probe):
                     "example", "source", "from token", "top input tokens (rollout weight)",
                     "rollout weight on special tokens", "truncated"], rows=top_rows,
                       caption="Rollout row of the token a decision is read from ([CLS] for encoders, the last "
-                              "token for causal LMs); weights over all input tokens sum to 1."),
+                              "token for causal LMs; for seq2seq LMs the mean row over the encoder's tokens, "
+                              "which the decoder all reads); weights over all input tokens sum to 1."),
             ],
             figures=figures, examples=out_examples,
         )

@@ -11,7 +11,11 @@ Three methods, each taken with respect to the input (word) embeddings:
 For a sequence classifier ``f`` is the probability of the explained class (the predicted one, or
 the ``target`` given). For a causal LM ``f`` is the log-probability of the explained continuation
 (the model's greedy next token, or the ``target`` text), as in Captum's ``LLMGradientAttribution``,
-which computes the Integrated Gradients and Input x Gradient attributions there.
+which computes the Integrated Gradients and Input x Gradient attributions there. For a seq2seq LM
+(T5, BART) ``f`` is the log-probability of the explained output given the input, the input going
+to the encoder (the greedy output up to its first non-special token, or the ``target`` text), and
+the attributions are taken at the *encoder's* input embeddings (its ``embed_tokens``, which the
+encoder calls; the model's shared embedding module is not called by it).
 
 The :class:`Explainer` here is shared with the faithfulness probe, which removes the tokens these
 attributions rank highest (ERASER) and re-runs them on randomised copies of the model.
@@ -40,12 +44,14 @@ from audit.figures import interval_bar_chart
 from audit.heads import classifier_head, scores_from_logits
 from audit.masking import TextMasker
 from audit.probe import Figure, Metric, Probe, ProbeResult, Table
+from audit.seq2seq import IGNORE_INDEX, encoder_of
 from audit.stats import bootstrap_ci
 from audit.target import AuditTarget
 from probes.display import data_masker
 
 __all__ = [
     "EXPLAINABLE_KINDS",
+    "GENERATIVE_KINDS",
     "METHODS",
     "TITLES",
     "AttributionProbe",
@@ -78,7 +84,11 @@ METHODS: tuple[str, ...] = get_args(Method)
 TITLES = {"integrated_gradients": "Integrated Gradients", "saliency": "Saliency", "input_x_gradient": "Input x Gradient"}
 #: Whether a method's sign means something (Saliency is a gradient norm, never negative).
 SIGNED = {"integrated_gradients": True, "saliency": False, "input_x_gradient": True}
-EXPLAINABLE_KINDS = frozenset({"sequence-classification", "causal-lm"})
+EXPLAINABLE_KINDS = frozenset({"sequence-classification", "causal-lm", "seq2seq"})
+#: Kinds whose explained output is a token sequence (``f`` is its log-probability).
+GENERATIVE_KINDS = frozenset({"causal-lm", "seq2seq"})
+#: Greedy steps a seq2seq prediction may take to reach its first non-special token (BART writes <s> first).
+_SEQ2SEQ_LEAD = 4
 BASELINE_TOKENS = ("pad", "unk", "mask", "eos", "bos")
 #: Tokens (rows x sequence length) per forward pass of the forward-only scoring (no gradients kept).
 _TOKENS_PER_PASS = 8192
@@ -359,14 +369,15 @@ def transformer_blocks(model: Any) -> Any:
 
 
 class Explainer:
-    """Attributions of a sequence classifier's class probability or a causal LM's continuation.
+    """Attributions of a sequence classifier's class probability, a causal LM's continuation or a
+    seq2seq LM's output.
 
     Parameters
     ----------
     model : transformers model
-        A ``*ForSequenceClassification`` or causal LM, in eval mode. It is only read.
+        A ``*ForSequenceClassification``, causal LM or seq2seq LM, in eval mode. It is only read.
     tokenizer : transformers tokenizer
-    kind : {"sequence-classification", "causal-lm"}
+    kind : {"sequence-classification", "causal-lm", "seq2seq"}
     max_length : int
         Longest token sequence the model takes.
     device : torch.device
@@ -381,8 +392,9 @@ class Explainer:
                  baselines: str | int = "pad", batch_size: int = 32) -> None:
         if kind not in EXPLAINABLE_KINDS:
             raise NotApplicableError(
-                f"Gradient attributions need an output to explain: a sequence classifier or a causal LM, "
-                f"got a model of kind {kind!r}. Load it with kind='sequence-classification' or 'causal-lm'."
+                f"Gradient attributions need an output to explain: a sequence classifier, a causal LM or a "
+                f"seq2seq LM, got a model of kind {kind!r}. Load it with kind='sequence-classification', "
+                "'causal-lm' or 'seq2seq'."
             )
         self.model = model
         self.tokenizer = tokenizer
@@ -392,7 +404,9 @@ class Explainer:
         self.max_length = int(max_length)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.embeddings = model.get_input_embeddings()
+        # A seq2seq encoder calls its own embed_tokens (tied to, but not the same module as, the shared one).
+        self.embeddings = (encoder_of(model).get_input_embeddings() if kind == "seq2seq"
+                           else model.get_input_embeddings())
         self.baseline_id, self.baseline_name = _resolve_baseline(tokenizer, baselines)
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if isinstance(pad, int) else self.baseline_id
@@ -407,6 +421,11 @@ class Explainer:
     @property
     def n_classes(self) -> int:
         return int(getattr(self.model.config, "num_labels", 0) or 0)
+
+    @property
+    def generative(self) -> bool:
+        """Whether the explained output is a token sequence (causal or seq2seq LM), not a class."""
+        return self.kind in GENERATIVE_KINDS
 
     def encode(self, text: str, *, reserve: int = 0) -> Encoded:
         """Encode ``text``; a causal LM keeps the end and leaves ``reserve`` tokens for the continuation."""
@@ -441,14 +460,85 @@ class Explainer:
             out[row] = float(logp[row, pos, torch.as_tensor(list(t), device=ids.device)].sum())
         return out
 
+    # -- seq2seq: f is log p(output tokens | input), the input going to the encoder ---------------
+    def _labels(self, targets: Sequence[Sequence[int]]) -> torch.Tensor:
+        labels = torch.full((len(targets), max(len(t) for t in targets)), IGNORE_INDEX, dtype=torch.long)
+        for row, t in enumerate(targets):
+            labels[row, :len(t)] = torch.as_tensor(list(t), dtype=torch.long)
+        return labels.to(self.device)
+
+    def _seq2seq_logprob(self, labels: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """Summed log p(labels | encoder input) per row; the model shifts the labels into its decoder input."""
+        logp = torch.log_softmax(self.model(**inputs, labels=labels).logits.float(), dim=-1)
+        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * (labels != IGNORE_INDEX)).sum(-1)
+
+    def _seq2seq_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          labels: torch.Tensor) -> torch.Tensor:
+        return self._seq2seq_logprob(labels, input_ids=input_ids, attention_mask=attention_mask)
+
+    def _seq2seq_from_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                             labels: torch.Tensor) -> torch.Tensor:
+        return self._seq2seq_logprob(labels, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+
+    def _predict_seq2seq(self, seqs: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+        """Greedy output up to and including its first non-special token (or EOS), at most a few steps."""
+        ids, mask = self._pad(seqs)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=_SEQ2SEQ_LEAD, do_sample=False,
+                                  num_beams=1, pad_token_id=self.pad_id)
+        special = set(getattr(self.tokenizer, "all_special_ids", []))
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        result = []
+        for row in out[:, 1:].tolist():  # position 0 is the decoder start token
+            kept: list[int] = []
+            for token in row:
+                kept.append(int(token))
+                if token not in special or token == eos:
+                    break
+            result.append(tuple(kept))
+        return result
+
+    def _attribute_seq2seq(self, encs: Sequence[Encoded], outputs: Sequence[Sequence[int]], method: str,
+                           n_steps: int, internal_batch_size: int | None) -> list[TokenAttribution]:
+        from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
+
+        ids, mask = self._pad([e.ids for e in encs])
+        labels = self._labels(outputs)
+        if method == "integrated_gradients":
+            base, _ = self._pad([self.baseline_ids(e) for e in encs])
+            lig = LayerIntegratedGradients(self._seq2seq_from_ids, self.embeddings)
+            attr, delta = lig.attribute(
+                ids, baselines=base, additional_forward_args=(mask, labels), n_steps=n_steps,
+                internal_batch_size=self._rows_per_pass(len(encs), ids.shape[1] + labels.shape[1], internal_batch_size),
+                return_convergence_delta=True,
+            )
+            scores = attr.float().sum(-1).detach().cpu().numpy()
+            with torch.no_grad():
+                both = self._seq2seq_from_ids(torch.cat([ids, base]), torch.cat([mask, mask]),
+                                              torch.cat([labels, labels])).cpu().numpy()
+            delta = delta.detach().cpu().numpy()
+            return [TokenAttribution(method, self._clean(scores[i], e), float(both[i]), float(both[i + len(encs)]),
+                                     float(delta[i]), n_steps) for i, e in enumerate(encs)]
+        embeds = self.embeddings(ids).detach().requires_grad_(True)
+        if method == "saliency":
+            grads = Saliency(self._seq2seq_from_embeds).attribute(embeds, abs=True, additional_forward_args=(mask, labels))
+            scores = grads.float().norm(dim=-1).detach().cpu().numpy()
+        else:
+            attr = InputXGradient(self._seq2seq_from_embeds).attribute(embeds, additional_forward_args=(mask, labels))
+            scores = attr.float().sum(-1).detach().cpu().numpy()
+        return [TokenAttribution(method, self._clean(scores[i], e)) for i, e in enumerate(encs)]
+
     def output(self, seqs: Sequence[Sequence[int]], targets: Sequence[Any]) -> np.ndarray:
-        """The explained output ``f``: class probability, or continuation log-probability."""
+        """The explained output ``f``: class probability, or continuation (seq2seq: output) log-probability."""
         out = np.zeros(len(seqs))
-        lengths = [len(s) + (len(t) if self.kind == "causal-lm" else 0) for s, t in zip(seqs, targets, strict=True)]
+        lengths = [len(s) + (len(t) if self.generative else 0) for s, t in zip(seqs, targets, strict=True)]
         with torch.no_grad():
             for chunk in self._chunks(lengths):
                 rows, tchunk = [seqs[i] for i in chunk], [targets[i] for i in chunk]
-                if self.kind == "causal-lm":
+                if self.kind == "seq2seq":
+                    ids, mask = self._pad(rows)
+                    out[chunk] = self._seq2seq_from_ids(ids, mask, self._labels(tchunk)).cpu().numpy()
+                elif self.kind == "causal-lm":
                     out[chunk] = self._continuation_logprob(rows, tchunk)
                 else:
                     ids, mask = self._pad(rows)
@@ -470,14 +560,18 @@ class Explainer:
     def score(self, seqs: Sequence[Sequence[int]], targets: Sequence[Any]) -> np.ndarray:
         """Probability of the explained class or continuation, for ERASER's removal curves."""
         values = self.output(seqs, targets)
-        return np.exp(values) if self.kind == "causal-lm" else values
+        return np.exp(values) if self.generative else values
 
     def predict(self, encs: Sequence[Encoded]) -> list[Any]:
-        """The predicted class of each text, or a causal LM's greedy next token (as a 1-tuple)."""
+        """The predicted class of each text, a causal LM's greedy next token (as a 1-tuple), or a
+        seq2seq LM's greedy output up to its first non-special token."""
         out: list[Any] = []
         with torch.no_grad():
             for start in range(0, len(encs), self.batch_size):
                 chunk = [e.ids for e in encs[start:start + self.batch_size]]
+                if self.kind == "seq2seq":
+                    out += self._predict_seq2seq(chunk)
+                    continue
                 ids, mask = self._pad(chunk)
                 logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
                 if self.kind == "causal-lm":
@@ -506,12 +600,13 @@ class Explainer:
             if self.kind == "causal-lm":
                 return [self._attribute_causal(e, t, method, n_steps, internal_batch_size)
                         for e, t in zip(encs, targets, strict=True)]
+            batched = self._attribute_seq2seq if self.kind == "seq2seq" else self._attribute_classifier
             results: list[TokenAttribution | None] = [None] * len(encs)
             order = sorted(range(len(encs)), key=lambda i: -len(encs[i]))
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                outs = self._attribute_classifier([encs[i] for i in chunk], [targets[i] for i in chunk],
-                                                  method, n_steps, internal_batch_size)
+                outs = batched([encs[i] for i in chunk], [targets[i] for i in chunk],
+                               method, n_steps, internal_batch_size)
                 for i, out in zip(chunk, outs, strict=True):
                     results[i] = out
         return results  # type: ignore[return-value]
@@ -770,7 +865,7 @@ def _pairs_with_rows(context: AuditContext, limit: int) -> list[tuple[str, str, 
 
 def resolve_targets(explainer: Explainer, encs: Sequence[Encoded], examples: Sequence[Example], default: Any,
                     *, probe: str, labels: Sequence[str] = ()) -> list[Any]:
-    """The output to explain for each text: a class index (classifier) or continuation ids (causal LM).
+    """The output to explain for each text: a class index (classifier) or continuation ids (causal or seq2seq LM).
 
     A counterfactual pair's side b is explained for side a's target, so the two are comparable.
     """
@@ -782,7 +877,7 @@ def resolve_targets(explainer: Explainer, encs: Sequence[Encoded], examples: Seq
             out.append(side_a[ex.pair])
             continue
         wanted = ex.target if ex.target is not None else default
-        if explainer.kind == "causal-lm":
+        if explainer.generative:
             if wanted is None:
                 value: Any = predicted[i]
             elif isinstance(wanted, str) and wanted.strip():
@@ -791,8 +886,9 @@ def resolve_targets(explainer: Explainer, encs: Sequence[Encoded], examples: Seq
                     raise ConfigError(f"Probe {probe!r}: target {wanted!r} has no tokens. Give a non-empty continuation.")
             else:
                 raise ConfigError(
-                    f"Probe {probe!r}: for a causal LM, target must be the continuation text to explain, "
-                    f"got {wanted!r}. Give a non-empty string such as ' doctor', or leave it unset for the next token."
+                    f"Probe {probe!r}: for a {explainer.kind} model, target must be the continuation text to "
+                    f"explain (seq2seq: the output text), got {wanted!r}. Give a non-empty string such as ' doctor', "
+                    "or leave it unset for the model's own next token."
                 )
         elif wanted is None:
             value = predicted[i]
@@ -839,7 +935,7 @@ def explains_own_prediction(examples: Sequence[Example], default: Any) -> list[b
 
 def target_label(explainer: Explainer, value: Any, labels: Sequence[str]) -> str:
     """A readable name of an explained output."""
-    if explainer.kind == "causal-lm":
+    if explainer.generative:
         return explainer.tokenizer.decode(list(value))
     return labels[value] if value < len(labels) else str(value)
 
@@ -939,7 +1035,8 @@ class AttributionProbe(Probe):
     ``max_n_steps``. Saliency (Simonyan et al. 2014) and Input x Gradient (Shrikumar et al. 2017)
     come from the same gradients. For a classifier ``f`` is the explained class's probability; for
     a causal LM it is the log-probability of the explained continuation (Captum's
-    ``LLMGradientAttribution``).
+    ``LLMGradientAttribution``); for a seq2seq LM the log-probability of the explained output given
+    the input, with the attributions at the encoder's input embeddings.
 
     Examples come from ``examples``, else a seeded sample of the audit's data, else a short
     built-in list; when the counterfactual probe ran, its worst pairs are added and both sides are
@@ -956,7 +1053,8 @@ class AttributionProbe(Probe):
         Most texts explained (not counting counterfactual pairs).
     target : int or str, optional
         Classifier: class index or label to explain (default: the predicted class). Causal LM: the
-        continuation text (default: the greedy next token).
+        continuation text (default: the greedy next token). Seq2seq LM: the output text (default: the
+        greedy output up to its first non-special token).
     use_counterfactual : bool, default=True
         Also explain the counterfactual probe's worst pairs when it ran.
     max_pairs : int, default=5
@@ -1096,9 +1194,10 @@ class AttributionProbe(Probe):
                 masker: TextMasker | None) -> ProbeResult:
         methods = list(attributions)
         lead = "integrated_gradients" if "integrated_gradients" in methods else methods[0]
-        f_name = "log p(continuation)" if explainer.kind == "causal-lm" else "p(class)"
+        f_name = ("log p(output | input)" if explainer.kind == "seq2seq" else
+                  "log p(continuation)" if explainer.kind == "causal-lm" else "p(class)")
         f_values = explainer.output([e.ids for e in encs], targets)
-        probs = np.exp(f_values) if explainer.kind == "causal-lm" else f_values
+        probs = np.exp(f_values) if explainer.generative else f_values
         dem = [demographic_mask(e, terms) for e in encs]
         metrics: dict[str, Metric] = {}
 
@@ -1158,8 +1257,8 @@ class AttributionProbe(Probe):
             masker.prepare([e.text for e, p in zip(encs, private, strict=True) if p])
         shown = [redact_for_display(e, masker) if p and masker is not None else (e.text, list(e.tokens))
                  for e, p in zip(encs, private, strict=True)]
-        # A causal LM's predicted continuation may copy a word of the private row it continues.
-        explained = [masker.text(label, limit=None) if p and masker is not None and explainer.kind == "causal-lm"
+        # A causal (or seq2seq) LM's predicted output may copy a word of the private row it continues.
+        explained = [masker.text(label, limit=None) if p and masker is not None and explainer.generative
                      else label for label, p in zip((target_label(explainer, t, labels) for t in targets), private,
                                                     strict=True)]
         pair_table, pair_shares = self._pairs(explainer, encs, examples, attributions[lead], f_values, lead, shown,
@@ -1332,7 +1431,8 @@ class AttributionProbe(Probe):
         if ig is not None:
             columns += ["f(x) - f(baseline)", "sum of IG", "IG delta", "IG n_steps", "converged"]
         columns.append("truncated")
-        f_name = "log-probability of the continuation" if explainer.kind == "causal-lm" else "class probability"
+        f_name = ("log-probability of the output given the input (seq2seq)" if explainer.kind == "seq2seq" else
+                  "log-probability of the continuation" if explainer.kind == "causal-lm" else "class probability")
         return Table(title="Explained examples", columns=columns, rows=rows, caption=(
             f"f is the {f_name}; Integrated Gradients' baseline replaces every non-special token with "
             f"{explainer.baseline_name}. Completeness: sum of IG = f(x) - f(baseline) + delta."))
@@ -1403,7 +1503,7 @@ class AttributionProbe(Probe):
                          None if share is None else _sig(share), moved])
         if not rows:
             return None, []
-        f_name = "log-probability of side a's continuation" if explainer.kind == "causal-lm" else \
+        f_name = "log-probability of side a's continuation" if explainer.generative else \
             "probability of side a's class"
         return Table(
             title="Counterfactual pairs: where the attribution moves",

@@ -274,9 +274,15 @@ def continuation_scores(target: AuditTarget, prompts: Sequence[str], continuatio
     The continuation's tokens are those of ``prompt + continuation`` after the longest prefix it
     shares with ``prompt``'s tokens (the harness's context/continuation split), marker tokens
     excluded (``[UNK]`` is scored). Causal LMs: the sum of their log p(token | everything before). Masked LMs: their
-    pseudo-log-likelihood, each masked in turn with the rest of the text visible.
+    pseudo-log-likelihood, each masked in turn with the rest of the text visible. Seq2seq LMs, as
+    lm-evaluation-harness scores them: the prompt goes to the encoder (with its special tokens), the
+    continuation, tokenized on its own without special tokens, is scored as decoder labels
+    (:meth:`AuditTarget.conditional_log_likelihood`).
     """
     from probes.crows_pairs import mask_fill_log_probs
+
+    if target.kind == "seq2seq":
+        return target.conditional_log_likelihood(list(prompts), list(continuations))
 
     fulls = [p + c for p, c in zip(prompts, continuations, strict=True)]
     full_ids = target.tokenize(fulls)
@@ -352,10 +358,11 @@ class BBQProbe(Probe):
     ``path``. Each item is answered the lm-evaluation-harness way: the prompt is
     ``"{context}\\n\\nQ: {question}\\nA:"``, each option is scored as the continuation
     ``" " + answer`` (causal LMs: its summed token log-likelihood; masked LMs: its
-    pseudo-log-likelihood, each answer token masked in turn with the rest of the text visible),
-    and the highest-scoring option is the answer. Seq2seq LMs are not supported: the audit
-    target has no seq2seq kind. Items whose prompt and answer do not fit the model's length are
-    left out and counted.
+    pseudo-log-likelihood, each answer token masked in turn with the rest of the text visible;
+    seq2seq LMs: the prompt as the encoder's input and the answer's summed log-likelihood as the
+    decoder's output, as lm-evaluation-harness scores multiple choice with a seq2seq model),
+    and the highest-scoring option is the answer. Items whose prompt and answer do not fit the
+    model's length are left out and counted.
 
     The scores are :func:`bbq_scores` (the paper's definitions, x100): ``accuracy_ambiguous``,
     ``accuracy_disambiguated``, ``bias_ambiguous``, ``bias_disambiguated`` per category and
@@ -392,7 +399,7 @@ class BBQProbe(Probe):
 
     name: ClassVar[str] = "bbq"
     category: ClassVar[str] = "bias"
-    kinds: ClassVar[frozenset[str]] = frozenset({"masked-lm", "causal-lm"})
+    kinds: ClassVar[frozenset[str]] = frozenset({"masked-lm", "causal-lm", "seq2seq"})
     description: ClassVar[str] = "BBQ question answering: accuracy and bias scores per category (0 is ideal bias)"
     version: ClassVar[str] = "1"
 
@@ -456,7 +463,8 @@ class BBQProbe(Probe):
                 f"No BBQ item fits the model's length ({target.max_length} tokens); all {n_dropped} were left out."))
         return self.report(items, [int(c) for c in chosen[decided]], context=context, n_dropped=n_dropped,
                            unit=("summed token log-likelihood" if target.kind == "causal-lm"
-                                 else "pseudo-log-likelihood of the answer tokens"))
+                                 else "summed log-likelihood of the answer as decoder output given the prompt"
+                                 if target.kind == "seq2seq" else "pseudo-log-likelihood of the answer tokens"))
 
     def report(self, items: Sequence[Mapping[str, Any]], predicted: Sequence[int], *, context: AuditContext,
                n_dropped: int = 0, unit: str = "given answers") -> ProbeResult:

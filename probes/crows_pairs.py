@@ -3,7 +3,8 @@
 Each pair differs in a few words that name or describe a group. A masked LM scores a sentence by
 the pseudo-log-likelihood of the tokens the two sentences share (each masked in turn), so the
 differing words themselves, whose frequencies differ, are not scored; a causal LM scores the
-sentence's log-likelihood. The metric score is the share of pairs where the more stereotyping
+sentence's log-likelihood; a seq2seq LM the sentence's log-likelihood as the decoder's output
+given an empty source, as lm-evaluation-harness scores CrowS-Pairs with a seq2seq model. The metric score is the share of pairs where the more stereotyping
 sentence scores higher; 50 is the ideal.
 """
 
@@ -154,8 +155,14 @@ def score_pairs(target: AuditTarget, sent1: Sequence[str], sent2: Sequence[str],
     token masked). Causal LM: the sentence's log-likelihood given the start token (``"sum"``), or
     bias-bench's GPT-2 score (``"mean"``, :func:`bias_bench_causal_scores`: the mean token
     log-probability with later tokens conditioned on the sentence without the start token).
+    Seq2seq LM (``causal_score`` does not apply): lm-evaluation-harness's ``crows_pairs`` scoring,
+    the sentence (with its special tokens) as decoder labels after the prefix token alone,
+    summed (:meth:`AuditTarget.conditional_log_likelihood` with an empty source).
     """
     texts = list(dict.fromkeys([*sent1, *sent2]))
+    if target.kind == "seq2seq":
+        score = dict(zip(texts, target.conditional_log_likelihood([""] * len(texts), texts), strict=True))
+        return np.array([score[t] for t in sent1]), np.array([score[t] for t in sent2])
     if target.kind == "masked-lm":
         per_token = dict(zip(texts, target.masked_token_log_probs(texts), strict=True))
         values = {t: lp.log_probs.copy() for t, lp in per_token.items()}
@@ -192,7 +199,9 @@ class CrowsPairsProbe(Probe):
     from ``path``, which the user supplies (the data set is CC BY-SA 4.0 and is not shipped).
     Scoring follows the official ``metric.py`` of Nangia et al. (2020): for masked LMs the
     pseudo-log-likelihood of the tokens the two sentences share (``difflib.SequenceMatcher`` over
-    token ids, each shared token masked in turn); for causal LMs the sentence log-likelihood.
+    token ids, each shared token masked in turn); for causal LMs the sentence log-likelihood; for
+    seq2seq LMs (T5, BART) the sentence's log-likelihood as decoder output given an empty source,
+    as lm-evaluation-harness's ``crows_pairs`` task scores them (:func:`score_pairs`).
     Scores are rounded to 3 decimals (not with ``causal_score="mean"``, which follows bias-bench's
     GPT-2 loop exactly); equal scores are neutral and count against the metric.
     For "stereo" rows a pair counts when the more stereotyping sentence (``sent_more``) scores
@@ -228,8 +237,8 @@ class CrowsPairsProbe(Probe):
 
     name: ClassVar[str] = "crows_pairs"
     category: ClassVar[str] = "bias"
-    kinds: ClassVar[frozenset[str]] = frozenset({"masked-lm", "causal-lm"})
-    description: ClassVar[str] = "CrowS-Pairs stereotype preference of masked and causal LMs (50 is ideal)"
+    kinds: ClassVar[frozenset[str]] = frozenset({"masked-lm", "causal-lm", "seq2seq"})
+    description: ClassVar[str] = "CrowS-Pairs stereotype preference of masked, causal and seq2seq LMs (50 is ideal)"
     version: ClassVar[str] = "2"
 
     def __init__(
@@ -350,6 +359,8 @@ class CrowsPairsProbe(Probe):
                      "score_less": round(float(raw2[i] if stereo[i] else raw1[i]), 3),
                      "preference_for_sent_more": round(float(diff[i]), 3)} for i in order]
         unit = "pseudo-log-likelihood of shared tokens" if target.kind == "masked-lm" else (
+            "sentence log-likelihood as decoder output given an empty source (lm-evaluation-harness)"
+            if target.kind == "seq2seq" else
             "sentence log-likelihood" if self.causal_score == "sum" else
             "bias-bench GPT-2 score (mean token log-probability, later tokens without the start token)")
         return self.result(

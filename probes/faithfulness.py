@@ -11,6 +11,10 @@
   attributions with the original ones. A method whose attributions survive randomisation (in
   either direction: |rho|) describes the input more than the model, and is flagged.
 
+For a seq2seq LM (T5, BART) ``y`` is the explained decoder output, the tokens removed are the
+encoder's input tokens, and the cascade's layers are the encoder's: the "head" stage holds the
+whole decoder (with the LM head), re-initialised first, as it sits above the encoder.
+
 The verdict rule, its minimum number of examples and its effect-size threshold are in
 :class:`FaithfulnessProbe`.
 """

@@ -140,7 +140,9 @@ class _Comparison:
 
 
 class GenerationProbe(Probe):
-    """Sentiment of a causal LM's continuations of prompts about different groups.
+    """Sentiment of a causal LM's continuations of prompts about different groups (or of a seq2seq
+    LM's outputs: the prompt is the encoder's input, ``model.generate`` writes the decoder's output,
+    and that output is what is scored).
 
     Prompts come from built-in templates and group subjects (``probes/data/generation``), from a
     BOLD prompt file (Dhamala et al. 2021) or from HolisticBias descriptors (Smith et al. 2022)
@@ -192,7 +194,7 @@ class GenerationProbe(Probe):
 
     name: ClassVar[str] = "generation"
     category: ClassVar[str] = "bias"
-    kinds: ClassVar[frozenset[str]] = frozenset({"causal-lm"})
+    kinds: ClassVar[frozenset[str]] = frozenset({"causal-lm", "seq2seq"})
     description: ClassVar[str] = "Sentiment (VADER) of generated continuations per group, gaps with intervals"
     version: ClassVar[str] = "1"
 
@@ -321,6 +323,12 @@ class GenerationProbe(Probe):
         if self.do_sample:
             decoding.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         continuations = target.generate(prompts, **decoding)
+        empty = sum(not c.strip() for c in continuations)
+        if empty == len(continuations):
+            return self.result(status="skipped", summary=(
+                f"The model wrote nothing but special tokens (e.g. end-of-sequence first) for all {len(prompts):,} "
+                f"prompts ({', '.join(f'{k}={v}' for k, v in decoding.items())}), so there is no sentiment to compare "
+                "between groups."))
         text_of = dict(zip(prompts, continuations, strict=True))
         scorers: dict[str, dict[str, float]] = {
             "vader": dict(zip(prompts, vader_compound(continuations), strict=True))}
@@ -411,7 +419,8 @@ class GenerationProbe(Probe):
         return self.result(
             status=status,
             summary=(f"{len(prompts):,} continuations ({decoding_text}) on {len(sets)} axis/axes: largest gap in mean "
-                     f"VADER sentiment {metrics[headline].value:.3f} ({headline[18:-1]}); {verdict}"),
+                     f"VADER sentiment {metrics[headline].value:.3f} ({headline[18:-1]}); {verdict}"
+                     + (f" {empty} continuation(s) were empty and scored as neutral (VADER 0)." if empty else "")),
             metrics=metrics,
             headline=headline,
             tables=[

@@ -3,9 +3,11 @@
 A language model resolves a pronoun the way LLM model cards report these benchmarks (LLaMA,
 Touvron et al. 2023): after the sentence, the prompt ``' "<pronoun>" refers to'`` is continued
 with each candidate (``" the <occupation>"``, ``" the <participant>"``) and the candidate with the
-higher log-likelihood (causal LMs) or pseudo-log-likelihood (masked LMs) is the model's answer.
+higher log-likelihood (causal LMs; seq2seq LMs: the candidate as decoder output given the sentence and
+prompt, as lm-evaluation-harness scores them) or pseudo-log-likelihood (masked LMs) is the model's answer.
 Winogender also scores each pronoun form's likelihood in the sentence itself, which is what is
-correlated with the occupation statistics.
+correlated with the occupation statistics (a seq2seq LM: the sentence as decoder output given an
+empty source).
 """
 
 from __future__ import annotations
@@ -224,7 +226,7 @@ class WinogenderProbe(Probe):
 
     name: ClassVar[str] = "winogender"
     category: ClassVar[str] = "bias"
-    kinds: ClassVar[frozenset[str]] = frozenset({"masked-lm", "causal-lm"})
+    kinds: ClassVar[frozenset[str]] = frozenset({"masked-lm", "causal-lm", "seq2seq"})
     description: ClassVar[str] = "Winogender/WinoBias coreference: accuracy by pronoun gender, gotcha and pro/anti gaps"
     version: ClassVar[str] = "1"
 
@@ -377,6 +379,8 @@ class WinogenderProbe(Probe):
         short = [s for s, f in zip(unique, fits, strict=True) if f]
         if target.kind == "causal-lm":
             values = target.log_likelihood(short) if short else np.zeros(0)
+        elif target.kind == "seq2seq":
+            values = target.conditional_log_likelihood([""] * len(short), short) if short else np.zeros(0)
         else:
             values = target.pseudo_log_likelihood(short) if short else np.zeros(0)
         score = dict(zip(short, values, strict=True))

@@ -43,10 +43,10 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One saved tiny model per kind: encoder, masked-lm, causal-lm, sequence-classification."""
+    """One saved tiny model per kind: encoder, masked-lm, causal-lm, sequence-classification, seq2seq (T5)."""
     root = tmp_path_factory.mktemp("tiny-models")
     return {kind: make_tiny_model(kind, root / kind)
-            for kind in ("encoder", "masked-lm", "causal-lm", "sequence-classification")}
+            for kind in ("encoder", "masked-lm", "causal-lm", "sequence-classification", "seq2seq")}
 
 
 @pytest.fixture(scope="session")

@@ -49,8 +49,75 @@ def save_gpt2_tokenizer(directory: Path) -> None:
     fast.save_pretrained(directory)
 
 
+def save_t5_tokenizer(directory: Path) -> None:
+    """A word-level tokenizer in T5's shape: ``<pad>`` 0, ``</s>`` 1 appended to every text, no BOS."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {token: i for i, token in enumerate(["<pad>", "</s>", "<unk>", *word_vocab()[len(SPECIAL):]])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(directory)
+
+
+def save_bart_tokenizer(directory: Path) -> None:
+    """A byte-level BPE tokenizer in BART's shape: ``<s> ... </s>``, ``<pad>`` 1, ``<mask>``."""
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    text = " ".join(CORPUS)
+    bpe.train_from_iterator([text, text.capitalize(), text.upper()], vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>", mask_token="<mask>").save_pretrained(directory)
+
+
+def make_tiny_seq2seq(family: str, directory: Path, *, seed: int = 0) -> Path:
+    """Save a random tiny encoder-decoder (``"t5"`` or ``"bart"``) with its tokenizer to ``directory``."""
+    from transformers import (
+        AutoTokenizer,
+        BartConfig,
+        BartForConditionalGeneration,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    if family == "t5":
+        save_t5_tokenizer(directory)
+        config = T5Config(vocab_size=len(AutoTokenizer.from_pretrained(directory)), d_model=32, d_kv=16, d_ff=64,
+                          num_layers=2, num_heads=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        model = T5ForConditionalGeneration(config)
+    elif family == "bart":
+        save_bart_tokenizer(directory)
+        config = BartConfig(vocab_size=len(AutoTokenizer.from_pretrained(directory)), d_model=32, encoder_layers=2,
+                            decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                            encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256, pad_token_id=1,
+                            bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=None,
+                            # untied: a random tied BART copies its decoder start token (EOS) and writes nothing
+                            tie_word_embeddings=False)
+        model = BartForConditionalGeneration(config)
+    else:
+        raise ValueError(f"unknown seq2seq family {family!r}; use 't5' or 'bart'")
+    model.eval()
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
 def make_tiny_model(kind: str, directory: Path, *, num_labels: int = 2, seed: int = 0) -> Path:
-    """Save a random tiny model of ``kind`` with its tokenizer to ``directory`` (safetensors)."""
+    """Save a random tiny model of ``kind`` with its tokenizer to ``directory`` (safetensors); ``"seq2seq"`` is a T5."""
+    if kind == "seq2seq":
+        return make_tiny_seq2seq("t5", directory, seed=seed)
     from transformers import (
         BertConfig,
         BertForMaskedLM,
