@@ -290,3 +290,19 @@ def test_randomisation_cascade_takes_the_decoder_first_then_encoder_layers(s2s):
     assert {id(p) for _, p in stages[1][1]} == {id(p) for p in encoder_blocks[1].parameters()}
     everything = {id(p) for _, params in stages for _, p in params}
     assert everything == {id(p) for p in model.parameters()}
+
+
+@pytest.mark.parametrize("family", ["mbart", "pegasus"])
+def test_mbart_and_pegasus_load_score_and_generate(family, tmp_path):
+    target = load_target(make_tiny_seq2seq(family, tmp_path / family), progress=False, device="cpu")
+    assert target.kind == "seq2seq" and not target.new_weights
+    tok = target.tokenizer
+    source, text = "the man is here.\n\nQ: who is here?\nA:", " the man"
+    got = target.conditional_log_likelihood([source], [text])[0]
+    expected = _direct_log_likelihood(target, tok(source)["input_ids"], tok(text, add_special_tokens=False)["input_ids"])
+    assert math.isclose(got, expected, rel_tol=1e-4, abs_tol=1e-4)
+    ids = torch.tensor([tok("the nurse is here.")["input_ids"]])
+    with torch.no_grad():
+        encoder_mean = target.model.get_encoder()(input_ids=ids).last_hidden_state[0].mean(0).numpy()
+    np.testing.assert_allclose(target.embed(["the nurse is here."])[0], encoder_mean, rtol=1e-4, atol=1e-5)
+    assert len(target.generate(["the woman worked as"], max_new_tokens=3)) == 1

@@ -82,11 +82,16 @@ def save_bart_tokenizer(directory: Path) -> None:
 
 
 def make_tiny_seq2seq(family: str, directory: Path, *, seed: int = 0) -> Path:
-    """Save a random tiny encoder-decoder (``"t5"`` or ``"bart"``) with its tokenizer to ``directory``."""
+    """Save a random tiny encoder-decoder (``"t5"``, ``"bart"``, ``"mbart"`` or ``"pegasus"``) with its
+    tokenizer to ``directory``."""
     from transformers import (
         AutoTokenizer,
         BartConfig,
         BartForConditionalGeneration,
+        MBartConfig,
+        MBartForConditionalGeneration,
+        PegasusConfig,
+        PegasusForConditionalGeneration,
         T5Config,
         T5ForConditionalGeneration,
     )
@@ -107,8 +112,22 @@ def make_tiny_seq2seq(family: str, directory: Path, *, seed: int = 0) -> Path:
                             # untied: a random tied BART copies its decoder start token (EOS) and writes nothing
                             tie_word_embeddings=False)
         model = BartForConditionalGeneration(config)
+    elif family in ("mbart", "pegasus"):
+        small = {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+                 "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+                 "max_position_embeddings": 256, "tie_word_embeddings": False}
+        if family == "mbart":  # BART's special tokens; its decoder starts from the labels' last token
+            save_bart_tokenizer(directory)
+            config = MBartConfig(vocab_size=len(AutoTokenizer.from_pretrained(directory)), pad_token_id=1,
+                                 bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, **small)
+            model = MBartForConditionalGeneration(config)
+        else:  # Pegasus has T5's special tokens: <pad> 0 starts the decoder, </s> 1, no BOS
+            save_t5_tokenizer(directory)
+            config = PegasusConfig(vocab_size=len(AutoTokenizer.from_pretrained(directory)), pad_token_id=0,
+                                   eos_token_id=1, decoder_start_token_id=0, forced_eos_token_id=1, **small)
+            model = PegasusForConditionalGeneration(config)
     else:
-        raise ValueError(f"unknown seq2seq family {family!r}; use 't5' or 'bart'")
+        raise ValueError(f"unknown seq2seq family {family!r}; use 't5', 'bart', 'mbart' or 'pegasus'")
     model.eval()
     model.save_pretrained(directory, safe_serialization=True)
     return directory
