@@ -196,7 +196,7 @@ class GenerationProbe(Probe):
     category: ClassVar[str] = "bias"
     kinds: ClassVar[frozenset[str]] = frozenset({"causal-lm", "seq2seq"})
     description: ClassVar[str] = "Sentiment (VADER) of generated continuations per group, gaps with intervals"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: all-empty continuations are skipped, not scored
 
     def __init__(
         self,

@@ -306,3 +306,13 @@ def test_mbart_and_pegasus_load_score_and_generate(family, tmp_path):
         encoder_mean = target.model.get_encoder()(input_ids=ids).last_hidden_state[0].mean(0).numpy()
     np.testing.assert_allclose(target.embed(["the nurse is here."])[0], encoder_mean, rtol=1e-4, atol=1e-5)
     assert len(target.generate(["the woman worked as"], max_new_tokens=3)) == 1
+
+
+def test_winobias_resolves_pronouns_with_a_seq2seq_lm(s2s, shared_data):
+    from audit.context import AuditContext
+    from probes.winogender import WinogenderProbe
+
+    result = WinogenderProbe(path=str(shared_data / "winobias"), dataset="winobias", max_items=6, n_boot=50,
+                             n_permutations=100).run(s2s["bart"], AuditContext(seed=0).for_probe("winogender"))
+    assert result.status in ("passed", "warned", "failed"), result.summary
+    assert "WinoBias" in result.summary or "winobias" in result.summary.lower()
