@@ -82,3 +82,30 @@ def test_interleaved_rotates_the_order_and_times_every_round():
     assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
     assert last == {"a": "a", "b": "b", "c": "c"}
+
+
+@pytest.mark.slow
+def test_bench_attribution_runs_and_checks_agreement(results_file, monkeypatch):
+    """A shrunken run of the real script: every variant runs, attributions agree, the section is written."""
+    from benchmarks import bench_attribution as bench
+
+    monkeypatch.setattr(bench, "N_EXAMPLES", 3)
+    monkeypatch.setattr(bench, "N_STEPS", 4)
+    monkeypatch.setattr(bench, "ROUNDS", 1)
+    monkeypatch.setattr(bench, "BUDGETS", (64,))
+    monkeypatch.setattr(_results, "_load_now", lambda: 0.5)
+    bench.main()
+    text = results_file.read_text()
+    assert "Captum, one example per call" in text and "64-token passes" in text and "(default)" in text
+    assert "comparable." in text and "NOT comparable" not in text
+
+
+@pytest.mark.slow
+def test_bench_counterfactual_runs(results_file, monkeypatch):
+    from benchmarks import bench_counterfactual as bench
+
+    monkeypatch.setattr(bench, "AXES", ["gender"])
+    monkeypatch.setattr(bench, "REPEATS", 1)
+    monkeypatch.setattr(_results, "_load_now", lambda: 0.5)
+    bench.main()
+    assert "Ratio probe / bare forward" in results_file.read_text()
