@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import hmac
 import inspect
@@ -128,6 +129,38 @@ _KEY_FILE = "truncation.key"
 def _take_truncated(target: AuditTarget) -> set[str]:
     take = getattr(target, "take_truncated", None)
     return take() if callable(take) else set()
+
+
+def code_digest(module: str) -> str:
+    """sha256 over the source of the audit core and of the package (or lone module) ``module`` comes from.
+
+    Part of every cache key: a cached result is only reused by the same code, so editing a probe
+    (or the target it runs on) without bumping its ``version`` cannot bring back results the old
+    code computed. Files are read once per process.
+
+    Examples
+    --------
+    >>> from audit.runner import code_digest
+    >>> code_digest("audit.stats") == code_digest("audit.runner")  # both: the audit package
+    True
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(module.split(".")[0])
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    roots = [Path(__file__).resolve().parent]
+    if origin is not None:
+        roots.append(origin.parent if spec.submodule_search_locations else origin)  # type: ignore[union-attr]
+    return _digest_files(tuple(sorted({r.resolve() for r in roots})))
+
+
+@functools.lru_cache(maxsize=None)
+def _digest_files(roots: tuple[Path, ...]) -> str:
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            digest.update(str(path.relative_to(root.parent)).encode() + b"\0" + path.read_bytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def _cache_key(cache_dir: Path | None) -> bytes:
@@ -432,6 +465,7 @@ class Auditor:
             "max_length": target.max_length,
             "probe": probe.name,
             "probe_version": probe.version,
+            "code": code_digest(type(probe).__module__),  # a code change without a version bump still misses
             "params": probe.get_params(),
             "seed": context.seed,
             "show_pii": context.show_pii,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -275,3 +276,22 @@ def test_sensitive_params_are_digested_everywhere(tiny_targets):
     assert results.results[0].category == "privacy"
     other = SecretProbe(deny_list=("Project Kestrel",)).get_params()["deny_list"]
     assert other != expected  # a different value is a different cache key
+
+
+def test_cache_misses_when_the_probe_code_changes_without_a_version_bump(fake_plugins, tiny_targets, tmp_path):
+    """The key named the probe's version but not its code: an edited probe got its old results back."""
+    import importlib
+
+    import rai_fake_plugins
+
+    from audit import runner
+
+    cache, counter = tmp_path / "cache", tmp_path / "count.txt"
+    config = AuditConfig(select=["counting"], probes={"counting": {"params": {"path": str(counter)}}})
+    Auditor(config, cache_dir=cache).run(tiny_targets["encoder"])
+    source = Path(rai_fake_plugins.__file__)
+    source.write_text(source.read_text().replace('summary="Counted."', 'summary="Counted again."'))
+    importlib.reload(rai_fake_plugins)
+    runner._digest_files.cache_clear()  # a new process reads the files afresh
+    again = Auditor(config, cache_dir=cache).run(tiny_targets["encoder"]).results[0]
+    assert not again.cached and again.summary == "Counted again." and counter.read_text() == "xx"
