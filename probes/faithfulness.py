@@ -201,10 +201,18 @@ def shared_blocks(model: Any) -> Any:
     return None
 
 
+def offloaded(model: Any) -> bool:
+    """Whether accelerate keeps some of the model's weights on disk (``meta`` tensors in memory)."""
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
 def randomisation_notes(model: Any, *, randomization: bool, ran: bool) -> list[str]:
     """What the card must say about the randomisation check: shared layers, or why it did not run."""
     if not randomization:
         return ["Model randomisation check not run (randomization=False)."]
+    if offloaded(model):
+        return ["Model randomisation check not run: some layers are offloaded to disk (device_map), and a copy's "
+                "offloaded weights cannot be re-initialised; verdicts rest on ERASER alone."]
     if not ran:
         return [f"Model randomisation check not run: the layer stack of {type(model).__name__} was not found, so it "
                 "cannot be re-initialised from the top down; verdicts rest on ERASER alone."]
@@ -620,6 +628,8 @@ class FaithfulnessProbe(Probe):
                  ) -> tuple[dict[str, list[float | None]], list[str], dict[str, list[float | None]]]:
         """Mean Spearman rho per stage and method, the stage names, and the permutation p-values at the checked stages."""
         n = min(self.randomization_examples, len(encs))
+        if offloaded(target.model):
+            return {}, [], {}  # said by randomisation_notes
         model = copy.deepcopy(target.model)
         model.eval()
         untie_output_embeddings_(model)

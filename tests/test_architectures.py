@@ -22,15 +22,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Cheap settings, so that every probe runs on ~30 models within a few minutes on two cores.
 CHEAP = {
-    "seat": {"tests": ["weat6"], "n_samples": 200, "n_boot": 100},
-    "counterfactual": {"axes": ["gender"], "n_boot": 100, "n_resamples": 500, "max_texts": 40},
-    "attribution": {"max_examples": 2, "max_pairs": 1, "n_steps": 8, "max_n_steps": 8},
-    "faithfulness": {"max_examples": 2, "n_random": 1, "n_steps": 8, "max_n_steps": 8,
-                     "randomization_examples": 1, "n_boot": 100},
+    "seat": {"tests": ["weat6"], "n_samples": 100, "n_boot": 50},
+    "counterfactual": {"axes": ["gender"], "n_boot": 50, "n_resamples": 200, "max_texts": 16},
+    "attribution": {"methods": ["integrated_gradients", "saliency"], "max_examples": 1, "max_pairs": 1,
+                    "n_steps": 4, "max_n_steps": 4},
+    "faithfulness": {"methods": ["saliency"], "max_examples": 2, "n_random": 1, "percentages": [10, 50],
+                     "randomization_examples": 1, "n_boot": 50},
     "decision_path": {"max_examples": 1},
-    "attention": {"max_examples": 1},
-    "generation": {"max_prompts_per_group": 2, "max_new_tokens": 3, "n_boot": 100, "n_resamples": 200},
-    "pii_generation": {"max_new_tokens": 3},
+    "attention": {"max_examples": 1, "max_tokens": 16},
+    "generation": {"max_prompts_per_group": 2, "max_new_tokens": 2, "n_boot": 50, "n_resamples": 100},
+    "pii_generation": {"max_new_tokens": 2, "engine": "pattern"},
 }
 
 
@@ -279,3 +280,30 @@ def test_device_map_splits_the_model_and_gives_the_same_numbers(models, tmp_path
 def test_dtype_is_loaded_and_recorded(models):
     target = load_target(_model(models, "gpt2"), progress=False, device="cpu", dtype="bfloat16")
     assert target.dtypes == ["bfloat16"] and target.loading["dtype"] == "bfloat16"
+
+
+def test_split_model_runs_the_probes_and_faithfulness_says_what_it_skipped(models, tmp_path):
+    from probes.attribution import AttributionProbe
+    from probes.faithfulness import FaithfulnessProbe
+
+    path = _model(models, "llama")
+    size = sum(p.numel() * p.element_size() for p in load_target(path, progress=False).model.parameters())
+    split = load_target(path, progress=False, device="cpu", device_map="auto", max_memory={"cpu": size * 4 // 5},
+                        offload_folder=tmp_path / "offload")
+    results = Auditor(probes=[AttributionProbe(**CHEAP["attribution"]),
+                              FaithfulnessProbe(**CHEAP["faithfulness"])]).run(split)
+    _check_every_probe(results)
+    # re-initialising a copy's disk-offloaded weights would change nothing: the check must not "pass"
+    assert "offloaded to disk" in results.result("faithfulness").summary
+    assert results.manifest.loading["device_map"]["devices"] == ["cpu", "disk"]
+
+
+def test_cli_loading_options_reach_the_loader_and_bad_ones_are_one_line(tmp_path, capsys):
+    from audit.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--dtype", "float8", "--out", str(tmp_path / "o")])
+    assert info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    code = main(["run", "--model", str(tmp_path / "missing"), "--max-memory", "cpu", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--max-memory takes DEVICE=SIZE" in err[0]
