@@ -22,14 +22,14 @@ can import it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from audit.target import AuditTarget, TokenLogProbs
+#: What ``token_log_probs`` builds (the target's ``TokenLogProbs``; not imported: audit.target imports this module).
+Result = TypeVar("Result")
 
 __all__ = ["encode_pair", "encoder_of", "generate_batch", "is_encoder_decoder", "token_log_probs"]
 
@@ -72,7 +72,7 @@ def encode_pair(tokenizer: Any, source: str, target: str) -> tuple[list[int], li
             list(tokenizer(target, add_special_tokens=False)["input_ids"]))
 
 
-def _score_batch(target: AuditTarget, pairs: Sequence[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+def _score_batch(target: Any, pairs: Sequence[tuple[list[int], list[int]]]) -> list[np.ndarray]:
     """``log p(label_t | labels before t, source)`` of every label token, one array per pair."""
     batch = target._pad([src for src, _ in pairs])
     width = max(len(lab) for _, lab in pairs)
@@ -86,13 +86,16 @@ def _score_batch(target: AuditTarget, pairs: Sequence[tuple[list[int], list[int]
     return [picked[row, : len(lab)].astype(np.float64) for row, (_, lab) in enumerate(pairs)]
 
 
-def token_log_probs(target: AuditTarget, sources: Sequence[str], targets: Sequence[str]) -> list[TokenLogProbs]:
+def token_log_probs(target: Any, sources: Sequence[str], targets: Sequence[str], *,
+                    make: Callable[[np.ndarray, np.ndarray], Result]) -> list[Result]:
     """Per-token conditional log-probabilities of each target given its source (cached, batched).
 
     A pair whose source or target has more than ``target.max_length`` tokens, or whose target has
     no token, is not scored: its ``log_probs`` are all ``nan`` (and its ``input_ids`` the target's).
+    ``make(input_ids, log_probs)`` builds each result (the target passes its ``TokenLogProbs``, so
+    this module needs nothing from :mod:`audit.target`, which imports it).
     """
-    from audit.target import TokenLogProbs
+    TokenLogProbs = make  # reads as the type it builds
 
     op = "seq2seq_ll"
     todo = [p for p in dict.fromkeys(zip(sources, targets, strict=True)) if (op, p) not in target._cache]
@@ -114,7 +117,7 @@ def token_log_probs(target: AuditTarget, sources: Sequence[str], targets: Sequen
     return [target._cache[(op, p)] for p in zip(sources, targets, strict=True)]
 
 
-def generate_batch(target: AuditTarget, seqs: Sequence[Sequence[int]], settings: dict[str, Any],
+def generate_batch(target: Any, seqs: Sequence[Sequence[int]], settings: dict[str, Any],
                    seed: int) -> list[str]:
     """Decoded outputs of ``model.generate`` for one batch of encoder inputs (special tokens skipped).
 

@@ -1090,7 +1090,7 @@ class AuditTarget:
         if len(sources) != len(targets):
             raise ConfigError(f"conditional_token_log_probs() needs one target per source, got {len(sources)} "
                               f"sources and {len(targets)} targets. Pass two lists of the same length.")
-        return _seq2seq.token_log_probs(self, sources, targets)
+        return _seq2seq.token_log_probs(self, sources, targets, make=TokenLogProbs)
 
     def conditional_log_likelihood(self, sources: Sequence[str], targets: Sequence[str]) -> np.ndarray:
         """Seq2seq: log p(target | source) of each pair (natural log); ``nan`` where it was not scored."""
