@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 #: Major.minor. A reader accepts any file with the same major version.
-SCHEMA_VERSION = "1.2"  # 1.1: manifest provenance fields, Metric.ideal and "closer_to_ideal"; 1.2: gates_not_checked, probes_not_run
+SCHEMA_VERSION = "1.3"  # 1.1: manifest provenance fields, Metric.ideal and "closer_to_ideal"; 1.2: gates_not_checked, probes_not_run; 1.3: manifest.loading (adapters, device map, chat template), records.dp.empirical_epsilon_lower_bound
 TRACKED_LIBRARIES = (
     "rai-audit", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub",
     "numpy", "scipy", "pandas", "scikit-learn", "fairlearn", "opacus", "flwr", "captum",
