@@ -70,6 +70,16 @@ def test_architecture_matrix(models, name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_seq2seq_in_the_matrix(models, family):
+    from tests.tiny import make_tiny_seq2seq
+
+    target = load_target(make_tiny_seq2seq(family, models / family), progress=False, device="cpu")
+    assert target.kind == "seq2seq"
+    _check_every_probe(Auditor(_cheap_config(family)).run(target))
+
+
+@pytest.mark.slow
 def test_lora_adapter_in_the_matrix(models):
     adapter = build_lora_adapter(_model(models, "gpt2"), models / "gpt2-lora")
     target = load_target(adapter, progress=False, device="cpu")
