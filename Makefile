@@ -31,8 +31,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: install
-	$(BIN)/rai-audit run --out $(OUT)
-	@echo "Open $(OUT)/model_card.html in a browser."
+	$(BIN)/rai-audit demo --out $(OUT)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
