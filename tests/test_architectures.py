@@ -251,6 +251,19 @@ def test_undecodable_tokens_do_not_stop_attribution(models):
             assert np.isfinite(scores).all()
 
 
+def test_cjk_and_byte_fragment_examples_run_through_attribution_and_faithfulness(models):
+    from probes.attribution import AttributionProbe
+    from probes.faithfulness import FaithfulnessProbe
+
+    target = load_target(_model(models, "gpt2"), progress=False, device="cpu")
+    examples = ["我是一个护士", "the nurse said \u00e9\u00e9", "she is a doctor"]
+    attribution = {**CHEAP["attribution"], "max_examples": 3, "use_counterfactual": False}
+    results = Auditor(probes=[AttributionProbe(examples=examples, **attribution),
+                              FaithfulnessProbe(examples=examples, **{**CHEAP["faithfulness"], "max_examples": 3})]
+                      ).run(target)
+    _check_every_probe(results)
+
+
 # -- instruction models ----------------------------------------------------------------------
 def test_generation_applies_the_chat_template_and_records_it(models):
     target = load_target(_model(models, "llama-chat"), progress=False, device="cpu")
