@@ -222,6 +222,11 @@ def counterfactual_copies(texts: Sequence[str], axis: str = "gender") -> tuple[t
     return groups, copies  # type: ignore[return-value]
 
 
+MULTI_LABEL_NEEDS_LABEL = ("Probe {probe!r}: {model!r} has a multi-label head whose {n} labels {labels} are each an "
+                           "independent yes/no (sigmoid), so no one of them is the outcome by default. Set "
+                           "positive_label to the label to audit, e.g. {first!r}.")
+
+
 def resolve_positive_label(target: AuditTarget, positive_label: int | str | None, probe: str) -> int:
     """Index of the class that counts as the favourable ("positive") outcome (0, the score, for a single-score head)."""
     if target.head == "score" and positive_label in (None, 0, "0", *target.labels[:1]):
@@ -233,6 +238,9 @@ def resolve_positive_label(target: AuditTarget, positive_label: int | str | None
             "with at least two classes is needed. Load a sequence classifier."
         )
     if positive_label is None:
+        if target.head == "multi-label":
+            raise ConfigError(MULTI_LABEL_NEEDS_LABEL.format(probe=probe, model=target.model_id, n=len(labels),
+                                                             labels=labels, first=labels[0]))
         if len(labels) == 2:
             return 1
         raise ConfigError(

@@ -117,6 +117,21 @@ def test_multi_label_attribution_explains_the_sigmoid(models):
     assert f_x == pytest.approx(float(torch.sigmoid(_logits(target, ["he is a doctor"])[0, 1])), rel=1e-5)
 
 
+def test_multi_label_counterfactual_asks_which_label_and_uses_its_sigmoid(models):
+    from audit.errors import ConfigError
+    from probes.counterfactual import CounterfactualProbe, resolve_positive_label
+
+    target = load_target(_model(models, "roberta-multilabel"), progress=False, device="cpu")
+    with pytest.raises(ConfigError, match="multi-label head whose 3 labels"):
+        resolve_positive_label(target, None, "counterfactual")
+    result = Auditor(probes=[CounterfactualProbe(positive_label="insult", **CHEAP["counterfactual"])]).run(
+        target).result("counterfactual")
+    assert result.status != "errored", result.error
+    scores = target.predict_scores(["he is a doctor", "she is a doctor"])[:, 1]
+    np.testing.assert_allclose(scores, torch.sigmoid(_logits(target, ["he is a doctor", "she is a doctor"])[:, 1]),
+                               rtol=1e-5)
+
+
 def test_single_score_head_is_audited_as_a_score(models):
     from probes.attribution import Explainer
 
