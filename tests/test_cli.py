@@ -141,7 +141,8 @@ def test_unknown_option_is_one_line(capsys):
 def test_probes_lists_kinds(capsys):
     code, out, _ = run_cli(capsys, "probes", "--json")
     rows = {row["name"]: row for row in json.loads(out)}
-    assert code == 0 and set(rows["seat"]["kinds"]) == {"encoder", "masked-lm", "causal-lm", "sequence-classification"}
+    assert code == 0 and set(rows["seat"]["kinds"]) == {"encoder", "masked-lm", "causal-lm", "sequence-classification",
+                                                        "seq2seq"}  # seq2seq: the encoder's states
 
 
 def test_schema_command(capsys, tmp_path):
