@@ -229,7 +229,7 @@ MULTI_LABEL_NEEDS_LABEL = ("Probe {probe!r}: {model!r} has a multi-label head wh
 
 def resolve_positive_label(target: AuditTarget, positive_label: int | str | None, probe: str) -> int:
     """Index of the class that counts as the favourable ("positive") outcome (0, the score, for a single-score head)."""
-    if target.head == "score" and positive_label in (None, 0, "0", *target.labels[:1]):
+    if getattr(target, "head", None) == "score" and positive_label in (None, 0, "0", *target.labels[:1]):
         return 0
     labels = target.labels
     if len(labels) < 2:
@@ -238,7 +238,7 @@ def resolve_positive_label(target: AuditTarget, positive_label: int | str | None
             "with at least two classes is needed. Load a sequence classifier."
         )
     if positive_label is None:
-        if target.head == "multi-label":
+        if getattr(target, "head", None) == "multi-label":
             raise ConfigError(MULTI_LABEL_NEEDS_LABEL.format(probe=probe, model=target.model_id, n=len(labels),
                                                              labels=labels, first=labels[0]))
         if len(labels) == 2:
@@ -572,7 +572,7 @@ class CounterfactualProbe(Probe):
         for spec, texts in planned:
             rows = proba[np.vectorize(index.__getitem__, otypes=[int])(texts)]
             runs.append(_AxisRun(spec=spec, texts=texts, scores=rows[..., positive],
-                                 positive=decisions(rows, target.head or "single-label", positive)))
+                                 positive=decisions(rows, getattr(target, "head", None) or "single-label", positive)))
         return self._report(runs, target, context, positive, len(unique), notes)
 
     def _resamples(self, n_tests: int) -> int:
@@ -728,7 +728,7 @@ class CounterfactualProbe(Probe):
                    f"{worst['dpd']:.3f} ({worst_axis}), flip rate {all_flips.mean():.1%}; {verdict}")
         label = target.labels[positive]
         headline = "max_demographic_parity_difference"
-        if target.head == "score":
+        if getattr(target, "head", None) == "score":
             headline, summary = score_head_headline(metrics, per_axis, summary)
         return self.result(
             status=status,

@@ -265,7 +265,7 @@ class GroupFairnessProbe(Probe):
         proba = target.predict_proba(data.texts)
         scores = proba[:, positive]
         y_pred = scores >= self.threshold if self.threshold is not None else decisions(
-            proba, target.head or "single-label", positive)
+            proba, getattr(target, "head", None) or "single-label", positive)
         fitted_on = _threshold_feature(target)
         if self.threshold is None and fitted_on is not None and fitted_on in frame.columns:
             # A post-processed model (ThresholdOptimizer) decides per group: audit what it will do.
