@@ -311,7 +311,7 @@ def _position_case() -> Case:
         alarm_means="demographic_share_excess p <= alpha with enough examples (the probe's 'finding')",
         interval="none",
         settings={"probe params": "methods=['integrated_gradients'], 8 configured examples, use_counterfactual=False"},
-        max_null_runs=120,
+        max_null_runs=200,
     )
 
 
