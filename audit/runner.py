@@ -154,7 +154,7 @@ def code_digest(module: str) -> str:
     return _digest_files(tuple(sorted({r.resolve() for r in roots})))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digest_files(roots: tuple[Path, ...]) -> str:
     digest = hashlib.sha256()
     for root in roots:

@@ -126,7 +126,7 @@ def test_gate_on_a_probe_that_did_not_run_fails(run):
 
 def test_optional_gate_on_a_probe_that_did_not_run_is_said_not_checked(run):
     config = "select: [seat, counterfactual]\n" + NOT_APPLICABLE.replace("{max: 0.1}", "{max: 0.1, required: false}")
-    code, out, err, results = run(config)
+    code, _, err, results = run(config)
     assert code == 0 and not [g for g in results.gates if g.probe == "counterfactual"]
     (gate,) = results.gates_not_checked
     assert (gate.probe, gate.metric, gate.bound) == ("counterfactual", "max_score_gap", "max")
@@ -135,7 +135,7 @@ def test_optional_gate_on_a_probe_that_did_not_run_is_said_not_checked(run):
 
 
 def test_gate_on_a_probe_left_out_of_the_plan_is_said_not_checked(run):
-    code, out, err, results = run(NOT_APPLICABLE)  # select: [seat] only
+    code, _, err, results = run(NOT_APPLICABLE)  # select: [seat] only
     assert code == 0
     (gate,) = results.gates_not_checked
     assert gate.probe == "counterfactual" and "not in this audit's plan (not selected" in gate.reason
