@@ -102,7 +102,7 @@ def _counterfactual_case() -> Case:
         specs = builtin_axes()
         terms: dict[str, float] = {}
         for name in axes:
-            for group, members in specs[name].groups.items():
+            for group, members in specs[name].groups.items():  # noqa: B007 - renaming it would re-measure the bias cases
                 for term in members:
                     terms.setdefault(term.lower(), float(term_sd * rng.standard_normal()))
         planted = dict(terms)
