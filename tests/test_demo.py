@@ -86,7 +86,7 @@ def test_demo_end_to_end_then_from_the_cache(tmp_path, capsys):
     accuracy = summary["held_out_accuracy"]
     assert accuracy["value"] == pytest.approx(_accuracy(out / "models" / "classifier-dp", test), abs=1e-9)
     majority = test["label"].value_counts(normalize=True).max()
-    assert accuracy["ci"][0] > majority + 0.1, "the DP classifier did not learn"
+    assert accuracy["ci"][0] > majority + 0.05, "the DP classifier did not learn"
 
     record = json.loads((out / "models" / "classifier-dp" / "rai_audit_record.json").read_text(encoding="utf-8"))["dp"]
     assert record["epsilon"] <= record["target_epsilon"] == 8.0
