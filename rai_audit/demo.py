@@ -145,10 +145,10 @@ class _Demo:
                 "headlines": {r.probe: _headline(r) for r in results.results}, "records": results.manifest.records}
 
 
-def _headline(result: Any) -> dict[str, Any] | None:
+def _headline(result: Any) -> dict[str, Any]:
     metric = result.headline_metric
     if metric is None:
-        return None
+        return {"metric": None, "value": None, "ci": None, "p_value": None, "summary": result.summary}
     return {"metric": result.headline, "value": metric.value, "ci": list(metric.ci) if metric.ci else None,
             "p_value": metric.p_value, "summary": result.summary}
 
@@ -320,9 +320,10 @@ def _fmt(entry: dict[str, Any] | None) -> str:
 def _rows(audit: dict[str, Any]) -> str:
     rows = []
     for probe, status in audit["statuses"].items():
-        head = audit["headlines"].get(probe) or {}
+        head = audit["headlines"][probe]
+        metric = f"{head['metric']} {_fmt(head)}" if head["metric"] else ""
         rows.append(f"<tr><td>{html.escape(probe)}</td><td class='{html.escape(status)}'>{html.escape(status)}</td>"
-                    f"<td>{html.escape(str(head.get('metric') or ''))} {html.escape(_fmt(head))}</td>"
+                    f"<td>{html.escape(metric)}</td>"
                     f"<td>{html.escape(str(head.get('summary') or ''))}</td></tr>")
     return "\n".join(rows)
 
