@@ -566,7 +566,9 @@ class CounterfactualProbe(Probe):
                 "Use source='templates' or give texts that mention a person's gender or name."
             )
         unique = list(dict.fromkeys(t for _, texts in planned for t in texts.ravel()))
-        proba = target.predict_scores(unique)  # softmax, sigmoid (multi-label) or the raw score (audit.heads)
+        # softmax, sigmoid (multi-label) or the raw score (audit.heads); a duck-typed target without
+        # predict_scores (a stand-in with class probabilities only) is read through predict_proba
+        proba = getattr(target, "predict_scores", target.predict_proba)(unique)
         index = {t: i for i, t in enumerate(unique)}
         runs = []
         for spec, texts in planned:
