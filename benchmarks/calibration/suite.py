@@ -322,5 +322,5 @@ def write_outputs(data: dict[str, Any], *, json_path: Path = CALIBRATION_JSON, r
     if results_md:
         from benchmarks._results import write_section
 
-        write_section("calibration", render_markdown(data))
+        write_section("calibration", render_markdown(data), timings=False)  # rates, not timings (the load is stated)
 
