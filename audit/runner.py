@@ -200,7 +200,8 @@ GATE_PROBE_NOT_RUN = ("{probe}.{metric}: the gate could not be checked because {
 
 
 def _first_line(text: str | None) -> str:
-    return (text or "no reason given").strip().splitlines()[0].rstrip(".") if (text or "").strip() else "no reason given"
+    lines = (text or "").strip().splitlines()
+    return lines[0].rstrip(".") if lines else "no reason given"
 
 
 def _unchecked_gates(probe: str, gates: Mapping[str, GateSpec], reason: str) -> list[GateNotChecked]:
