@@ -97,6 +97,29 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def directory_digest(root: str | os.PathLike[str]) -> str:
+    """``sha256:`` over every regular file under ``root``: relative path and content digest.
+
+    For directories a probe reads besides the audited model (a NER model, a recognizer folder):
+    any edited, added, removed or renamed file changes the digest. Symbolic links are refused
+    by :func:`check_links` when they leave ``root``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from audit.provenance import directory_digest
+    >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "a.txt").write_text("x")
+    >>> before = directory_digest(d); _ = (d / "a.txt").write_text("y")
+    >>> before == directory_digest(d)
+    False
+    """
+    base = Path(root)
+    files = sorted(p for p in base.rglob("*") if p.is_file())
+    check_links(base, [str(p.relative_to(base)) for p in files])
+    lines = [f"{p.relative_to(base).as_posix()}\0{file_digest(p)}\n" for p in files]
+    return _sha256("".join(lines).encode("utf-8"))
+
+
 def canonical_json_digest(path: str | os.PathLike[str]) -> str:
     """``sha256:`` of a JSON file re-serialised with sorted keys and no whitespace.
 

@@ -468,6 +468,7 @@ class Auditor:
             "probe_version": probe.version,
             "code": code_digest(type(probe).__module__),  # a code change without a version bump still misses
             "params": probe.get_params(),
+            "inputs": probe.input_digests(),  # the files those parameters name, by content
             "seed": context.seed,
             "show_pii": context.show_pii,
             "show_examples": context.show_examples,

@@ -22,6 +22,7 @@ import os
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
 import functools
+import importlib.metadata
 import importlib.util
 import itertools
 import json
@@ -41,6 +42,7 @@ import numpy as np
 
 from audit.errors import ConfigError, DataError
 from audit.masking import BASE_WORDS, mask_text
+from audit.provenance import directory_digest, file_digest
 
 __all__ = [
     "ENGINES",
@@ -122,6 +124,10 @@ class EngineInfo:
         Entity types of the custom recognizers.
     ner_model : str or None
         The Hugging Face token-classification model directory, for ``engine == "transformers"``.
+    ner_model_digest : str or None
+        ``sha256:`` over that directory's files (:func:`audit.provenance.directory_digest`).
+    model_version : str or None
+        The spaCy model's version (from its ``meta.json``), so a re-installed model is told apart.
     optional_entities : tuple of str
         Entity types of Presidio's predefined recognizers that its default registry leaves out
         (country-specific identifiers such as ``UK_NINO``, ``ES_NIF``): found only when named in
@@ -136,6 +142,8 @@ class EngineInfo:
     custom_entities: tuple[str, ...] = ()
     ner_model: str | None = None
     optional_entities: tuple[str, ...] = ()
+    ner_model_digest: str | None = None
+    model_version: str | None = None
 
     @property
     def description(self) -> str:
@@ -411,8 +419,43 @@ def _cached_analyzer(engine: str, language: str, model: str | None, ner_model: s
     cannot = () if engine != "pattern" else tuple(e for e in NER_ENTITIES if e not in entities)
     info = EngineInfo(engine=engine, model=model, language=language, entities=entities, cannot_find=cannot,
                       custom_entities=tuple(sorted({r.supported_entities[0] for r in custom})), ner_model=ner_model,
-                      optional_entities=tuple(sorted(set(optional_recognizers(language)) - set(entities))))
+                      optional_entities=tuple(sorted(set(optional_recognizers(language)) - set(entities))),
+                      ner_model_digest=None if ner_model is None else directory_digest(ner_model),
+                      model_version=_spacy_version(nlp_engine, language))
     return analyzer, info
+
+
+def _spacy_version(nlp_engine: Any, language: str) -> str | None:
+    nlp = (getattr(nlp_engine, "nlp", None) or {}).get(language)
+    meta = getattr(nlp, "meta", None) or {}
+    return str(meta["version"]) if meta.get("version") else None
+
+
+def input_digests(*, ner_model: str | os.PathLike[str] | None, recognizers: Sequence[Any] = (),
+                  spacy_model: str | None = None) -> dict[str, str]:
+    """What a scan reads besides its settings, by content: the NER model directory, every
+    ``deny_list_file`` and the installed spaCy model's version.
+
+    For cache keys and provenance (:meth:`audit.probe.Probe.input_digests`): replacing the files
+    behind an unchanged path changes the result. Paths that do not exist are left to the scan,
+    which reports them.
+    """
+    out: dict[str, str] = {}
+    if ner_model is not None and Path(ner_model).expanduser().is_dir():
+        out["ner_model"] = directory_digest(Path(ner_model).expanduser())
+    for i, spec in enumerate(recognizers or ()):
+        path = spec.get("deny_list_file") if isinstance(spec, Mapping) else None
+        if path is not None and Path(path).expanduser().is_file():
+            out[f"recognizers[{i}].deny_list_file"] = file_digest(Path(path).expanduser())
+    model = spacy_model or SPACY_MODEL
+    if Path(model).expanduser().is_dir():
+        out["spacy_model"] = directory_digest(Path(model).expanduser())
+    else:
+        try:
+            out["spacy_model"] = f"{model} {importlib.metadata.version(model)}"
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def _numpy_blas(nlp_engine: Any) -> None:

@@ -256,3 +256,25 @@ def test_presidio_recognizers_left_out_by_default_are_added_when_named():
     assert expected and [(d.start, d.end) for d in found] == [(r.start, r.end) for r in expected]
     with pytest.raises(ConfigError, match="and on request"):
         _ = PIIScanner(engine="pattern", entities=["NOT_AN_ENTITY"], progress=False).engine_info
+
+
+@needs_spacy
+def test_ner_model_and_deny_list_files_are_fingerprinted_by_content(tmp_path):
+    """The fingerprint covered the --ner-model path, not the model: a replaced model kept its key."""
+    from audit.provenance import directory_digest
+    from privacy.probes import PIIDataProbe
+
+    model = _tiny_ner(tmp_path / "ner", "I-PER")
+    terms = tmp_path / "terms.txt"
+    terms.write_text("Kestrel\n", encoding="utf-8")
+    probe = PIIDataProbe(ner_model=str(model), recognizers=[{"entity": "PROJECT", "deny_list_file": str(terms)}])
+    before = probe.input_digests()
+    info = PIIScanner(ner_model=model, progress=False).engine_info
+    assert info.ner_model_digest == before["ner_model"] == directory_digest(model)
+    assert before["spacy_model"].startswith(SPACY_MODEL + " ") and info.model_version
+    _tiny_ner(model, "I-ORG")  # same path, other weights
+    terms.write_text("Osprey\n", encoding="utf-8")
+    after = probe.input_digests()
+    assert after["ner_model"] != before["ner_model"]
+    assert after["recognizers[0].deny_list_file"] != before["recognizers[0].deny_list_file"]
+    assert after["spacy_model"] == before["spacy_model"]

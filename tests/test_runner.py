@@ -295,3 +295,33 @@ def test_cache_misses_when_the_probe_code_changes_without_a_version_bump(fake_pl
     runner._digest_files.cache_clear()  # a new process reads the files afresh
     again = Auditor(config, cache_dir=cache).run(tiny_targets["encoder"]).results[0]
     assert not again.cached and again.summary == "Counted again." and counter.read_text() == "xx"
+
+
+class FileProbe(GapProbe):
+    """Reads a file named by a parameter: its content, not its path, decides the result."""
+
+    name = "file_reader"
+
+    def __init__(self, *, path: str = "") -> None:
+        self.path = path
+
+    def input_digests(self):
+        from audit.provenance import file_digest
+
+        return {"path": file_digest(self.path)}
+
+    def run(self, target, context):
+        return self.result(status="passed", summary=f"Read {Path(self.path).read_text()}.")
+
+
+def test_cache_misses_when_a_file_named_by_a_parameter_changes(tiny_targets, tmp_path):
+    """The key held a NER model's path, not its files: replacing the model gave the old results."""
+    source, cache = tmp_path / "input.txt", tmp_path / "cache"
+    source.write_text("one")
+    probe = FileProbe(path=str(source))
+    first = Auditor(AuditConfig(), probes=[probe], cache_dir=cache).run(tiny_targets["encoder"]).results[0]
+    same = Auditor(AuditConfig(), probes=[probe], cache_dir=cache).run(tiny_targets["encoder"]).results[0]
+    source.write_text("two")
+    changed = Auditor(AuditConfig(), probes=[probe], cache_dir=cache).run(tiny_targets["encoder"]).results[0]
+    assert first.summary == "Read one." and same.cached
+    assert not changed.cached and changed.summary == "Read two."
