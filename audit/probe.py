@@ -301,15 +301,6 @@ class Probe(abc.ABC):
                 params[name] = redacted_digest(params[name])
         return params
 
-    def input_digests(self) -> dict[str, str]:
-        """Digests of what the probe reads besides the model, the dataset and its parameters.
-
-        A parameter that names a file or directory (a NER model, a deny-list file) changes the
-        probe's behaviour when the file changes, not only when the path does: override this to
-        return a digest (or version) per such input; the runner's cache key includes them.
-        """
-        return {}
-
     def applies_to(self, target: AuditTarget) -> bool:
         """Whether this probe can run on ``target`` (by model kind)."""
         return target.kind in self.kinds

@@ -9,6 +9,7 @@ import hmac
 import inspect
 import json
 import os
+import re
 import tempfile
 import time
 import traceback
@@ -152,6 +153,42 @@ def code_digest(module: str) -> str:
     if origin is not None:
         roots.append(origin.parent if spec.submodule_search_locations else origin)  # type: ignore[union-attr]
     return _digest_files(tuple(sorted({r.resolve() for r in roots})))
+
+
+_PATH_PARAM = re.compile(r"(^path$|_path$|_file$|_dir$|_model$)")
+
+
+def input_digests(probe: Probe) -> dict[str, str]:
+    """What a probe's parameters point at, by content: part of every cache key.
+
+    A parameter named ``path`` or ending in ``_path``, ``_file``, ``_dir`` or ``_model`` (at any
+    depth: ``recognizers[0].deny_list_file``) whose value names an existing file or directory is
+    digested (:func:`audit.provenance.file_digest`, :func:`~audit.provenance.directory_digest`),
+    so a benchmark file, NER model or deny list replaced behind an unchanged path misses the
+    cache. A probe with other inputs adds them with an ``input_digests()`` method.
+    """
+    from audit.provenance import directory_digest, file_digest
+
+    out: dict[str, str] = {}
+
+    def visit(name: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                visit(f"{name}.{key}" if name else str(key), item)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(f"{name}[{i}]", item)
+        elif isinstance(value, (str, os.PathLike)) and _PATH_PARAM.search(name.rsplit(".", 1)[-1]):
+            path = Path(value).expanduser()
+            if path.is_file():
+                out[name] = file_digest(path)
+            elif path.is_dir():
+                out[name] = directory_digest(path)
+
+    for parameter in list(inspect.signature(type(probe).__init__).parameters)[1:]:
+        visit(parameter, getattr(probe, parameter, None))
+    extra = getattr(probe, "input_digests", None)
+    return {**out, **(extra() if callable(extra) else {})}
 
 
 @functools.cache
@@ -468,7 +505,7 @@ class Auditor:
             "probe_version": probe.version,
             "code": code_digest(type(probe).__module__),  # a code change without a version bump still misses
             "params": probe.get_params(),
-            "inputs": probe.input_digests(),  # the files those parameters name, by content
+            "inputs": input_digests(probe),  # the files those parameters name, by content
             "seed": context.seed,
             "show_pii": context.show_pii,
             "show_examples": context.show_examples,

@@ -42,7 +42,7 @@ import numpy as np
 
 from audit.errors import ConfigError, DataError
 from audit.masking import BASE_WORDS, mask_text
-from audit.provenance import directory_digest, file_digest
+from audit.provenance import directory_digest
 
 __all__ = [
     "ENGINES",
@@ -149,12 +149,14 @@ class EngineInfo:
     def description(self) -> str:
         """One sentence for a report: the engine and, for pattern-only, what it misses."""
         caveat = "like any detector it misses some personal data, so a clean scan is not proof of absence."
+        version = f" {self.model_version}" if self.model_version else ""
         if self.engine == "spacy":
-            return (f"Presidio with spaCy NER ({self.model}) and pattern recognizers, language {self.language!r}; "
-                    + caveat)
+            return (f"Presidio with spaCy NER ({self.model}{version}) and pattern recognizers, language "
+                    f"{self.language!r}; " + caveat)
         if self.engine == "transformers":
-            return (f"Presidio with Hugging Face NER (model directory {Path(self.ner_model or '').name!r}, tokens by "
-                    f"spaCy {self.model}) and pattern recognizers, language {self.language!r}; " + caveat)
+            return (f"Presidio with Hugging Face NER (model directory {Path(self.ner_model or '').name!r}, "
+                    f"{self.ner_model_digest}; tokens by spaCy {self.model}{version}) and pattern recognizers, "
+                    f"language {self.language!r}; " + caveat)
         missing = ", ".join(self.cannot_find) or "none"
         return (f"Presidio pattern recognizers only, without spaCy NER (engine 'pattern', or the spaCy model is "
                 f"not installed: {SPACY_INSTALL_HINT}): this engine cannot find {missing}, and finds DATE_TIME "
@@ -429,33 +431,6 @@ def _spacy_version(nlp_engine: Any, language: str) -> str | None:
     nlp = (getattr(nlp_engine, "nlp", None) or {}).get(language)
     meta = getattr(nlp, "meta", None) or {}
     return str(meta["version"]) if meta.get("version") else None
-
-
-def input_digests(*, ner_model: str | os.PathLike[str] | None, recognizers: Sequence[Any] = (),
-                  spacy_model: str | None = None) -> dict[str, str]:
-    """What a scan reads besides its settings, by content: the NER model directory, every
-    ``deny_list_file`` and the installed spaCy model's version.
-
-    For cache keys and provenance (:meth:`audit.probe.Probe.input_digests`): replacing the files
-    behind an unchanged path changes the result. Paths that do not exist are left to the scan,
-    which reports them.
-    """
-    out: dict[str, str] = {}
-    if ner_model is not None and Path(ner_model).expanduser().is_dir():
-        out["ner_model"] = directory_digest(Path(ner_model).expanduser())
-    for i, spec in enumerate(recognizers or ()):
-        path = spec.get("deny_list_file") if isinstance(spec, Mapping) else None
-        if path is not None and Path(path).expanduser().is_file():
-            out[f"recognizers[{i}].deny_list_file"] = file_digest(Path(path).expanduser())
-    model = spacy_model or SPACY_MODEL
-    if Path(model).expanduser().is_dir():
-        out["spacy_model"] = directory_digest(Path(model).expanduser())
-    else:
-        try:
-            out["spacy_model"] = f"{model} {importlib.metadata.version(model)}"
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _numpy_blas(nlp_engine: Any) -> None:

@@ -32,7 +32,7 @@ from privacy.mia import (
     train_reference_models,
     zlib_scores,
 )
-from privacy.pii import PIIScanner, ScanSummary, check_scanner_params, input_digests, proportion_ci
+from privacy.pii import PIIScanner, ScanSummary, check_scanner_params, proportion_ci
 from privacy.redact import PIIRedactor
 
 __all__ = ["PII_PROMPTS", "CanaryExposureProbe", "MembershipInferenceProbe", "PIIDataProbe", "PIIGenerationProbe",
@@ -140,9 +140,7 @@ def _scan_results(summary: ScanSummary, *, unit: str, max_pii_rate: float | None
             rows=[["engine", info.description], ["language", info.language],
                   ["entity types searched", ", ".join(summary.entities)],
                   ["cannot find", ", ".join(info.cannot_find) or "none of the NER entity types is missing"],
-                  ["score threshold", summary.score_threshold]]
-            + ([["spaCy model version", info.model_version]] if info.model_version else [])
-            + ([["NER model digest", info.ner_model_digest]] if info.ner_model_digest else []),
+                  ["score threshold", summary.score_threshold]],
         ),
     ]
     figures = []
@@ -252,10 +250,6 @@ class PIIDataProbe(Probe):
         if not isinstance(n_process, int) or n_process < 1:
             raise ConfigError(f"Probe 'pii_data': n_process must be a positive integer, got {n_process!r}.")
 
-    def input_digests(self) -> dict[str, str]:
-        """The NER model directory, deny-list files and spaCy model, by content."""
-        return input_digests(ner_model=self.ner_model, recognizers=self.recognizers, spacy_model=self.spacy_model)
-
     def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
         data = context.data
         if data is None:
@@ -356,10 +350,6 @@ class PIIGenerationProbe(Probe):
         if n_samples > 1 and not do_sample:
             raise ConfigError("Probe 'pii_generation': n_samples > 1 needs do_sample: true (greedy decoding gives one "
                               "continuation per prompt).")
-
-    def input_digests(self) -> dict[str, str]:
-        """Deny-list files and the spaCy model, by content."""
-        return input_digests(ner_model=None, recognizers=self.recognizers)
 
     def run(self, target: AuditTarget, context: AuditContext) -> ProbeResult:
         prompts = list(self.prompts) if self.prompts is not None else list(PII_PROMPTS)

@@ -35,11 +35,11 @@ def fake_plugins(tmp_path, monkeypatch):
             name = "counting"
             description = "counts"
             after = ("exploding",)
-            def __init__(self, *, path: str = "", value: float = 1.0):
-                self.path = path
+            def __init__(self, *, tally: str = "", value: float = 1.0):
+                self.tally = tally
                 self.value = value
             def run(self, target, context):
-                with open(self.path, "a") as f:
+                with open(self.tally, "a") as f:
                     f.write("x")
                 from audit.probe import Metric
                 return self.result(status="passed", summary="Counted.", metrics={"value": Metric(value=self.value)},
@@ -69,7 +69,7 @@ def fake_plugins(tmp_path, monkeypatch):
 def test_broken_plugins_are_errored_not_fatal(fake_plugins, tiny_targets):
     counter = fake_plugins / "count.txt"
     config = AuditConfig(select=["seat", "exploding", "counting", "missing_module", "wrong_name"],
-                         probes={**CHEAP_SEAT, "counting": {"params": {"path": str(counter)}}})
+                         probes={**CHEAP_SEAT, "counting": {"params": {"tally": str(counter)}}})
     results = Auditor(config).run(tiny_targets["encoder"])
     by_name = {r.probe: r for r in results.results}
     assert by_name["exploding"].status == "errored"
@@ -99,7 +99,7 @@ def test_cache_resumes_and_invalidates(fake_plugins, tiny_targets, tmp_path):
     cache = tmp_path / "cache"
 
     def run(value):
-        config = AuditConfig(select=["counting"], probes={"counting": {"params": {"path": str(counter), "value": value}}})
+        config = AuditConfig(select=["counting"], probes={"counting": {"params": {"tally": str(counter), "value": value}}})
         return Auditor(config, cache_dir=cache).run(tiny_targets["encoder"]).results[0]
 
     first, second, third = run(1.0), run(1.0), run(2.0)
@@ -287,7 +287,7 @@ def test_cache_misses_when_the_probe_code_changes_without_a_version_bump(fake_pl
     from audit import runner
 
     cache, counter = tmp_path / "cache", tmp_path / "count.txt"
-    config = AuditConfig(select=["counting"], probes={"counting": {"params": {"path": str(counter)}}})
+    config = AuditConfig(select=["counting"], probes={"counting": {"params": {"tally": str(counter)}}})
     Auditor(config, cache_dir=cache).run(tiny_targets["encoder"])
     source = Path(rai_fake_plugins.__file__)
     source.write_text(source.read_text().replace('summary="Counted."', 'summary="Counted again."'))
@@ -302,26 +302,39 @@ class FileProbe(GapProbe):
 
     name = "file_reader"
 
-    def __init__(self, *, path: str = "") -> None:
-        self.path = path
-
-    def input_digests(self):
-        from audit.provenance import file_digest
-
-        return {"path": file_digest(self.path)}
+    def __init__(self, *, prompts_path: str = "", options: dict | None = None) -> None:
+        self.prompts_path = prompts_path
+        self.options = options
 
     def run(self, target, context):
-        return self.result(status="passed", summary=f"Read {Path(self.path).read_text()}.")
+        return self.result(status="passed", summary=f"Read {Path(self.prompts_path).read_text()}.")
 
 
 def test_cache_misses_when_a_file_named_by_a_parameter_changes(tiny_targets, tmp_path):
     """The key held a NER model's path, not its files: replacing the model gave the old results."""
     source, cache = tmp_path / "input.txt", tmp_path / "cache"
     source.write_text("one")
-    probe = FileProbe(path=str(source))
+    probe = FileProbe(prompts_path=str(source))
     first = Auditor(AuditConfig(), probes=[probe], cache_dir=cache).run(tiny_targets["encoder"]).results[0]
     same = Auditor(AuditConfig(), probes=[probe], cache_dir=cache).run(tiny_targets["encoder"]).results[0]
     source.write_text("two")
     changed = Auditor(AuditConfig(), probes=[probe], cache_dir=cache).run(tiny_targets["encoder"]).results[0]
     assert first.summary == "Read one." and same.cached
     assert not changed.cached and changed.summary == "Read two."
+
+
+def test_input_digests_follow_path_parameters_at_any_depth(tmp_path):
+    from audit.provenance import directory_digest, file_digest
+    from audit.runner import input_digests
+
+    (tmp_path / "ner").mkdir()
+    (tmp_path / "ner" / "config.json").write_text("{}")
+    terms = tmp_path / "terms.txt"
+    terms.write_text("Kestrel\n")
+    probe = FileProbe(prompts_path=str(terms), options={"ner_model": str(tmp_path / "ner"), "language": str(tmp_path),
+                                                          "rules": [{"deny_list_file": str(terms)}]})
+    assert input_digests(probe) == {"prompts_path": file_digest(terms), "options.ner_model": directory_digest(tmp_path / "ner"),
+                                    "options.rules[0].deny_list_file": file_digest(terms)}
+    before = input_digests(probe)["options.ner_model"]
+    (tmp_path / "ner" / "model.safetensors").write_bytes(b"x")
+    assert input_digests(probe)["options.ner_model"] != before
