@@ -350,6 +350,47 @@ def make_dp_compatible(model: torch.nn.Module) -> tuple[torch.nn.Module, list[st
     return model, repaired
 
 
+def _lean_pass_inputs(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What the first ghost-clipping pass differentiates: the trainable 1-D parameters (biases,
+    norm scales: their gradients are sums, not matrix products) and the embedding tables (whose
+    inputs are token ids, so nothing below them would make their layer's hooks fire)."""
+    wanted = [p for p in module.parameters() if p.requires_grad and p.ndim == 1]
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Embedding) and layer.weight.requires_grad:
+            wanted.append(layer.weight)
+    return wanted
+
+
+def ghost_backward(loss: Any) -> None:
+    """Opacus' ghost-clipping backward (``DPTensorFastGradientClipping.backward``) with a lighter first pass.
+
+    Opacus' first pass, which only feeds the per-example norm hooks, is a full ``backward()``:
+    it also computes every weight gradient, then throws them away. Here that pass is
+    ``torch.autograd.grad`` towards :func:`_lean_pass_inputs`, so gradients still flow through every
+    layer (each layer's hook sees the same output gradient and activations, hence the same norms and
+    clipping coefficients) but the weight-gradient matrix products are skipped. A layer the pass did
+    not reach (a layer without bias below the others) is caught: every trainable parameter's norm is
+    cleared before and checked after, and Opacus' full first pass runs instead. The second pass is
+    Opacus' own.
+    """
+    module, per_sample = loss.module, loss.loss_per_sample
+    reduced = per_sample.mean(dim=0) if loss.loss_reduction == "mean" else per_sample.sum(dim=0)
+    params = list(module.trainable_parameters)
+    for param in params:
+        param._norm_sample = None
+    torch.autograd.grad(reduced, _lean_pass_inputs(module), retain_graph=True, allow_unused=True)
+    if any(getattr(param, "_norm_sample", None) is None for param in params):
+        reduced.backward(retain_graph=True)
+    loss.optimizer.zero_grad()
+    coeff = module.get_clipping_coef()
+    second = torch.sum(coeff.to(per_sample.device) * per_sample)
+    module.disable_hooks()
+    try:
+        second.backward()
+    finally:
+        module.enable_hooks()
+
+
 def _freeze_running_stats(model: torch.nn.Module) -> None:
     # A frozen normalisation layer in training mode would still update its running statistics
     # from the private batches, outside the guarantee: keep such layers in eval mode.
@@ -1245,7 +1286,7 @@ class DPFineTuner:
                             self._zero_grads(params)
                         else:
                             loss = self._loss(dp_model, criterion, batch_ids, batch_mask, batch_y, task, device)
-                            loss.backward()
+                            ghost_backward(loss) if self.grad_sample_mode == "ghost" else loss.backward()
                             loss_sum += float(loss.item()) * len(batch_ids)
                             loss_n += len(batch_ids)
                         before = accounted()
