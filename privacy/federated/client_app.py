@@ -168,6 +168,31 @@ def _train(msg: Message, context: Context, settings: Settings) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def handle_warm_up(msg: Message, context: Context, bound: Settings | None = None) -> Message:
+    """Load this client's model, tokenizer and rows and run one small forward pass, before round 1.
+
+    In a simulation this starts the Ray actor and imports torch; everywhere it loads the weights
+    into the process cache that the rounds reuse, so round 1 times training like every later round
+    and the start-up is reported on its own. Nothing private is replied: only the time it took (a
+    failure here is not recorded: the same failure is recorded, named, by round 1).
+    """
+    import torch
+
+    started = time.perf_counter()
+    settings = _settings(bound, context)
+    try:
+        data = load_client_data(settings, context.node_config)
+        model, tokenizer = _model(settings, context)
+        with torch.inference_mode():
+            model(**tokenizer(list(data.train_texts[:2]), padding=True, truncation=True,
+                              max_length=settings.max_length, return_tensors="pt"))
+        ok = 1
+    except Exception:  # the round that follows reports it, with the site's name
+        ok = 0
+    return Message(content=RecordDict({"metrics": MetricRecord({"ready": ok, "duration-s": time.perf_counter() - started})}),
+                   reply_to=msg)
+
+
 def _evaluate(msg: Message, context: Context, settings: Settings) -> Message:
     data = load_client_data(settings, context.node_config)
     model, tokenizer = _model(settings, context)
@@ -243,6 +268,10 @@ def build_client_app(settings: Settings | None = None, *, mods: Sequence[Any] = 
     @client.evaluate()
     def evaluate_(msg: Message, context: Context) -> Message:
         return handle_evaluate(msg, context, settings)
+
+    @client.query("warm_up")
+    def warm_up(msg: Message, context: Context) -> Message:
+        return handle_warm_up(msg, context, settings)
 
     return client
 

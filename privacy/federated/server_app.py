@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from audit._io import write_json_atomic
-from privacy.federated.strategy import RecordingMixin, build_strategy, central_dp
+from privacy.federated.strategy import WARM_UP, RecordingMixin, build_strategy, central_dp
 from privacy.federated.task import Settings, float_state, json_safe, load_model
 
 __all__ = ["GLOBAL_WEIGHTS", "HISTORY", "PROGRESS_PREFIX", "app", "build_server_app", "run_server"]
@@ -75,6 +75,7 @@ def run_server(grid: Grid, settings: Settings) -> None:
             f"({settings.engine} engine, at least {settings.min_nodes} per round); waiting for the clients")
     checkpoint_round = 0
     _write_history(out, strategy, started, checkpoint_round, finished=False)
+    strategy.warm_up_s = _warm_up(grid, settings, say)
     for server_round in range(1, settings.num_rounds + 1):
         label = f"round {server_round}/{settings.num_rounds}"
         wanted = settings.num_clients if server_round == 1 else settings.min_nodes
@@ -109,6 +110,22 @@ def run_server(grid: Grid, settings: Settings) -> None:
     _write_history(out, strategy, started, checkpoint_round, finished=True)
 
 
+def _warm_up(grid: Grid, settings: Settings, say: Callable[[str], None] | None) -> float:
+    """Ask every connected client to load its model before round 1 (``query.warm_up``); the seconds it took.
+
+    Waits for the clients as round 1 would, then for their replies at most ``round_timeout``; a
+    client that does not answer is simply asked again by round 1, which records what happens.
+    """
+    begun = time.perf_counter()
+    _wait_for_nodes(grid, wanted=settings.num_clients, timeout=settings.round_timeout,
+                    interval=settings.progress_interval, say=say, label="start-up", total=settings.num_clients)
+    messages = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type=WARM_UP, dst_node_id=node)
+                for node in grid.get_node_ids()]
+    _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval, say=say,
+              label="start-up: clients loading the model")
+    return time.perf_counter() - begun
+
+
 def _save_weights(out: Path, arrays: ArrayRecord) -> None:
     """``global.safetensors``, replaced atomically (a reader never sees half a checkpoint)."""
     import os
@@ -124,6 +141,7 @@ def _write_history(out: Path, strategy: RecordingMixin, started: float, checkpoi
                    finished: bool) -> None:
     history = strategy.history()
     history["duration_s"] = time.perf_counter() - started
+    history["warm_up_s"] = getattr(strategy, "warm_up_s", None)  # clients loading the model, before round 1
     history["aggregated_rounds"] = sum(1 for r in history["rounds"] if r.get("aggregated"))
     history["checkpoint_round"] = checkpoint_round
     history["finished"] = finished

@@ -46,6 +46,8 @@ __all__ = [
     "weighted_metrics",
 ]
 
+#: Message type of the start-up query that has each client load its model before round 1.
+WARM_UP = "query.warm_up"
 FAILURE_KEY = "failure"  # a reply's ConfigRecord in which a ClientApp reports its own error, with its name
 
 STRATEGY_DESCRIPTIONS = {

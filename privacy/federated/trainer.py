@@ -736,6 +736,7 @@ class FederatedFineTuner:
             "failures_per_round": {str(r["round"]): r["failures"] for r in rounds},
             "centralized": central,
             "duration_s": self.duration_s_,
+            "warm_up_s": history.get("warm_up_s"),  # clients loading the model before round 1 (start-up)
             "versions": {"flwr": flwr.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
                          "python": sys.version.split()[0]},
         }
