@@ -26,8 +26,8 @@ HEADER = ("# Benchmark results\n\nWritten by the scripts in `benchmarks/`; each 
           "load average recorded before and after; timings measured while it exceeded the core count are not "
           "written (or are marked not comparable).\n")
 ALLOW_LOADED = "RAI_BENCH_ALLOW_LOADED"
-LOADED = ("benchmark {name!r}: the 1-minute load average was {load:.2f} (before {before}, after {after}), above the "
-          "{cores} core(s) of this machine, so its timings are not comparable and RESULTS.md was not changed. "
+OTHERS_LIMIT = 0.25  # share of the cores other processes may use during a measurement
+LOADED = ("benchmark {name!r}: {reason}, so its timings are not comparable and RESULTS.md was not changed. "
           "Re-run it on an idle machine, or set " + ALLOW_LOADED + "=1 to write the section marked 'not comparable'.")
 NOT_COMPARABLE = ("**Not comparable:** measured while the 1-minute load average ({load:.2f}) exceeded the {cores} "
                   "core(s); other work shared the CPU, so these timings are not evidence.")
@@ -45,6 +45,41 @@ def _load_now() -> float:
     return os.getloadavg()[0]
 
 
+_clock = time.monotonic
+
+
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """Every process's parent and CPU seconds so far (its own and its reaped children's), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
+    return out
+
+
+def _own(stats: dict[int, tuple[int, float]]) -> set[int]:
+    """This process and its descendants (Ray workers, benchmark subprocesses)."""
+    own, grew = {os.getpid()}, True
+    while grew:
+        more = {pid for pid, (parent, _) in stats.items() if parent in own} - own
+        own |= more
+        grew = bool(more)
+    return own
+
+
+def other_cpu(before: dict[int, tuple[int, float]], after: dict[int, tuple[int, float]], seconds: float) -> float:
+    """Cores used on average by processes outside this one's tree between two :func:`_proc_stats`."""
+    own = _own(after) | _own(before)
+    used = sum(after[pid][1] - before[pid][1] for pid in after.keys() & before.keys() if pid not in own)
+    return max(0.0, used) / max(seconds, 1e-9)
+
+
 @dataclass
 class LoadRecord:
     """The 1-minute load average before and after a measurement, and the cores it is judged against."""
@@ -52,31 +87,60 @@ class LoadRecord:
     before: float
     after: float | None = None
     cores: int = 1
+    #: Cores used on average, during the measurement, by processes outside the benchmark's own tree.
+    others: float | None = None
 
     @property
     def worst(self) -> float:
-        return max(self.before, self.after if self.after is not None else self.before)
+        """The load the verdict rests on: before, and after less what the benchmark's own processes ran."""
+        if self.after is None:
+            return self.before
+        return max(self.before, self.others if self.others is not None else self.after)
 
     @property
     def comparable(self) -> bool:
-        """Whether the machine stayed no busier than one runnable task per core throughout."""
-        return self.after is not None and self.worst <= self.cores
+        """Whether the machine was idle when the measurement began (load average at most one
+        runnable task per core) and other processes used at most a quarter of the cores during it
+        (measured from /proc, so the benchmark's own threads and workers do not count against it)."""
+        if self.after is None or self.before > self.cores:
+            return False
+        if self.others is not None:
+            return self.others <= OTHERS_LIMIT * self.cores
+        return self.after <= self.cores
+
+    @property
+    def reason(self) -> str:
+        """Why the measurement is not comparable (empty when it is)."""
+        if self.comparable:
+            return ""
+        if self.after is None:
+            return "the load after the measurement was not recorded"
+        if self.before > self.cores:
+            return f"the 1-minute load average was {self.before:.2f} when it began, above the {self.cores} core(s)"
+        if self.others is not None:
+            return (f"other processes used {self.others:.2f} core(s) during it (at most "
+                    f"{OTHERS_LIMIT * self.cores:.2f} of the {self.cores} core(s) allowed)")
+        return f"the 1-minute load average was {self.after:.2f} after it, above the {self.cores} core(s)"
 
     def line(self) -> str:
         after = "not recorded" if self.after is None else f"{self.after:.2f}"
+        others = "" if self.others is None else f"; other processes used {self.others:.2f} core(s) during it"
         verdict = "comparable" if self.comparable else "NOT comparable"
-        return (f"1-minute load average {self.before:.2f} before and {after} after, on {self.cores} core(s): "
-                f"{verdict}.")
+        return (f"1-minute load average {self.before:.2f} before and {after} after (the benchmark's own work "
+                f"included){others}, on {self.cores} core(s): {verdict}.")
 
 
 @contextlib.contextmanager
 def load_record() -> Iterator[LoadRecord]:
     """Record the load average around the ``with`` block: ``with load_record() as load: ...``."""
     record = LoadRecord(before=_load_now(), cores=cores())
+    stats, start = _proc_stats(), _clock()
     try:
         yield record
     finally:
         record.after = _load_now()
+        if stats:
+            record.others = other_cpu(stats, _proc_stats(), _clock() - start)
 
 
 def interleaved(variants: Mapping[str, Callable[[], Any]], *, rounds: int, warmup: int = 1) -> tuple[
@@ -122,9 +186,7 @@ def write_section(name: str, body: str, *, load: LoadRecord | None = None, timin
         load_line = load.line()
         loaded, worst, n_cores = not load.comparable, load.worst, load.cores
         if timings and loaded and os.environ.get(ALLOW_LOADED) != "1":
-            sys.stderr.write(LOADED.format(name=name, load=worst, before=f"{load.before:.2f}",
-                                           after="n/a" if load.after is None else f"{load.after:.2f}",
-                                           cores=n_cores) + "\n")
+            sys.stderr.write(LOADED.format(name=name, reason=load.reason) + "\n")
             return False
     banner = NOT_COMPARABLE.format(load=worst, cores=n_cores) + "\n\n" if timings and loaded else ""
     start, end = f"<!-- bench:{name} start -->", f"<!-- bench:{name} end -->"

@@ -14,6 +14,7 @@ def results_file(tmp_path, monkeypatch):
     monkeypatch.setattr(_results, "RESULTS", path)
     monkeypatch.setattr(_results, "cores", lambda: 2)
     monkeypatch.delenv(_results.ALLOW_LOADED, raising=False)
+    monkeypatch.setattr(_results, "_proc_stats", dict)  # no /proc reading: judged by the load average alone
     return path
 
 
@@ -30,7 +31,8 @@ def test_idle_run_is_written_with_its_load(results_file, monkeypatch):
     assert _results.write_section("speed", "## Speed\n\n| a | 1.0 |", load=load)
     text = results_file.read_text()
     assert "| a | 1.0 |" in text and "keep me" in text
-    assert "1-minute load average 0.40 before and 1.10 after, on 2 core(s): comparable." in text
+    assert ("1-minute load average 0.40 before and 1.10 after (the benchmark's own work included), on 2 core(s): "
+            "comparable.") in text
     assert "Not comparable" not in text
 
 
@@ -45,6 +47,39 @@ def test_timings_under_load_are_refused(results_file, monkeypatch, capsys, befor
     assert results_file.read_text() == original
     err = capsys.readouterr().err
     assert "benchmark 'speed'" in err and f"{max(before, after):.2f}" in err and "2 core(s)" in err
+
+
+def _fake_procs(monkeypatch, own_cpu: float, other_cpu: float, seconds: float = 10.0):
+    """Two /proc snapshots: this process with a worker child, and an unrelated process."""
+    import os
+
+    me = os.getpid()
+    snapshots = iter([{1: (0, 0.0), me: (1, 0.0), 900001: (me, 0.0), 900002: (1, 0.0)},
+                      {1: (0, 0.0), me: (1, 0.0), 900001: (me, own_cpu), 900002: (1, other_cpu)}])
+    clock = iter([0.0, seconds])
+    monkeypatch.setattr(_results, "_proc_stats", lambda: next(snapshots))
+    monkeypatch.setattr(_results, "_clock", lambda: next(clock))
+
+
+def test_the_benchmarks_own_workers_do_not_count_as_load(results_file, monkeypatch):
+    """A federated run was refused at 2.07 on 2 cores: the load was its own Ray workers."""
+    _loads(monkeypatch, 0.3, 2.07)
+    _fake_procs(monkeypatch, own_cpu=19.0, other_cpu=0.5)  # 1.9 cores its own, 0.05 others'
+    with _results.load_record() as load:
+        pass
+    assert load.comparable and load.others == pytest.approx(0.05)
+    assert _results.write_section("speed", "## Speed\n\n| a | 1.0 |", load=load)
+    assert "other processes used 0.05 core(s) during it" in results_file.read_text()
+
+
+def test_other_processes_busy_during_the_run_refuse_it(results_file, monkeypatch, capsys):
+    _loads(monkeypatch, 0.3, 1.2)
+    _fake_procs(monkeypatch, own_cpu=5.0, other_cpu=8.0)  # another job used 0.8 cores throughout
+    with _results.load_record() as load:
+        pass
+    assert not load.comparable and load.others == pytest.approx(0.8)
+    assert _results.write_section("speed", "## Speed\n\n| a | 1.0 |", load=load) is False
+    assert "0.80" in capsys.readouterr().err
 
 
 def test_allowed_under_load_is_marked_not_comparable(results_file, monkeypatch):
