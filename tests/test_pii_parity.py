@@ -226,6 +226,7 @@ def test_cli_takes_the_ner_model_and_its_label_mapping(tmp_path, capsys):
                  str(tmp_path / "ner.yaml"), "--entities", "ORGANIZATION", "--no-progress", "--json-file", str(report)])
     saved = json.loads(report.read_text(encoding="utf-8"))
     assert code == 1 and saved["engine"]["engine"] == "transformers" and set(saved["entity_counts"]) == {"ORGANIZATION"}
+    assert saved["schema_version"] == "1.1" and saved["engine"]["ner_model_digest"].startswith("sha256:")
     assert "john" not in report.read_text(encoding="utf-8")
     assert main(["scan-pii", str(src), "--columns", "text", "--ner-model", str(tmp_path / "nope"), "--no-progress"]) == 2
     assert "has no config.json" in capsys.readouterr().err
@@ -278,3 +279,19 @@ def test_ner_model_and_deny_list_files_are_fingerprinted_by_content(tmp_path):
     after = input_digests(probe)
     assert after["ner_model"] != before["ner_model"]
     assert after["recognizers[0].deny_list_file"] != before["recognizers[0].deny_list_file"]
+
+
+def test_other_languages_recognizers_are_not_logged_one_by_one(caplog):
+    """pii_data printed a 'Recognizer not added to registry' warning per non-English recognizer."""
+    import logging
+
+    from privacy import pii
+
+    pii._cached_analyzer.cache_clear()
+    with caplog.at_level(logging.INFO, logger="presidio-analyzer"):
+        build_analyzer(engine="pattern")
+    assert not [r for r in caplog.records if "not added to registry" in r.getMessage()]
+    guard = pii._LogGuard()
+    record = logging.LogRecord("presidio-analyzer", logging.WARNING, "x", 1, "Recognizer not added to registry because "
+                               "language is not supported by registry - EsNifRecognizer", None, None)
+    assert guard.filter(record) is False
