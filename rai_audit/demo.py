@@ -349,7 +349,9 @@ def write_index(summary: dict[str, Any], path: Path) -> Path:
     dp = steps["train_dp"]
     sections.insert(1, f"<h2>2. DP-SGD fine-tuning</h2><p>({dp['epsilon']:.3g}, {dp['delta']:.2g})-differential "
                        f"privacy per training row, {dp['steps']} steps ({dp['epochs']:.2f} epochs). Held-out "
-                       f"accuracy: {html.escape(_fmt(summary.get('held_out_accuracy')))}. The guarantee and its "
+                       f"accuracy: {html.escape(_fmt(summary.get('held_out_accuracy')))}. The training labels carry "
+                       "a planted bias the audit should find: some positive rows naming a woman were relabelled "
+                       "negative (the held-out rows keep VADER's labels). The guarantee and its "
                        f"conditions are in the <a href='{_link(steps['classifier']['card'], root)}'>classifier's "
                        "card</a>.</p>")
     changes = "".join(f"<li>{html.escape(c)}</li>" for c in steps["comparison"]["changes"])

@@ -97,6 +97,7 @@ def test_demo_end_to_end_then_from_the_cache(tmp_path, capsys):
     assert comparison["tradeoffs"], "the comparison compared nothing"
 
     index = (out / "index.html").read_text(encoding="utf-8")
+    assert "planted bias" in index  # the reader is told what the audit should find
     for href in ("encoder/model_card.html", "classifier/model_card.html", "classifier-threshold/model_card.html",
                  "comparison/comparison.html"):
         assert f"href='{href}'" in index and (out / href).is_file()
