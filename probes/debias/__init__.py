@@ -8,8 +8,25 @@
   thresholds saved beside a classifier and applied by ``AuditTarget.predict``.
 """
 
-from probes.debias.cda import CDAFineTuner, Swapper, load_word_list
-from probes.debias.projection import INLP, SentenceDebias
-from probes.debias.threshold import ThresholdPostprocessor
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from probes.debias.cda import CDAFineTuner, Swapper, load_word_list
+    from probes.debias.projection import INLP, SentenceDebias
+    from probes.debias.threshold import ThresholdPostprocessor
 
 __all__ = ["INLP", "CDAFineTuner", "SentenceDebias", "Swapper", "ThresholdPostprocessor", "load_word_list"]
+
+# Imported on first use (PEP 562): the ``debias`` command is registered at every CLI start, and
+# importing the techniques eagerly loaded scikit-learn and fairlearn for ``rai-audit --help`` too.
+_HOME = {"CDAFineTuner": "cda", "Swapper": "cda", "load_word_list": "cda", "INLP": "projection",
+         "SentenceDebias": "projection", "ThresholdPostprocessor": "threshold"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"probes.debias.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'probes.debias' has no attribute {name!r}")
