@@ -144,3 +144,21 @@ def test_bench_counterfactual_runs(results_file, monkeypatch):
     monkeypatch.setattr(_results, "_load_now", lambda: 0.5)
     bench.main()
     assert "Ratio probe / bare forward" in results_file.read_text()
+
+
+def test_summary_reads_each_goal_from_its_section_and_says_when_it_cannot(results_file):
+    from benchmarks import summary
+
+    results_file.write_text(_results.HEADER + "\n<!-- bench:dp start -->\n- against non-private, fully trainable: "
+                            "**1.42x** (aim)\n<!-- bench:dp end -->\n<!-- bench:inference start -->\n**Not comparable:** "
+                            "x\n- Overhead ratio of the probe against the bare pass: **0.90** (aim)\n"
+                            "<!-- bench:inference end -->\n<!-- bench:federated start -->\n| federated, rounds only | 9.0 "
+                            "| **1.70x** |\n<!-- bench:federated end -->\n")
+    summary.main()
+    table = _results.RESULTS.read_text().split("<!-- bench:summary start -->")[1]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "| 1.42 | <= 1.5x | **met** |" in rows["DP-SGD step (ghost clipping) vs non-private step, MiniLM fully trainable"]
+    assert "not comparable" in rows["SEAT probe vs bare forward pass"]
+    assert "| 1.70 | <= 1.5x | not met |" in rows["simulated FedAvg rounds vs centralized, MiniLM 4 x 300 rows, 3 rounds"]
+    assert "not run" in rows["whole audit of the bundled model, wall time (s)"]
+    assert _results.RESULTS.read_text().index("bench:summary") < _results.RESULTS.read_text().index("bench:dp")
