@@ -44,6 +44,7 @@ lint: install
 
 bench: install
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+	$(BIN)/python -m benchmarks.summary
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache build dist *.egg-info
