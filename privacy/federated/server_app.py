@@ -113,13 +113,15 @@ def run_server(grid: Grid, settings: Settings) -> None:
 def _warm_up(grid: Grid, settings: Settings, say: Callable[[str], None] | None) -> float:
     """Ask every connected client to load its model before round 1 (``query.warm_up``); the seconds it took.
 
-    Waits for the clients as round 1 would, then for their replies at most ``round_timeout``; a
-    client that does not answer is simply asked again by round 1, which records what happens.
+    Waits for the clients as round 1 would, then for their replies at most ``round_timeout`` (so a
+    client that hangs costs that once more); a client that does not answer is simply asked again by
+    round 1, which records what happens. The message's ``server-round`` is 0: before any round.
     """
     begun = time.perf_counter()
     _wait_for_nodes(grid, wanted=settings.num_clients, timeout=settings.round_timeout,
                     interval=settings.progress_interval, say=say, label="start-up", total=settings.num_clients)
-    messages = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type=WARM_UP, dst_node_id=node)
+    messages = [Message(content=RecordDict({"config": ConfigRecord({"server-round": 0})}), message_type=WARM_UP,
+                        dst_node_id=node)
                 for node in grid.get_node_ids()]
     _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval, say=say,
               label="start-up: clients loading the model")
