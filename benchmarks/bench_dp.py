@@ -160,7 +160,7 @@ def _time_phases(totals: dict[str, float]) -> None:
 
     timed(torch.autograd, "grad", "first pass: per-example norms (autograd.grad, no weight gradients)")
     timed(torch.Tensor, "backward", "backward (non-private) / second pass: clipped, summed gradient (DP)")
-    timed(torch.optim.AdamW, "step", "AdamW update")
+    timed(torch.optim.AdamW, "step", "AdamW update (for DP, inside the optimizer step above)")
     try:
         import opacus.optimizers.optimizer_fast_gradient_clipping as fast
 
@@ -188,8 +188,14 @@ def _time_norm_samplers(totals: dict[str, float]) -> None:
         samplers[layer_type] = timed
 
 
+_PHASE_ORDER = ("forward", "first pass", "backward", "optimizer step", "  of which", "AdamW")
+
+
 def _phase_rows(plain: dict[str, float], dp: dict[str, float]) -> list[tuple[str, float]]:
-    return [(k, dp.get(k, 0.0)) for k in dict.fromkeys([*plain, *dp])]
+    """Each part of the step in the order a step runs them (the noise under the DP optimizer step)."""
+    names = sorted(dict.fromkeys([*plain, *dp]),
+                   key=lambda k: next((i for i, p in enumerate(_PHASE_ORDER) if k.startswith(p)), len(_PHASE_ORDER)))
+    return [(k, dp.get(k, 0.0)) for k in names]
 
 
 def _run_worker(name: str) -> dict:
