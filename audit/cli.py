@@ -476,9 +476,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
 
 def _version() -> str:
-    from audit.runner import _version as v
+    # The installed distribution's version, read here rather than from audit.runner, whose import
+    # loads torch: every CLI start builds the --version string.
+    import importlib.metadata
 
-    return v()
+    try:
+        return importlib.metadata.version("rai-audit")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
 
 
 def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:

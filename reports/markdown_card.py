@@ -23,7 +23,6 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from audit.records import CHAIN_KEY
 from audit.results import AuditResults
-from audit.target import DEFAULT_MODEL_ID
 from reports.reliability import reliability_line
 from reports.sections import group_by_category, md_escape
 
@@ -151,6 +150,8 @@ def hub_model_name(results: AuditResults) -> str:
     A local path (``./clf``, ``/data/models/clf``) is never a model name: it names a directory
     on the auditor's machine, which no reader of the card has.
     """
+    from audit.target import DEFAULT_MODEL_ID  # here, not at import: audit.target loads torch
+
     m = results.manifest
     if results.card.get("model_name"):
         return _text(results.card["model_name"])

@@ -107,3 +107,17 @@ def test_old_meanings_still_work_with_a_deprecation_line(capsys, argv, dest, val
 def test_new_spellings_parse_silently(capsys, argv, dest, value):
     assert str(getattr(PARSER.parse_args(argv), dest)) == str(value)
     assert capsys.readouterr().err == ""
+
+
+def test_help_loads_neither_torch_nor_scikit_learn():
+    """Every CLI start built --version from audit.runner and registered commands whose modules
+    imported torch and scikit-learn: `rai-audit --help` took 3.7 s; it needs neither."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nfrom audit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'sklearn', 'fairlearn', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip().splitlines()[-1] == "[]"
