@@ -162,3 +162,10 @@ def test_summary_reads_each_goal_from_its_section_and_says_when_it_cannot(result
     assert "| 1.70 | <= 1.5x | not met |" in rows["simulated FedAvg rounds vs centralized, MiniLM 4 x 300 rows, 3 rounds"]
     assert "not run" in rows["whole audit of the bundled model, wall time (s)"]
     assert _results.RESULTS.read_text().index("bench:summary") < _results.RESULTS.read_text().index("bench:dp")
+
+
+def test_orphans_reaped_by_init_are_not_counted_as_other_work():
+    """A federated run showed 0.45 cores of 'other' work: its own Ray workers, reaped by init."""
+    line = "{pid} (name) S {ppid} 1 1 0 -1 0 0 0 0 0 {utime} {stime} {cutime} {cstime} 20 0 1 0 5"
+    assert _results.parse_stat(1, line.format(pid=1, ppid=0, utime=10, stime=5, cutime=900, cstime=100)) == (0, 0.15)
+    assert _results.parse_stat(42, line.format(pid=42, ppid=7, utime=10, stime=5, cutime=900, cstime=100)) == (7, 10.15)
