@@ -476,14 +476,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
 
 def _version() -> str:
-    # The installed distribution's version, read here rather than from audit.runner, whose import
-    # loads torch: every CLI start builds the --version string.
-    import importlib.metadata
+    from audit._version import version  # not audit.runner's import, which loads torch
 
-    try:
-        return importlib.metadata.version("rai-audit")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return "0+unknown"
+    return version()
 
 
 def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from audit._io import write_json_atomic
+from audit._version import version as _version
 from audit.baseline import check_compatible, regression_gates
 from audit.config import AuditConfig, GateSpec
 from audit.context import AuditContext
@@ -33,15 +34,6 @@ __all__ = ["Auditor", "build_probe", "plan_probes"]
 
 #: Called after each probe with (position, total, result).
 ResultCallback = Callable[[int, int, ProbeResult], None]
-
-
-def _version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("rai-audit")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return "0+unknown"
 
 
 def build_probe(cls: type[Probe], params: Mapping[str, Any]) -> Probe:

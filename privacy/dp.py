@@ -378,7 +378,9 @@ def ghost_backward(loss: Any) -> None:
     params = list(module.trainable_parameters)
     for param in params:
         param._norm_sample = None
-    torch.autograd.grad(reduced, _lean_pass_inputs(module), retain_graph=True, allow_unused=True)
+    wanted = _lean_pass_inputs(module)
+    if wanted:
+        torch.autograd.grad(reduced, wanted, retain_graph=True, allow_unused=True)
     if any(getattr(param, "_norm_sample", None) is None for param in params):
         reduced.backward(retain_graph=True)
     loss.optimizer.zero_grad()

@@ -22,7 +22,6 @@ import os
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
 import functools
-import importlib.metadata
 import importlib.util
 import itertools
 import json

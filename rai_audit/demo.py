@@ -109,7 +109,7 @@ class _Demo:
 
     def trained(self, name: str, argv: list[str], inputs: dict[str, Any]) -> tuple[Path, bool]:
         """Run a training command into ``models/name`` unless a model from the same inputs is there."""
-        from audit.runner import _version
+        from audit._version import version as _version
 
         model = self.out / "models" / name
         key_file = self.out / "models" / f"{name}.inputs.json"

@@ -109,3 +109,25 @@ def test_a_layer_the_light_pass_cannot_reach_falls_back_to_opacus_first_pass():
     assert sum(FULL_FIRST_PASSES) == 1  # the fallback ran
     for name in reference:
         torch.testing.assert_close(lean[name], reference[name], rtol=1e-6, atol=1e-8, msg=name)
+
+
+def test_a_model_with_nothing_for_the_light_pass_uses_opacus_first_pass():
+    """No bias, norm scale or embedding to differentiate towards: autograd.grad would refuse an
+    empty input list, so the full first pass runs."""
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.only = torch.nn.Linear(6, 2, bias=False)
+
+        def forward(self, input_ids):
+            return type("Out", (), {"logits": self.only(input_ids)})()
+
+    model = Net()
+    x, labels = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    assert _lean_pass_inputs(model) == []
+    reference = _grads(model, x, labels, lean=False)
+    lean = _grads(model, x, labels, lean=True)
+    assert sum(FULL_FIRST_PASSES) == 1
+    torch.testing.assert_close(lean["only.weight"], reference["only.weight"], rtol=1e-6, atol=1e-8)

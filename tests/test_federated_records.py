@@ -522,3 +522,25 @@ def test_local_dp_ledger_composes_per_client_over_its_rounds_only() -> None:
     assert ledger["clients"]["a"]["epsilon"] == pytest.approx(1.5) and ledger["clients"]["b"]["epsilon"] == 0.5
     assert ledger["epsilon_max"] == pytest.approx(1.5) and ledger["delta"] == pytest.approx(3e-6)
     assert ledger["clients"]["a"]["rounds_trained"] == [1, 2, 3]
+
+
+def test_every_client_is_warmed_up_before_round_1(setup, tmp_path, run_identity) -> None:
+    """Round 1 paid for Ray actors starting and models loading; a start-up query now does that."""
+    from privacy.federated.server_app import HISTORY, run_server
+    from privacy.federated.strategy import WARM_UP
+
+    grid = FakeGrid({1: "a", 2: "b"}, lambda node, phase, server_round: "ok")
+    sent: list[tuple[str, int]] = []
+    push = grid.push_messages
+
+    def recording(messages):
+        messages = list(messages)
+        sent.extend((m.metadata.message_type, m.metadata.dst_node_id) for m in messages)
+        return push(messages)
+
+    grid.push_messages = recording
+    run_server(grid, _settings(setup, tmp_path, num_clients=2, num_rounds=1, min_nodes=2))
+    assert sorted(sent[:2]) == [(WARM_UP, 1), (WARM_UP, 2)]
+    assert [t for t, _ in sent[2:]] == ["train", "train", "evaluate", "evaluate"]
+    history = json.loads((tmp_path / "out" / HISTORY).read_text(encoding="utf-8"))
+    assert history["warm_up_s"] >= 0 and history["finished"] is True

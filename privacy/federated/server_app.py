@@ -74,8 +74,8 @@ def run_server(grid: Grid, settings: Settings) -> None:
         say(f"{settings.strategy} with {settings.num_clients} clients for {settings.num_rounds} round(s) "
             f"({settings.engine} engine, at least {settings.min_nodes} per round); waiting for the clients")
     checkpoint_round = 0
-    _write_history(out, strategy, started, checkpoint_round, finished=False)
-    strategy.warm_up_s = _warm_up(grid, settings, say)
+    _write_history(out, strategy, started, checkpoint_round, finished=False, warm_up_s=None)
+    warm_up_s = _warm_up(grid, settings, say)
     for server_round in range(1, settings.num_rounds + 1):
         label = f"round {server_round}/{settings.num_rounds}"
         wanted = settings.num_clients if server_round == 1 else settings.min_nodes
@@ -89,7 +89,7 @@ def run_server(grid: Grid, settings: Settings) -> None:
                              f"{settings.round_timeout:.0f} s (at least {settings.min_nodes} needed): the round "
                              "did not run and the global model was kept")
             strategy._report(server_round)
-            _write_history(out, strategy, started, checkpoint_round, finished=False)
+            _write_history(out, strategy, started, checkpoint_round, finished=False, warm_up_s=warm_up_s)
             continue
         strategy.rounds.setdefault(server_round, {"round": server_round})["connected"] = connected
         messages = hooks.configure_train(server_round, arrays, ConfigRecord(), grid)
@@ -104,10 +104,10 @@ def run_server(grid: Grid, settings: Settings) -> None:
         replies = _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval,
                             say=say, label=f"{label} evaluation")
         hooks.aggregate_evaluate(server_round, replies)
-        _write_history(out, strategy, started, checkpoint_round, finished=False)
+        _write_history(out, strategy, started, checkpoint_round, finished=False, warm_up_s=warm_up_s)
     if checkpoint_round == 0:
         _save_weights(out, arrays)  # the initial weights: the trainer refuses them (no round aggregated)
-    _write_history(out, strategy, started, checkpoint_round, finished=True)
+    _write_history(out, strategy, started, checkpoint_round, finished=True, warm_up_s=warm_up_s)
 
 
 def _warm_up(grid: Grid, settings: Settings, say: Callable[[str], None] | None) -> float:
@@ -140,10 +140,10 @@ def _save_weights(out: Path, arrays: ArrayRecord) -> None:
 
 
 def _write_history(out: Path, strategy: RecordingMixin, started: float, checkpoint_round: int, *,
-                   finished: bool) -> None:
+                   finished: bool, warm_up_s: float | None) -> None:
     history = strategy.history()
     history["duration_s"] = time.perf_counter() - started
-    history["warm_up_s"] = getattr(strategy, "warm_up_s", None)  # clients loading the model, before round 1
+    history["warm_up_s"] = warm_up_s  # clients loading the model before round 1 (None until it has run)
     history["aggregated_rounds"] = sum(1 for r in history["rounds"] if r.get("aggregated"))
     history["checkpoint_round"] = checkpoint_round
     history["finished"] = finished
