@@ -7,8 +7,9 @@ recognizers alone (Presidio's ``no_op`` NLP engine), which cannot find names, pl
 nationalities. :class:`EngineInfo` says which one ran and what it cannot find, so a card never
 implies more coverage than it had.
 
-:class:`PIIScanner` streams a table through the engine in chunks (spaCy's ``nlp.pipe`` through
-the NLP engine's ``process_batch``, then the recognizers), optionally in worker processes, with
+:class:`PIIScanner` streams a table through the engine in chunks (spaCy's ``nlp.pipe``, with the
+lemma stages run only for documents whose detections read lemmas (:mod:`privacy.pii_nlp`), then
+the recognizers), optionally in worker processes, with
 a progress bar, and returns a :class:`ScanSummary` of plain counts. Raw values never enter a
 summary unless ``show_pii=True``: examples are redacted first.
 """
@@ -836,15 +837,17 @@ def text_windows(length: int, text: str | None = None, *, max_chars: int = MAX_C
 def _analyze_batch(texts: list[str], *, analyzer: Any, language: str, entities: list[str],
                    score_threshold: float, allow_list: list[str] | None, batch_size: int,
                    max_chars: int = MAX_CHARS) -> list[list[Detection]]:
-    """Detections per text: long texts in windows, one ``nlp.pipe`` over all pieces, and a text
-    whose analysis fails gives :class:`Unscanned` without losing the rest of the batch."""
+    """Detections per text: long texts in windows, one ``nlp.pipe`` over all pieces (lemmas on demand,
+    :mod:`privacy.pii_nlp`), and a text whose analysis fails gives :class:`Unscanned` without losing
+    the rest of the batch."""
+    from privacy import pii_nlp
+
     # A lone surrogate (from a JSON "\\udc80" escape) makes spaCy raise; U+FFFD keeps every offset.
     texts = [_LONE_SURROGATE.sub("\ufffd", t) for t in texts]
     pieces = [(i, w) for i, text in enumerate(texts) for w in text_windows(len(text), text, max_chars=max_chars)]
     chunks = [texts[i][w[0] : w[1]] for i, w in pieces]
     try:
-        artifacts = [a for _, a in analyzer.nlp_engine.process_batch(chunks, language, batch_size=batch_size,
-                                                                    n_process=1)]
+        artifacts = list(pii_nlp.process_batch(analyzer.nlp_engine, chunks, language, batch_size=batch_size))
     except Exception:  # one bad text must not lose the batch: redo one by one, isolating the failure
         artifacts = [_nlp_one(analyzer, chunk, language) for chunk in chunks]
     found: list[dict[tuple[str, int, int], float]] = [{} for _ in texts]
