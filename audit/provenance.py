@@ -13,6 +13,7 @@ import json
 import math
 import os
 import struct
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0":
              "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 _MAX_HEADER = 100 * 1024 * 1024
 _CHUNK = 1 << 20
+_DIGESTS: dict[tuple[Any, ...], str] = {}  # file_digest's memo of unchanged files
+_SETTLED_NS = 3_000_000_000  # a file changed less than 3 s ago is hashed every time
 
 BAD_SAFETENSORS = ("Weight file {file!r} is not a valid safetensors file ({why}). Re-save the model with "
                    "model.save_pretrained(dir) or restore the file from its source.")
@@ -90,11 +93,24 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     >>> file_digest(f)[:15]
     'sha256:e3b0c442'
     """
+    stat = os.stat(path)
+    # The same unchanged file is hashed once per process (a run digests a NER model directory for its
+    # cache key and again for its record). "Unchanged": same inode, size, modification and change
+    # times, and last changed well before this look, so a write within the file system's timestamp
+    # resolution cannot hide behind an equal timestamp (git's "racy" rule).
+    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+    value = "sha256:" + digest.hexdigest()
+    if time.time_ns() - stat.st_ctime_ns > _SETTLED_NS:
+        if len(_DIGESTS) >= 4096:
+            _DIGESTS.clear()
+        _DIGESTS[key] = value
+    return value
 
 
 def directory_digest(root: str | os.PathLike[str]) -> str:

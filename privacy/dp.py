@@ -1116,20 +1116,24 @@ class DPFineTuner:
                                                      n_classes=len(classes or []))
         n_train = len(train_texts)
         self.n_train_, self.n_eval_, self.n_rows_ = n_train, len(eval_texts), len(data.texts)
+        # Rows that could be sampled, every audit canary counted whether or not its secret bit put it in:
+        # the batch count and sampling rate follow from this, so the record does not reveal the bits' sum.
+        self.public_train_rows_ = n_train + (self.audit_canaries - self.audit_.included_rows if self.audit_ else 0)
         self.eval_rows_ = eval_idx.tolist()
-        if n_train < self.batch_size:
+        n_public = self.public_train_rows_
+        if n_public < self.batch_size:
             held = f" after holding out {len(eval_texts)} for evaluation" if len(eval_texts) else ""
-            raise DataError(f"The training set has {n_train} example(s){held}, fewer than batch_size="
-                            f"{self.batch_size}. Lower batch_size to at most {n_train} or give more data.")
+            raise DataError(f"The training set has {n_public} example(s){held}, fewer than batch_size="
+                            f"{self.batch_size}. Lower batch_size to at most {n_public} or give more data.")
         if self.target_delta is None:
-            self.target_delta_ = default_delta(n_train)
+            self.target_delta_ = default_delta(n_public)
         else:
             self.target_delta_ = float(self.target_delta)
-            if self.target_delta_ >= 1.0 / n_train:
+            if self.target_delta_ >= 1.0 / n_public:
                 warnings.warn(
-                    f"target_delta={self.target_delta_:g} is not below 1/N = {1.0 / n_train:.3g} (N={n_train} "
+                    f"target_delta={self.target_delta_:g} is not below 1/N = {1.0 / n_public:.3g} (N={n_public} "
                     "training examples): a mechanism that publishes a few examples in full meets such a delta. "
-                    f"Use a delta well below 1/N, e.g. {default_delta(n_train):g} (the default).",
+                    f"Use a delta well below 1/N, e.g. {default_delta(n_public):g} (the default).",
                     UserWarning, stacklevel=3,
                 )
         ids, mask = self._encode(tokenizer, train_texts, task)
@@ -1217,9 +1221,12 @@ class DPFineTuner:
         from torch.utils.data import DataLoader, TensorDataset
 
         # Opacus' Poisson sampler draws from this loader's generator: it must not derive from the seed.
-        loader = DataLoader(TensorDataset(ids, mask, labels), batch_size=self.batch_size,
+        # Its rate is 1 / len(loader): one batch per batch_size of the public row count, never of the
+        # actual rows (their number includes the audit canaries' secret bits). The batches listed here
+        # are never drawn; Opacus replaces the sampler with its own over every row of the dataset.
+        steps_per_epoch = math.ceil(self.public_train_rows_ / self.batch_size)
+        loader = DataLoader(TensorDataset(ids, mask, labels), batch_sampler=[[0]] * steps_per_epoch,
                             generator=_entropy_generator())
-        steps_per_epoch = len(loader)
         sample_rate = 1.0 / steps_per_epoch  # what Opacus' Poisson loader and accountant use
         planned = self.epochs * steps_per_epoch
 
@@ -1406,7 +1413,7 @@ class DPFineTuner:
             "noise_calibrated": self.noise_multiplier is None,
             "sampling": "Poisson",
             "sample_rate": self.sample_rate_,
-            "expected_batch_size": self.sample_rate_ * self.n_train_,
+            "expected_batch_size": self.sample_rate_ * self.public_train_rows_,
             "max_physical_batch_size": self.max_physical_batch_size,
             "steps": self.steps_,
             "planned_steps": self.planned_steps_,

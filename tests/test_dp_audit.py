@@ -220,3 +220,33 @@ def test_train_dp_refuses_too_few_audit_canaries_in_one_line(tiny_dirs, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "audit_canaries must be 0 (no audit) or an integer of at least 20" in err
     assert not (tmp_path / "never").exists()
+
+
+def test_the_record_does_not_reveal_how_many_audit_canaries_went_in(tiny_dirs, monkeypatch):
+    """The inclusion bits are secret; the batch count, sampling rate, delta and expected batch size
+    in the record follow from the rows that could be sampled (every canary counted), not from the
+    rows that were: all-in and all-out runs publish the same values."""
+    import dataclasses
+
+    from privacy.dp import DPFineTuner
+
+    generate = AuditCanaries.generate.__func__
+    rng = np.random.default_rng(1)
+    data = pd.DataFrame({"text": [" ".join(rng.choice(POS + NEG, 4)) for _ in range(40)],
+                         "label": [i % 2 for i in range(40)]})
+    published = []
+    for bit in (True, False):
+        def forced(cls, n, *, tokenizer, n_classes, bit=bit):
+            made = generate(cls, n, tokenizer=tokenizer, n_classes=n_classes)
+            return dataclasses.replace(made, included=(bit,) * n)
+
+        monkeypatch.setattr(AuditCanaries, "generate", classmethod(forced))
+        tuner = DPFineTuner(target_epsilon=8.0, accountant="rdp", batch_size=8, epochs=1, audit_canaries=24,
+                            eval_fraction=0.0, max_length=16).fit(tiny_dirs["sequence-classification"], data)
+        rec = tuner.record_
+        assert tuner.audit_.included_rows == (24 if bit else 0)
+        published.append({k: rec[k] for k in ("sample_rate", "expected_batch_size", "planned_steps", "delta",
+                                               "noise_multiplier")} | {"train_rows": rec["dataset"]["train_rows"]})
+    assert published[0] == published[1]
+    assert published[0]["sample_rate"] == pytest.approx(1 / math.ceil((40 + 24) / 8))
+    assert published[0]["expected_batch_size"] == pytest.approx((40 + 24) / math.ceil((40 + 24) / 8))

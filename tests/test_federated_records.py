@@ -71,6 +71,8 @@ class FakeGrid:
     def push_messages(self, messages):
         from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
+        from privacy.federated.strategy import WARM_UP
+
         ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
@@ -82,7 +84,10 @@ class FakeGrid:
                 continue
             name = self.nodes[node]
             client = ConfigRecord({"name": name, "details": json.dumps({"rows": 10, "train_rows": 8, "eval_rows": 2})})
-            if msg.metadata.message_type == "train":
+            if msg.metadata.message_type == WARM_UP:  # as handle_warm_up replies
+                content = RecordDict({"metrics": MetricRecord({"ready": 1, "duration-s": 0.1}),
+                                      "warm-up": ConfigRecord({"error": ""})})
+            elif msg.metadata.message_type == "train":
                 arrays = msg.content["arrays"] if self.update is None else self.update(node, msg.content["arrays"])
                 content = RecordDict({"arrays": arrays, "client": client,
                                       "metrics": MetricRecord({"num-examples": 8, "train-loss": 0.5})})
@@ -544,3 +549,54 @@ def test_every_client_is_warmed_up_before_round_1(setup, tmp_path, run_identity)
     assert [t for t, _ in sent[2:]] == ["train", "train", "evaluate", "evaluate"]
     history = json.loads((tmp_path / "out" / HISTORY).read_text(encoding="utf-8"))
     assert history["warm_up_s"] >= 0 and history["finished"] is True
+    assert history["warm_up"] | {"seconds": 0} == {"asked": 2, "ready": 2, "failed": 0, "no_reply": 0, "errors": [],
+                                                   "seconds": 0}
+
+
+def test_a_warm_up_that_fails_or_goes_unanswered_is_counted_and_said(setup, tmp_path, run_identity, capsys) -> None:
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    from privacy.federated.server_app import HISTORY, run_server
+    from privacy.federated.strategy import WARM_UP
+
+    # Node 2 does not answer the warm-up; node 3 answers that loading failed, as handle_warm_up does.
+    grid = FakeGrid({1: "a", 2: "b", 3: "c"},
+                    lambda node, phase, server_round: "silent" if (node, phase) == (2, WARM_UP) else "ok")
+    push = grid.push_messages
+
+    def failing(messages):
+        messages = list(messages)
+        ids = push(messages)
+        for m in messages:
+            if m.metadata.message_type == WARM_UP and m.metadata.dst_node_id == 3:
+                grid.replies[m.metadata.message_id] = Message(content=RecordDict({
+                    "metrics": MetricRecord({"ready": 0, "duration-s": 0.1}),
+                    "warm-up": ConfigRecord({"error": "FileNotFoundError"})}), reply_to=m)
+        return ids
+
+    grid.push_messages = failing
+    run_server(grid, _settings(setup, tmp_path, num_clients=3, num_rounds=1, min_nodes=2, round_timeout=1.0))
+    history = json.loads((tmp_path / "out" / HISTORY).read_text(encoding="utf-8"))
+    assert {k: history["warm_up"][k] for k in ("asked", "ready", "failed", "no_reply", "errors")} == \
+           {"asked": 3, "ready": 1, "failed": 1, "no_reply": 1, "errors": ["FileNotFoundError"]}
+    said = capsys.readouterr()
+    assert "1 of 3 clients loaded the model; 1 failed (FileNotFoundError) and 1 did not answer" in said.out + said.err
+
+
+def test_client_warm_up_replies_the_error_type_and_nothing_else(tmp_path, run_identity) -> None:
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from privacy.federated.client_app import handle_warm_up
+    from privacy.federated.strategy import WARM_UP
+    from privacy.federated.task import Settings
+
+    settings = Settings(model=str(tmp_path / "no-model"), data=str(tmp_path / "no-data.csv"), text_column="t",
+                        label_column="y", labels=("0", "1"), num_clients=2, num_rounds=1)
+    msg = Message(content=RecordDict({"config": ConfigRecord({"server-round": 0})}), message_type=WARM_UP,
+                  dst_node_id=1)
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                      run_config={})
+    reply = handle_warm_up(msg, context, settings)
+    assert int(reply.content["metrics"]["ready"]) == 0
+    assert reply.content["warm-up"]["error"] and reply.content["warm-up"]["error"].isidentifier()
+    assert set(reply.content.keys()) == {"metrics", "warm-up"}

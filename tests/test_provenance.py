@@ -479,3 +479,35 @@ def test_baseline_refusal_names_the_parts_that_differ():
     with pytest.raises(DataError, match=r"a different model \(fingerprint parts that differ: config\)"):
         check_compatible(results("sha256:c1"), results("sha256:c2"))
     check_compatible(results("sha256:c1"), results("sha256:c2"), allow_different_models=True)
+
+
+def test_an_unchanged_file_is_hashed_once_and_any_rewrite_is_seen(tmp_path, monkeypatch):
+    import os
+
+    from audit import provenance
+
+    monkeypatch.setattr(provenance, "_SETTLED_NS", -1)  # as if every file had settled long ago
+    monkeypatch.setattr(provenance, "_DIGESTS", {})
+    opened: list[str] = []
+    real_open = open
+    monkeypatch.setattr(provenance, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k),
+                        raising=False)
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"A" * 1000)
+    first = provenance.file_digest(f)
+    assert provenance.file_digest(f) == first and len(opened) == 1  # the second look reads no bytes
+    before = os.stat(f)
+    f.write_bytes(b"B" * 1000)  # same size, and the modification time put back: the change time still moves
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert provenance.file_digest(f) == "sha256:" + hashlib.sha256(b"B" * 1000).hexdigest()
+    assert len(opened) == 2
+
+
+def test_a_file_changed_moments_ago_is_hashed_every_time(tmp_path, monkeypatch):
+    from audit import provenance
+
+    monkeypatch.setattr(provenance, "_DIGESTS", {})
+    f = tmp_path / "fresh.txt"
+    f.write_text("x")
+    provenance.file_digest(f)
+    assert provenance._DIGESTS == {}  # inside the timestamp window: not remembered

@@ -173,8 +173,9 @@ def handle_warm_up(msg: Message, context: Context, bound: Settings | None = None
 
     In a simulation this starts the Ray actor and imports torch; everywhere it loads the weights
     into the process cache that the rounds reuse, so round 1 times training like every later round
-    and the start-up is reported on its own. Nothing private is replied: only the time it took (a
-    failure here is not recorded: the same failure is recorded, named, by round 1).
+    and the start-up is reported on its own. Nothing private is replied: the time it took, whether it
+    worked and, if not, the error's type (the server counts failures at start-up; round 1 records
+    the same failure with its reason).
     """
     import torch
 
@@ -186,11 +187,12 @@ def handle_warm_up(msg: Message, context: Context, bound: Settings | None = None
         with torch.inference_mode():
             model(**tokenizer(list(data.train_texts[:2]), padding=True, truncation=True,
                               max_length=settings.max_length, return_tensors="pt"))
-        ok = 1
-    except Exception:  # the round that follows reports it, with the site's name
-        ok = 0
-    return Message(content=RecordDict({"metrics": MetricRecord({"ready": ok, "duration-s": time.perf_counter() - started})}),
-                   reply_to=msg)
+        ok, error = 1, ""
+    except Exception as exc:  # counted by the server now; the round that follows reports it in full
+        ok, error = 0, type(exc).__name__
+    content = RecordDict({"metrics": MetricRecord({"ready": ok, "duration-s": time.perf_counter() - started}),
+                          "warm-up": ConfigRecord({"error": error})})
+    return Message(content=content, reply_to=msg)
 
 
 def _evaluate(msg: Message, context: Context, settings: Settings) -> Message:

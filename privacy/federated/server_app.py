@@ -74,8 +74,8 @@ def run_server(grid: Grid, settings: Settings) -> None:
         say(f"{settings.strategy} with {settings.num_clients} clients for {settings.num_rounds} round(s) "
             f"({settings.engine} engine, at least {settings.min_nodes} per round); waiting for the clients")
     checkpoint_round = 0
-    _write_history(out, strategy, started, checkpoint_round, finished=False, warm_up_s=None)
-    warm_up_s = _warm_up(grid, settings, say)
+    _write_history(out, strategy, started, checkpoint_round, finished=False, warm_up=None)
+    warm_up = _warm_up(grid, settings, say)
     for server_round in range(1, settings.num_rounds + 1):
         label = f"round {server_round}/{settings.num_rounds}"
         wanted = settings.num_clients if server_round == 1 else settings.min_nodes
@@ -89,7 +89,7 @@ def run_server(grid: Grid, settings: Settings) -> None:
                              f"{settings.round_timeout:.0f} s (at least {settings.min_nodes} needed): the round "
                              "did not run and the global model was kept")
             strategy._report(server_round)
-            _write_history(out, strategy, started, checkpoint_round, finished=False, warm_up_s=warm_up_s)
+            _write_history(out, strategy, started, checkpoint_round, finished=False, warm_up=warm_up)
             continue
         strategy.rounds.setdefault(server_round, {"round": server_round})["connected"] = connected
         messages = hooks.configure_train(server_round, arrays, ConfigRecord(), grid)
@@ -104,18 +104,20 @@ def run_server(grid: Grid, settings: Settings) -> None:
         replies = _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval,
                             say=say, label=f"{label} evaluation")
         hooks.aggregate_evaluate(server_round, replies)
-        _write_history(out, strategy, started, checkpoint_round, finished=False, warm_up_s=warm_up_s)
+        _write_history(out, strategy, started, checkpoint_round, finished=False, warm_up=warm_up)
     if checkpoint_round == 0:
         _save_weights(out, arrays)  # the initial weights: the trainer refuses them (no round aggregated)
-    _write_history(out, strategy, started, checkpoint_round, finished=True, warm_up_s=warm_up_s)
+    _write_history(out, strategy, started, checkpoint_round, finished=True, warm_up=warm_up)
 
 
-def _warm_up(grid: Grid, settings: Settings, say: Callable[[str], None] | None) -> float:
-    """Ask every connected client to load its model before round 1 (``query.warm_up``); the seconds it took.
+def _warm_up(grid: Grid, settings: Settings, say: Callable[[str], None] | None) -> dict[str, Any]:
+    """Ask every connected client to load its model before round 1 (``query.warm_up``): how long it
+    took and how many clients were ready, failed (with the error types) or did not answer.
 
     Waits for the clients as round 1 would, then for their replies at most ``round_timeout`` (so a
-    client that hangs costs that once more); a client that does not answer is simply asked again by
-    round 1, which records what happens. The message's ``server-round`` is 0: before any round.
+    client that hangs costs that once more); a client that fails or does not answer is asked again by
+    round 1, which records what happens, and the start-up line says so now. The message's
+    ``server-round`` is 0: before any round.
     """
     begun = time.perf_counter()
     _wait_for_nodes(grid, wanted=settings.num_clients, timeout=settings.round_timeout,
@@ -123,9 +125,32 @@ def _warm_up(grid: Grid, settings: Settings, say: Callable[[str], None] | None) 
     messages = [Message(content=RecordDict({"config": ConfigRecord({"server-round": 0})}), message_type=WARM_UP,
                         dst_node_id=node)
                 for node in grid.get_node_ids()]
-    _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval, say=say,
-              label="start-up: clients loading the model")
-    return time.perf_counter() - begun
+    replies = _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval, say=say,
+                        label="start-up: clients loading the model")
+    summary = _warm_up_summary(messages, replies)
+    summary["seconds"] = time.perf_counter() - begun
+    if say is not None and (summary["failed"] or summary["no_reply"]):
+        errors = ", ".join(summary["errors"]) or "no error named"
+        say(f"start-up: {summary['ready']} of {summary['asked']} clients loaded the model; {summary['failed']} failed "
+            f"({errors}) and {summary['no_reply']} did not answer in {settings.round_timeout:.0f} s. Round 1 asks "
+            "them again and records what happens.")
+    return summary
+
+
+def _warm_up_summary(messages: list[Message], replies: list[Message]) -> dict[str, Any]:
+    """Counts of the warm-up's replies: ready, failed (Flower error or the client's own), unanswered."""
+    ready, errors = 0, []
+    for reply in replies:
+        if reply.has_error():
+            errors.append(f"Flower error {reply.error.code}")
+            continue
+        content = reply.content
+        if "metrics" in content and int(content["metrics"].get("ready", 0)) == 1:
+            ready += 1
+        else:
+            errors.append(str(content["warm-up"].get("error") or "unknown") if "warm-up" in content else "unknown")
+    return {"asked": len(messages), "ready": ready, "failed": len(errors), "no_reply": len(messages) - len(replies),
+            "errors": sorted(set(errors))}
 
 
 def _save_weights(out: Path, arrays: ArrayRecord) -> None:
@@ -140,10 +165,12 @@ def _save_weights(out: Path, arrays: ArrayRecord) -> None:
 
 
 def _write_history(out: Path, strategy: RecordingMixin, started: float, checkpoint_round: int, *,
-                   finished: bool, warm_up_s: float | None) -> None:
+                   finished: bool, warm_up: dict[str, Any] | None) -> None:
     history = strategy.history()
     history["duration_s"] = time.perf_counter() - started
-    history["warm_up_s"] = warm_up_s  # clients loading the model before round 1 (None until it has run)
+    # Clients loading the model before round 1 (None until it has run).
+    history["warm_up_s"] = warm_up["seconds"] if warm_up is not None else None
+    history["warm_up"] = warm_up
     history["aggregated_rounds"] = sum(1 for r in history["rounds"] if r.get("aggregated"))
     history["checkpoint_round"] = checkpoint_round
     history["finished"] = finished

@@ -737,6 +737,7 @@ class FederatedFineTuner:
             "centralized": central,
             "duration_s": self.duration_s_,
             "warm_up_s": history.get("warm_up_s"),  # clients loading the model before round 1 (start-up)
+            "warm_up": history.get("warm_up"),  # how many were ready, failed (error types) or silent
             "versions": {"flwr": flwr.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
                          "python": sys.version.split()[0]},
         }
