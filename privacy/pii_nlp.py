@@ -86,7 +86,9 @@ def _features_read(component: Any) -> set[str] | None:
         return None
     read: set[str] = set()
     for node in model.walk():
-        read |= _attr_names(node.attrs.get("columns", ()))
+        read |= _attr_names(node.attrs.get("columns", ()))  # spaCy's extract_features (hash embeddings)
+        if node.name == "static_vectors":  # word vectors, looked up by the vector table's attribute
+            read |= _attr_names([getattr(component.vocab.vectors, "attr", "ORTH")])
     return read
 
 
