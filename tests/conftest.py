@@ -61,3 +61,21 @@ def minilm():
     from audit import load_target
 
     return load_target(progress=False, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def plain_presidio():
+    """Presidio as its documentation sets it up with the default spaCy model; nothing of ours."""
+    import logging
+
+    from privacy.pii import SPACY_MODEL, spacy_model_available
+
+    if not spacy_model_available():
+        pytest.skip(f"spaCy model {SPACY_MODEL} is not installed")
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    configuration = {"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": SPACY_MODEL}]}
+    return AnalyzerEngine(nlp_engine=NlpEngineProvider(nlp_configuration=configuration).create_engine(),
+                          supported_languages=["en"])

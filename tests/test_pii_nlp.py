@@ -5,7 +5,6 @@ to Presidio."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,9 @@ EXTRA = ["Call me on 212-555-0123 tomorrow, my phone is busy today.",
 
 
 @pytest.fixture(scope="module")
-def plain():
-    """Presidio as its documentation sets it up, with the same spaCy model; nothing of ours."""
-    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
-    from presidio_analyzer import AnalyzerEngine
-    from presidio_analyzer.nlp_engine import NlpEngineProvider
-
-    configuration = {"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": SPACY_MODEL}]}
-    return AnalyzerEngine(nlp_engine=NlpEngineProvider(nlp_configuration=configuration).create_engine(),
-                          supported_languages=["en"])
+def plain(plain_presidio):
+    """Plain Presidio with the same spaCy model (tests/conftest.py)."""
+    return plain_presidio
 
 
 @pytest.fixture(scope="module")

@@ -25,17 +25,9 @@ def _key(found) -> list:
 
 
 @pytest.fixture(scope="module")
-def plain():
-    """Presidio as its documentation sets it up with the same spaCy model; nothing of ours."""
-    if not HAS_SPACY:
-        pytest.skip("spaCy model not installed")
-    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
-    from presidio_analyzer import AnalyzerEngine
-    from presidio_analyzer.nlp_engine import NlpEngineProvider
-
-    configuration = {"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": SPACY_MODEL}]}
-    return AnalyzerEngine(nlp_engine=NlpEngineProvider(nlp_configuration=configuration).create_engine(),
-                          supported_languages=["en"])
+def plain(plain_presidio):
+    """Plain Presidio with the same spaCy model (tests/conftest.py)."""
+    return plain_presidio
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +275,6 @@ def test_ner_model_and_deny_list_files_are_fingerprinted_by_content(tmp_path):
 
 def test_other_languages_recognizers_are_not_logged_one_by_one(caplog):
     """pii_data printed a 'Recognizer not added to registry' warning per non-English recognizer."""
-    import logging
 
     from privacy import pii
 
