@@ -15,7 +15,6 @@ from privacy.pii import SPACY_MODEL, PIIScanner, build_analyzer, spacy_model_ava
 HAS_SPACY = spacy_model_available()
 pytestmark = pytest.mark.skipif(not HAS_SPACY, reason=f"spaCy model {SPACY_MODEL} is not installed")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "presidio_research" / "presidio_research_synth_dataset_v2.json"
-needs_data = pytest.mark.skipif(not DATA.exists(), reason="presidio-research data is not in ../shared/data")
 EXTRA = ["Call me on 212-555-0123 tomorrow, my phone is busy today.",
          "My card number is 4111 1111 1111 1111 and it expires soon.",
          "Send it to jane.doe@example.com or visit https://example.org/page.",
@@ -74,15 +73,6 @@ def test_detections_equal_plain_presidio_and_lemmas_run_only_when_read(plain, te
         [(r.entity_type, r.start, r.end, r.score) for r in sorted(plain.analyze(t, language="en", score_threshold=0.4),
                                                                  key=lambda r: (r.start, r.end))]
         for t in EXTRA[:2]]
-
-
-@needs_data
-@pytest.mark.slow
-def test_every_presidio_research_sentence_gives_plain_presidios_detections(plain):
-    texts = [s["full_text"] for s in json.loads(DATA.read_text(encoding="utf-8"))]
-    ours = list(PIIScanner(progress=False).analyze(texts))
-    assert [sorted((d.entity_type, d.start, d.end, round(d.score, 6)) for d in found) for found in ours] == \
-           [_key(plain.analyze(t, language="en", score_threshold=0.4)) for t in texts]
 
 
 def test_pipelines_it_cannot_vouch_for_run_as_presidio_runs_them():
