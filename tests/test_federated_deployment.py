@@ -107,6 +107,9 @@ def _check_lost_node_record(out: Path, code: int, err: str) -> dict:
     clients = {c["client"]: c for c in rec["clients"]}
     assert clients["2"]["rounds_missed"] == [2, 3] and clients["2"]["lost_after_round"] == 1
     assert rec["lost_clients"] == {"2": 1}
+    # The SuperLink's "Node Unavailable" replies are client 2's, not a phantom client "node 1".
+    assert rounds[0]["missing_clients"] == [] and sorted(clients) == ["0", "1", "2"], rec["clients"]
+    assert {f["client"] for f in rec["failures"]} == {"2"}, rec["failures"]
     assert rec["final"]["clients"] == ["0", "1"] and rec["final"]["over_all_clients"] is False
     assert any("Client 2 was lost after round 1" in w for w in rec["warnings"])
     assert (out / "model.safetensors").is_file()

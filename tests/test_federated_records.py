@@ -53,8 +53,9 @@ def test_train_loss_is_recorded_under_the_name_the_record_reads() -> None:
 class FakeGrid:
     """Flower's Grid surface the ServerApp uses, with scripted nodes replying in-process.
 
-    ``behaviour[node](phase, round)`` returns "ok", "silent" (never replies) or "gone" (the node
-    has left: it is no longer listed and does not reply).
+    ``behaviour[node](phase, round)`` returns "ok", "silent" (never replies), "gone" (the node
+    has left: it is no longer listed and does not reply) or "unavailable" (the SuperLink answers
+    for it with Flower's Node Unavailable error, as a real SuperLink does once heartbeats stop).
     """
 
     def __init__(self, nodes: dict[int, str], behaviour, update=None) -> None:
@@ -80,7 +81,15 @@ class FakeGrid:
             node = msg.metadata.dst_node_id
             server_round = int(msg.content["config"]["server-round"])
             self.round, self.last_phase = server_round, msg.metadata.message_type
-            if self.behaviour(node, msg.metadata.message_type, server_round) != "ok":
+            behaviour = self.behaviour(node, msg.metadata.message_type, server_round)
+            if behaviour == "unavailable":
+                from flwr.app import Error
+
+                reply = Message(error=Error(code=5, reason="Error: Node Unavailable"), reply_to=msg)
+                reply.metadata.__dict__["_src_node_id"] = 1  # the SuperLink's own node id
+                self.replies[msg.metadata.message_id] = reply
+                continue
+            if behaviour != "ok":
                 continue
             name = self.nodes[node]
             client = ConfigRecord({"name": name, "details": json.dumps({"rows": 10, "train_rows": 8, "eval_rows": 2})})
@@ -600,3 +609,18 @@ def test_client_warm_up_replies_the_error_type_and_nothing_else(tmp_path, run_id
     assert int(reply.content["metrics"]["ready"]) == 0
     assert reply.content["warm-up"]["error"] and reply.content["warm-up"]["error"].isidentifier()
     assert set(reply.content.keys()) == {"metrics", "warm-up"}
+
+
+def test_the_superlinks_node_unavailable_reply_is_the_lost_nodes_failure(setup, tmp_path, run_identity) -> None:
+    """The SuperLink writes that error itself (source: node 1, the SuperLink): it belongs to the node the
+    message went to, once, and no phantom client "node 1" appears missing from every round."""
+    from privacy.federated.server_app import HISTORY, run_server
+
+    grid = FakeGrid({11: "a", 12: "b", 13: "c"},
+                    lambda node, phase, server_round: "unavailable" if node == 13 and server_round >= 2 else "ok")
+    run_server(grid, _settings(setup, tmp_path, num_clients=3, num_rounds=2, min_nodes=2, round_timeout=1.0))
+    history = json.loads((tmp_path / "out" / HISTORY).read_text(encoding="utf-8"))
+    failures = [(f["round"], f["phase"], f["client"]) for f in history["failures"]]
+    assert failures == [(2, "train", "c"), (2, "evaluate", "c")]
+    assert set(history["nodes"].values()) == {"a", "b", "c"}
+    assert [r["train_missing"] for r in history["rounds"]] == [[], ["c"]]

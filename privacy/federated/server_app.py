@@ -94,7 +94,7 @@ def run_server(grid: Grid, settings: Settings) -> None:
         strategy.rounds.setdefault(server_round, {"round": server_round})["connected"] = connected
         messages = hooks.configure_train(server_round, arrays, ConfigRecord(), grid)
         replies = _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval,
-                            say=say, label=f"{label} training")
+                            say=say, label=f"{label} training", sent=strategy.sent)
         new_arrays, _ = hooks.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
@@ -102,7 +102,7 @@ def run_server(grid: Grid, settings: Settings) -> None:
             _save_weights(out, arrays)
         messages = hooks.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
         replies = _exchange(grid, messages, timeout=settings.round_timeout, interval=settings.progress_interval,
-                            say=say, label=f"{label} evaluation")
+                            say=say, label=f"{label} evaluation", sent=strategy.sent)
         hooks.aggregate_evaluate(server_round, replies)
         _write_history(out, strategy, started, checkpoint_round, finished=False, warm_up=warm_up)
     if checkpoint_round == 0:
@@ -195,9 +195,17 @@ def _wait_for_nodes(grid: Grid, *, wanted: int, timeout: float, interval: float,
 
 
 def _exchange(grid: Grid, messages: Iterable[Message], *, timeout: float, interval: float,
-              say: Callable[[str], None] | None, label: str) -> list[Message]:
-    """Flower's send-and-receive, with a progress line every ``interval`` s while replies are missing."""
-    pending = set(grid.push_messages(list(messages)))
+              say: Callable[[str], None] | None, label: str, sent: dict[str, int] | None = None) -> list[Message]:
+    """Flower's send-and-receive, with a progress line every ``interval`` s while replies are missing.
+
+    ``sent`` collects each pushed message's id -> destination node: the SuperLink's own error
+    replies (a node that stopped sending heartbeats) come from the SuperLink, not from the node.
+    """
+    messages = list(messages)
+    ids = list(grid.push_messages(messages))
+    if sent is not None:
+        sent.update(zip(ids, (int(m.metadata.dst_node_id) for m in messages), strict=True))
+    pending = set(ids)
     asked = len(pending)
     replies: list[Message] = []
     begun = time.monotonic()

@@ -144,6 +144,7 @@ class RecordingMixin:
         self.client_info: dict[str, dict[str, Any]] = {}
         self._asked: dict[tuple[str, int], list[int]] = {}
         self._started: dict[int, float] = {}
+        self.sent: dict[str, int] = {}  # message id -> destination node, filled by the server loop
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _round(self, server_round: int) -> dict[str, Any]:
@@ -155,7 +156,9 @@ class RecordingMixin:
         ok: list[Message] = []
         answered: set[int] = set()
         for msg in replies:
-            node = int(msg.metadata.src_node_id)
+            # The node the message went to: an error reply the SuperLink writes itself (the node
+            # missed its heartbeats) names the SuperLink as its source, not the node.
+            node = self.sent.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
             answered.add(node)
             if msg.has_error():
                 self.failures.append({"round": server_round, "phase": phase, "node_id": node,
