@@ -1123,6 +1123,7 @@ class DPFineTuner:
         n_public = self.public_train_rows_
         if n_public < self.batch_size:
             held = f" after holding out {len(eval_texts)} for evaluation" if len(eval_texts) else ""
+            held += f", counting the {self.audit_canaries} audit canaries" if self.audit_ else ""
             raise DataError(f"The training set has {n_public} example(s){held}, fewer than batch_size="
                             f"{self.batch_size}. Lower batch_size to at most {n_public} or give more data.")
         if self.target_delta is None:
