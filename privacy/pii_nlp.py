@@ -19,6 +19,7 @@ detections with Presidio's own engine.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -72,10 +73,15 @@ class DeferredLemmaArtifacts(NlpArtifacts):
         return self._indices
 
 
-def _attr_names(values: Iterable[Any]) -> set[str]:
+@functools.cache
+def _id_names() -> dict[int, str]:
     from spacy.attrs import IDS
 
-    names = {v: k for k, v in IDS.items()}
+    return {v: k for k, v in IDS.items()}
+
+
+def _attr_names(values: Iterable[Any]) -> set[str]:
+    names = _id_names()
     return {str(names.get(v, v)).upper() for v in values}
 
 
@@ -114,17 +120,15 @@ def deferrable_stages(nlp: Any) -> tuple[str, ...]:
     of stage and trained entity recognizers whose features read none of what those write."""
     from spacy.pipeline import EntityRecognizer
 
-    pipeline = list(nlp.pipeline)
-    starts = [i for i, (_, component) in enumerate(pipeline) if _writes(component) is not None]
-    if not starts:
-        return ()
     held: list[str] = []
     written: set[str] = set()
-    for name, component in pipeline[starts[0]:]:
+    for name, component in nlp.pipeline:
         writes = _writes(component)
         if writes is not None:
             held.append(name)
             written |= writes
+            continue
+        if not held:  # stages before the first held one run in their place
             continue
         read = _features_read(component)
         if type(component) is not EntityRecognizer or read is None or (read | _SENTENCES) & written:
